@@ -1,0 +1,72 @@
+"""The interface every pre-ranking model implements.
+
+`encode_user` runs once per request; `encode_ad` runs offline over the ad corpus and its output
+rows are what the index stores; `score` combines one user representation with many ad rows.
+`forward` on a batch of (user, ad) rows equals `score(encode_user(b), encode_ad(b))` row by row.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from models.features import FeatureSchema, Features
+
+__all__ = ["ModelConfig", "PrerankModel"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters common to the towers; each model subclasses it with its own fields."""
+
+    embedding_dim: int = 32
+    hidden: tuple[int, ...] = (300, 300, 32)
+    dropout: float = 0.3
+    batch_norm: bool = True
+
+
+class PrerankModel(nn.Module, ABC):
+    """A CTR model split into a user side, a precomputable ad side and a cheap scorer."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    #: True when ad representations can be computed offline and stored in the index.
+    precomputes_ads: ClassVar[bool] = True
+
+    def __init__(self, schema: FeatureSchema, config: ModelConfig) -> None:
+        super().__init__()
+        self.schema = schema
+        self.config = config
+
+    @abstractmethod
+    def encode_user(self, features: Features) -> torch.Tensor:
+        """User (and context) representation, (B, ...)."""
+
+    @abstractmethod
+    def encode_ad(self, features: Features) -> torch.Tensor:
+        """Ad representation stored in the index, (N, ...)."""
+
+    @abstractmethod
+    def score(self, user: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
+        """Logits, (N,).
+
+        Args:
+            user: (B, ...) from `encode_user`; B is 1 (one user against every ad) or N (paired).
+            ads: (N, ...) from `encode_ad`.
+        """
+
+    def forward(self, features: Features) -> torch.Tensor:
+        """Logits for paired (user, ad) rows, (B,)."""
+        return self.score(self.encode_user(features), self.encode_ad(features))
+
+    def forward_train(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits plus the intermediates that model-specific losses need (none by default)."""
+        return self.forward(features), {}
+
+    def regularizer(self) -> torch.Tensor:
+        """Sum of squared embedding entries (weighted by the training config)."""
+        return torch.zeros(())

@@ -1,0 +1,133 @@
+"""HIT: Hierarchical Interaction-Enhanced Two-Tower (Tencent, arXiv 2505.19849).
+
+Each side has two generators (small MLPs over that side's static-feature embeddings, input
+detached) that learn a coarse picture of the *opposite* tower's output: generator 1 on positive
+rows, generator 2 on negative rows. Their outputs enter the tower detached, beside the field
+embeddings; the tower DNN feeds a multi-head representer, and the score is the sum over user
+heads of the max over ad heads of the dot product, plus a bias. The ad side reads ad features
+only, so its (H_a, p) matrix is precomputed for the whole corpus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import ModelConfig, PrerankModel
+from models.features import FeatureSchema, Features, FeatureSpec
+from models.layers import MLP, FieldEmbedding
+from models.scoring import maxsim
+
+__all__ = ["HIT", "HITConfig", "HITTower"]
+
+GEN_LOSS_MODES = ("mimic", "repo_head", "repo_jul2024")
+
+
+@dataclass(frozen=True)
+class HITConfig(ModelConfig):
+    """HIT settings (defaults: MODELS.md §3.2 and the recommended readings of §3.8).
+
+    Args:
+        heads: number of representer heads per side (H_u = H_a).
+        head_dim: width p of each head.
+        generator_hidden: hidden widths of each generator; its output width is heads * head_dim.
+        normalize_mimic: L2-normalise mimic vectors before they enter the tower (H3).
+        gen_loss: generation-loss variant, one of "mimic", "repo_head", "repo_jul2024" (H1).
+        gen_loss_weight: alpha, the weight of the generation loss.
+    """
+
+    heads: int = 2
+    head_dim: int = 16
+    generator_hidden: tuple[int, ...] = (32,)
+    normalize_mimic: bool = True
+    gen_loss: str = "mimic"
+    gen_loss_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.gen_loss not in GEN_LOSS_MODES:
+            raise ValueError(f"gen_loss must be one of {GEN_LOSS_MODES}, got {self.gen_loss!r}")
+
+
+class HITTower(nn.Module):
+    """One side of HIT: embeddings -> generators -> DNN -> multi-head representer.
+
+    Args:
+        fields: the side's fields; those marked `static` feed the generators.
+        schema: vocabulary sizes.
+        config: HIT settings.
+    """
+
+    def __init__(
+        self, fields: tuple[FeatureSpec, ...], schema: FeatureSchema, config: HITConfig
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = FieldEmbedding(fields, schema, config.embedding_dim)
+        self.static_names = tuple(f.name for f in self.embedding.embedded if f.static)
+        width = config.heads * config.head_dim
+        static_dim = len(self.static_names) * config.embedding_dim
+        self.generators = nn.ModuleList()
+        if static_dim:
+            for _ in range(2):  # 0: positive ("target"), 1: negative ("non-target")
+                self.generators.append(
+                    MLP(static_dim, (*config.generator_hidden, width), batch_norm=False)
+                )
+        in_dim = self.embedding.out_dim + len(self.generators) * width
+        self.dnn = MLP(in_dim, config.hidden, config.dropout, config.batch_norm)
+        self.representer = nn.Linear(self.dnn.out_dim, width)
+
+    def forward(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the heads (B, H, p) and the mimic vectors (B, 2, H*p), or None without statics."""
+        embedded = self.embedding.embed(features)
+        mimics = None
+        parts = list(embedded)
+        if self.generators:
+            static = torch.cat(self.embedding.embed(features, self.static_names), -1).detach()
+            mimics = torch.stack([g(static) for g in self.generators], dim=1)  # (B, 2, H*p)
+            fed = F.normalize(mimics, dim=-1) if self.config.normalize_mimic else mimics
+            parts.extend(fed.detach().unbind(1))
+        x = torch.cat(parts + self.embedding.dense_values(features), -1)
+        heads = self.representer(self.dnn(x))  # (B, H*p)
+        return heads.view(-1, self.config.heads, self.config.head_dim), mimics
+
+
+class HIT(PrerankModel):
+    """HIT with dual generators and MaxSim multi-head scoring; see the module docstring."""
+
+    name = "hit"
+    config_class = HITConfig
+
+    def __init__(self, schema: FeatureSchema, config: HITConfig) -> None:
+        super().__init__(schema, config)
+        self.config: HITConfig = config
+        self.user_tower = HITTower(schema.user_fields, schema, config)
+        self.ad_tower = HITTower(schema.ad_fields, schema, config)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def encode_user(self, features: Features) -> torch.Tensor:
+        """(B, H_u, p)."""
+        return self.user_tower(features)[0]
+
+    def encode_ad(self, features: Features) -> torch.Tensor:
+        """(N, H_a, p)."""
+        return self.ad_tower(features)[0]
+
+    def score(self, user: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
+        """sum_i max_j <U_i, A_j> + b, (N,)."""
+        return maxsim(user, ads) + self.bias
+
+    def forward_train(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        user, user_mimic = self.user_tower(features)
+        ad, ad_mimic = self.ad_tower(features)
+        aux: dict[str, torch.Tensor] = {"user_repr": user.flatten(1), "ad_repr": ad.flatten(1)}
+        if user_mimic is not None:
+            aux["user_mimic"] = user_mimic
+        if ad_mimic is not None:
+            aux["ad_mimic"] = ad_mimic
+        return self.score(user, ad), aux
+
+    def regularizer(self) -> torch.Tensor:
+        return self.user_tower.embedding.l2() + self.ad_tower.embedding.l2()

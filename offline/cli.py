@@ -1,0 +1,154 @@
+"""The `prerank` command line: train, export, serve, demo and data download."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("prerank")
+
+
+class CliError(Exception):
+    """A user error reported as one line with exit status 2."""
+
+
+def _json_arg(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="synthetic", help="movielens-1m or synthetic (default)")
+    p.add_argument("--protocol", default="paper", choices=["paper", "clean"], help="MovieLens protocol")
+    p.add_argument("--data-dir", type=Path, help="dataset folder (default: $PRERANK_DATA_DIR/<dataset>)")
+    p.add_argument("--split-seed", type=int, default=1023, help="seed of the 80/20 split (reference: 1023)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prerank", description="HIT pre-ranking: train, export, serve.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and write an artifact directory")
+    _add_data_args(p)
+    p.add_argument("--model", default="hit", help="registered model name (hit, dssm)")
+    p.add_argument("--model-config", type=_json_arg, default={}, help='JSON overrides, e.g. \'{"heads": 4}\'')
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
+    p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", help="run the ad tower over every ad and publish an index version")
+    p.add_argument("artifact", type=Path, help="model artifact directory")
+    _add_data_args(p)
+    p.add_argument("--store", required=True, help="local:DIR")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"], help="stored vector type")
+
+    p = sub.add_parser("serve", help="start the HTTP service")
+    p.add_argument("artifact", type=Path, nargs="?", help="optional: must match the store's live model")
+    p.add_argument("--store", required=True, help="local:DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: PRERANK_DEVICE or cpu)")
+
+    p = sub.add_parser("demo", help="train HIT, export, serve and send sample requests")
+    _add_data_args(p)
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"), help="where artifacts and the store go")
+    p.add_argument("--epochs", type=int, default=None, help="default: 30 on MovieLens, 8 on synthetic")
+    p.add_argument("--port", type=int, default=8000)
+
+    p = sub.add_parser("download-movielens", help="download the official ml-1m.zip (needs a network)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from offline.data import load_dataset
+    from offline.train import TrainConfig, load_baseline, train
+
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        seed=args.seed, progress=not args.no_progress,
+    )
+    result = train(dataset, args.model, args.model_config, cfg, args.out, baseline)
+    m = result.metrics
+    line = f"{args.model} test AUC {m['test_auc']:.4f} LogLoss {m['test_logloss']:.4f}"
+    if "rela_impr_pct" in m:
+        line += f" RelaImpr {m['rela_impr_pct']:+.2f}%"
+    print(f"{line}  ({m['epochs']} epochs, {m['wall_seconds']:.0f}s) -> {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from offline.data import load_dataset
+    from offline.export import export
+
+    dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+    manifest = export(args.artifact, dataset, args.store, args.dtype)
+    print(f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    os.environ["PRERANK_STORE"] = args.store
+    if args.artifact is not None:
+        os.environ["PRERANK_ARTIFACT"] = str(args.artifact)
+    if args.device:
+        os.environ["PRERANK_DEVICE"] = args.device
+    # The service is addressed by import string, so the offline package never imports it.
+    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=1)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from offline.demo import run_demo
+
+    run_demo(args.dataset, args.protocol, args.data_dir, args.workdir, args.epochs, args.port)
+
+
+def _download(args: argparse.Namespace) -> None:
+    from offline.data.download import download_movielens
+
+    path = download_movielens(args.data_dir)
+    print(f"MovieLens-1M ready in {path}")
+
+
+COMMANDS = {"train": _train, "export": _export, "serve": _serve, "demo": _demo, "download-movielens": _download}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `prerank` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        COMMANDS[args.command](args)
+    except (CliError, FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        message = str(exc).strip("'\"") or type(exc).__name__
+        print(f"prerank {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

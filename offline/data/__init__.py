@@ -1,0 +1,34 @@
+"""Dataset loaders: MovieLens-1M (paper and clean protocols) and a synthetic set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from offline.data.dataset import Dataset, Split
+from offline.data.movielens import PROTOCOLS, load_movielens
+from offline.data.synthetic import make_synthetic
+
+__all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "Split", "load_dataset", "resolve_data_dir"]
+
+DATASETS = ("movielens-1m", "synthetic")
+DATA_DIR_ENV = "PRERANK_DATA_DIR"
+
+
+def resolve_data_dir(data_dir: Path | str | None, dataset: str) -> Path:
+    """`--data-dir` if given, else `$PRERANK_DATA_DIR/<dataset>`, else `./data/<dataset>`."""
+    if data_dir is not None:
+        return Path(data_dir)
+    root = os.environ.get(DATA_DIR_ENV)
+    return Path(root) / dataset if root else Path("data") / dataset
+
+
+def load_dataset(name: str, protocol: str = "paper", data_dir: Path | str | None = None, seed: int = 1023) -> Dataset:
+    """Loads a dataset by name. `protocol` applies to MovieLens ("paper" or "clean")."""
+    if name == "synthetic":
+        return make_synthetic()
+    if name == "movielens-1m":
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        return load_movielens(resolve_data_dir(data_dir, name), protocol, seed)
+    raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")

@@ -1,0 +1,121 @@
+"""The dataset object every loader returns and the trainer and exporter consume."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.features import FeatureSchema, Features, Vocabulary
+from models.tables import FeatureTable
+
+__all__ = ["Dataset", "Split", "concat_tables", "csr_from_lists", "files_sha256"]
+
+
+@dataclass
+class Split:
+    """Labelled rows that point into a user table and an ad table."""
+
+    user_rows: np.ndarray
+    ad_rows: np.ndarray
+    labels: np.ndarray
+    users: FeatureTable
+    ads: FeatureTable
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: np.ndarray, device: str = "cpu") -> tuple[Features, torch.Tensor]:
+        """Model inputs and labels (B,) for the rows `idx`."""
+        feats = self.users.take(self.user_rows[idx], device)
+        feats.update(self.ads.take(self.ad_rows[idx], device))
+        return feats, torch.from_numpy(self.labels[idx]).to(device)
+
+    def subset(self, idx: np.ndarray) -> Split:
+        return Split(self.user_rows[idx], self.ad_rows[idx], self.labels[idx], self.users, self.ads)
+
+
+@dataclass
+class Dataset:
+    """Train / validation / test splits plus the serving snapshot of users and ads.
+
+    The serving snapshot is what the exporter publishes: the latest known feature values of
+    every user (the user feature store) and of every ad (fed through the ad tower).
+    """
+
+    name: str
+    protocol: str
+    schema: FeatureSchema
+    vocabs: dict[str, Vocabulary]
+    train: Split
+    valid: Split
+    test: Split
+    user_keys: list[str]
+    users: FeatureTable
+    ad_ids: np.ndarray
+    ads: FeatureTable
+    ad_bids: np.ndarray
+    checksum: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into artifact and results metadata."""
+        return {
+            "dataset": self.name,
+            "protocol": self.protocol,
+            "data_sha256": self.checksum,
+            "rows": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
+            "positive_rate": {
+                "train": float(self.train.labels.mean()),
+                "test": float(self.test.labels.mean()),
+            },
+            **self.info,
+        }
+
+
+def files_sha256(paths: Iterable[Path]) -> str:
+    """One digest over the named files' bytes (in the given order)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def csr_from_lists(index: pd.Index, groups: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (values, offsets) with one row per `index` entry from a Series of id arrays keyed by it."""
+    lists = groups.reindex(index)
+    lengths = np.fromiter((0 if not isinstance(v, np.ndarray) else len(v) for v in lists), np.int64, len(index))
+    offsets = np.zeros(len(index) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    parts = [v for v in lists if isinstance(v, np.ndarray) and len(v)]
+    values = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return values, offsets
+
+
+def concat_tables(tables: list[FeatureTable]) -> FeatureTable:
+    """Stacks tables with the same fields row-wise."""
+    first = tables[0]
+    out = FeatureTable(sum(t.n_rows for t in tables))
+    for name in first.sparse:
+        out.sparse[name] = np.concatenate([t.sparse[name] for t in tables])
+    for name in first.dense:
+        out.dense[name] = np.concatenate([t.dense[name] for t in tables])
+    for name in first.sequences:
+        values, offsets, base = [], [np.zeros(1, np.int64)], 0
+        for t in tables:
+            v, o = t.sequences[name]
+            values.append(v)
+            offsets.append(o[1:] + base)
+            base += len(v)
+        out.sequences[name] = (np.concatenate(values), np.concatenate(offsets))
+    out.__post_init__()
+    return out

@@ -1,0 +1,23 @@
+"""Service settings, read from the environment (prefix PRERANK_) by pydantic-settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; `create_app(Settings(...))` in tests, the environment in production."""
+
+    model_config = SettingsConfigDict(env_prefix="PRERANK_", extra="ignore")
+
+    store: str = Field("local:store", description="index store URL: local:DIR")
+    artifact: str | None = Field(None, description="optional model artifact that must match the live index")
+    device: str = Field("cpu", description="cpu or cuda")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads for scoring")
+    max_candidates: int = Field(20_000, ge=1, description="most candidate ads in one request")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    max_id_length: int = Field(64, ge=1, description="longest accepted user id")
+    poll_seconds: float = Field(2.0, gt=0, description="how often the live-version pointer is checked")

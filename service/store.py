@@ -1,0 +1,133 @@
+"""Loads the live model + index version from a store into memory and follows the pointer.
+
+A `ServingVersion` is immutable once built: the model, the ad matrix, the id lookup and the
+user feature store of one published version. The scorer holds one reference and swaps it whole,
+so a request never mixes versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.artifact import (
+    CURRENT_POINTER,
+    MODEL_SUBDIR,
+    VERSIONS_DIR,
+    ArtifactError,
+    Bundle,
+    IndexData,
+    load_artifact,
+    load_index,
+    parse_store_url,
+)
+
+__all__ = ["LocalStore", "ServingVersion", "load_version"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingVersion:
+    """One model and the index computed with it, ready to score."""
+
+    version: str
+    bundle: Bundle
+    index: IndexData
+    vectors: torch.Tensor  # (N, ...) on the serving device
+    scales: torch.Tensor | None
+    sorted_ids: np.ndarray = field(repr=False)  # ad ids, ascending
+    sorted_rows: np.ndarray = field(repr=False)  # row of each sorted id
+    user_rows: dict[str, int] = field(repr=False)
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.version
+
+    def lookup(self, ad_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index rows of the known ids and a mask of which ids are known (vectorised)."""
+        pos = np.searchsorted(self.sorted_ids, ad_ids)
+        pos = np.minimum(pos, len(self.sorted_ids) - 1)
+        known = self.sorted_ids[pos] == ad_ids
+        return self.sorted_rows[pos[known]], known
+
+
+def load_version(directory: Path, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
+    """Loads and checks one published version: checksums, model/index agreement, shapes.
+
+    Raises:
+        ArtifactError: anything that makes the version unservable, with the reason.
+    """
+    index = load_index(directory)
+    bundle = load_artifact(directory / MODEL_SUBDIR, device)
+    version = str(index.manifest.get("version", directory.name))
+    if index.manifest.get("model_version") != bundle.version:
+        raise ArtifactError(
+            f"version {version}: index was built by {index.manifest.get('model_version')} "
+            f"but the model is {bundle.version}"
+        )
+    if expected_model is not None and bundle.version != expected_model:
+        raise ArtifactError(f"version {version}: live model {bundle.version} is not the requested {expected_model}")
+    vectors = index.vectors.to(device)
+    ids = index.ad_ids
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if len(sorted_ids) and np.any(sorted_ids[1:] == sorted_ids[:-1]):
+        raise ArtifactError(f"version {version}: duplicate ad ids in the index")
+    _check_shapes(bundle, index, version)
+    return ServingVersion(
+        version=version,
+        bundle=bundle,
+        index=index,
+        vectors=vectors,
+        scales=index.scales.to(device) if index.scales is not None else None,
+        sorted_ids=sorted_ids,
+        sorted_rows=order.astype(np.int64),
+        user_rows={k: i for i, k in enumerate(index.user_ids)},
+    )
+
+
+def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
+    """The user tower's output must be scorable against the stored rows."""
+    users = index.users
+    missing = {f.name for f in bundle.schema.user_fields} - set(users.sparse) - set(users.dense) - set(users.sequences)
+    if missing:
+        raise ArtifactError(f"version {version}: user feature store lacks {sorted(missing)}")
+    if users.n_rows == 0 or index.vectors.shape[0] == 0:
+        raise ArtifactError(f"version {version}: empty index or user store")
+    with torch.inference_mode():
+        user = bundle.model.encode_user(users.take(np.zeros(1, np.int64)))
+        ads = index.vectors[:1].float() if index.scales is None else index.vectors[:1].float() * index.scales[:1, None, None]
+        try:
+            out = bundle.model.score(user, ads)
+        except RuntimeError as exc:
+            raise ArtifactError(
+                f"version {version}: model output {tuple(user.shape)} cannot score index rows "
+                f"{tuple(index.vectors.shape[1:])}: {exc}"
+            ) from None
+    if out.shape != (1,):
+        raise ArtifactError(f"version {version}: score has shape {tuple(out.shape)}, expected (1,)")
+
+
+class LocalStore:
+    """A store directory written by `prerank export --store local:DIR`."""
+
+    def __init__(self, url: str) -> None:
+        scheme, location = parse_store_url(url)
+        if scheme != "local":
+            raise ValueError(f"unsupported store {url!r}: this build serves local:DIR")
+        self.root = Path(location)
+
+    def current(self) -> str | None:
+        """The live version name, or None when nothing is published."""
+        try:
+            return (self.root / CURRENT_POINTER).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
+        return load_version(self.root / VERSIONS_DIR / version, device, expected_model)
