@@ -100,9 +100,7 @@ class Bundle:
         return str(self.meta["model_version"])
 
 
-def save_artifact(
-    directory: Path, model: PrerankModel, vocabs: dict[str, Vocabulary], meta: dict[str, Any]
-) -> str:
+def save_artifact(directory: Path, model: PrerankModel, vocabs: dict[str, Vocabulary], meta: dict[str, Any]) -> str:
     """Writes a model artifact and returns its model version (name + weights digest)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -202,8 +200,7 @@ def save_index(
         "shape": list(stored.shape),
         "dtype": dtype,
         "checksums": {
-            name: file_sha256(directory / name)
-            for name in ("index.safetensors", "users.safetensors", "user_ids.json")
+            name: file_sha256(directory / name) for name in ("index.safetensors", "users.safetensors", "user_ids.json")
         },
     }
     write_json(directory / "manifest.json", full)

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from models.features import FeatureSchema, Features
+from models.features import Features, FeatureSchema
 
 __all__ = ["ModelConfig", "PrerankModel"]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import ModelConfig, PrerankModel
-from models.features import FeatureSchema, Features
+from models.features import Features, FeatureSchema
 from models.layers import MLP, FieldEmbedding
 from models.scoring import maxsim
 

@@ -8,7 +8,7 @@ the service rebuilds models and encodes raw request values from it, so both side
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-class Side(str, Enum):
+class Side(StrEnum):
     """Which tower a field feeds. Context fields travel with the request, like the user."""
 
     USER = "user"
@@ -33,7 +33,7 @@ class Side(str, Enum):
     CONTEXT = "context"
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """How a field is represented."""
 
     SPARSE = "sparse"  # one categorical id per row
@@ -98,9 +98,7 @@ class FeatureSchema:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "features": [
-                {**asdict(f), "side": f.side.value, "kind": f.kind.value} for f in self.features
-            ],
+            "features": [{**asdict(f), "side": f.side.value, "kind": f.kind.value} for f in self.features],
             "vocab_sizes": dict(self.vocab_sizes),
         }
 

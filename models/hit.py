@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import ModelConfig, PrerankModel
-from models.features import FeatureSchema, Features, FeatureSpec
+from models.features import Features, FeatureSchema, FeatureSpec
 from models.layers import MLP, FieldEmbedding
 from models.scoring import maxsim
 
@@ -60,9 +60,7 @@ class HITTower(nn.Module):
         config: HIT settings.
     """
 
-    def __init__(
-        self, fields: tuple[FeatureSpec, ...], schema: FeatureSchema, config: HITConfig
-    ) -> None:
+    def __init__(self, fields: tuple[FeatureSpec, ...], schema: FeatureSchema, config: HITConfig) -> None:
         super().__init__()
         self.config = config
         self.embedding = FieldEmbedding(fields, schema, config.embedding_dim)
@@ -72,9 +70,7 @@ class HITTower(nn.Module):
         self.generators = nn.ModuleList()
         if static_dim:
             for _ in range(2):  # 0: positive ("target"), 1: negative ("non-target")
-                self.generators.append(
-                    MLP(static_dim, (*config.generator_hidden, width), batch_norm=False)
-                )
+                self.generators.append(MLP(static_dim, (*config.generator_hidden, width), batch_norm=False))
         in_dim = self.embedding.out_dim + len(self.generators) * width
         self.dnn = MLP(in_dim, config.hidden, config.dropout, config.batch_norm)
         self.representer = nn.Linear(self.dnn.out_dim, width)

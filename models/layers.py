@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from models.features import FeatureSchema, Features, FeatureSpec, Jagged, Kind
+from models.features import Features, FeatureSchema, FeatureSpec, Jagged, Kind
 
 __all__ = ["FieldEmbedding", "MLP"]
 
@@ -40,11 +40,9 @@ class FieldEmbedding(nn.Module):
         self.tables = nn.ModuleDict()
         for f in self.embedded:
             rows = schema.vocab_sizes[f.vocab or ""] + 1
-            table: nn.Module
-            if f.kind is Kind.SEQUENCE:
-                table = nn.EmbeddingBag(rows, dim, mode="mean")
-            else:
-                table = nn.Embedding(rows, dim)
+            table: nn.Embedding | nn.EmbeddingBag = (
+                nn.EmbeddingBag(rows, dim, mode="mean") if f.kind is Kind.SEQUENCE else nn.Embedding(rows, dim)
+            )
             nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
             self.tables[f.name] = table
 
@@ -75,7 +73,11 @@ class FieldEmbedding(nn.Module):
 
     def l2(self) -> torch.Tensor:
         """Sum of squares of every table entry (the reference code's embedding regulariser)."""
-        return sum((t.weight.pow(2).sum() for t in self.tables.values()), torch.zeros(()))
+        total = torch.zeros(())
+        for table in self.tables.values():
+            weight: torch.Tensor = table.weight  # type: ignore[assignment]
+            total = total + weight.pow(2).sum()
+        return total
 
 
 class MLP(nn.Sequential):

@@ -12,9 +12,7 @@ def _class_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def hit_generation_loss(
-    aux: dict[str, torch.Tensor], labels: torch.Tensor, mode: str = "mimic"
-) -> torch.Tensor:
+def hit_generation_loss(aux: dict[str, torch.Tensor], labels: torch.Tensor, mode: str = "mimic") -> torch.Tensor:
     """HIT generation loss between each side's mimic vectors and the opposite representation.
 
     The opposite representation is always detached, so only generators learn from this loss.

@@ -30,7 +30,7 @@ def config_from_dict(name: str, values: dict[str, Any]) -> ModelConfig:
     unknown = set(values) - set(known)
     if unknown:
         raise ValueError(f"unknown {name} config keys {sorted(unknown)}; known: {sorted(known)}")
-    coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    coerced: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**coerced)
 
 

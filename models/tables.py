@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.features import FeatureSpec, Features, Jagged, Kind
+from models.features import Features, FeatureSpec, Jagged, Kind
 
 __all__ = ["FeatureTable"]
 
@@ -53,9 +53,7 @@ class FeatureTable:
             bag_offsets = np.zeros(len(idx), dtype=np.int64)
             np.cumsum(lengths[:-1], out=bag_offsets[1:])
             flat = np.repeat(starts - bag_offsets, lengths) + np.arange(lengths.sum())
-            out[name] = Jagged(
-                torch.from_numpy(values[flat]).to(device), torch.from_numpy(bag_offsets).to(device)
-            )
+            out[name] = Jagged(torch.from_numpy(values[flat]).to(device), torch.from_numpy(bag_offsets).to(device))
         return out
 
     def take_rows(self, rows: np.ndarray) -> FeatureTable:

@@ -29,7 +29,9 @@ def _json_arg(text: str) -> dict[str, object]:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="synthetic", help="movielens-1m or synthetic (default)")
+    p.add_argument(
+        "--dataset", default="synthetic", help="movielens-1m or synthetic (default; demo: MovieLens when found)"
+    )
     p.add_argument("--protocol", default="paper", choices=["paper", "clean"], help="MovieLens protocol")
     p.add_argument("--data-dir", type=Path, help="dataset folder (default: $PRERANK_DATA_DIR/<dataset>)")
     p.add_argument("--split-seed", type=int, default=1023, help="seed of the 80/20 split (reference: 1023)")
@@ -43,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write an artifact directory")
     _add_data_args(p)
     p.add_argument("--model", default="hit", help="registered model name (hit, dssm)")
-    p.add_argument("--model-config", type=_json_arg, default={}, help='JSON overrides, e.g. \'{"heads": 4}\'')
+    p.add_argument("--model-config", type=_json_arg, default={}, help="JSON overrides, e.g. '{\"heads\": 4}'")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=2048)
@@ -84,8 +86,12 @@ def _train(args: argparse.Namespace) -> None:
     baseline = load_baseline(args.baseline) if args.baseline else None
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        seed=args.seed, progress=not args.no_progress,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     result = train(dataset, args.model, args.model_config, cfg, args.out, baseline)
     m = result.metrics

@@ -67,7 +67,9 @@ def _check_schema(bundle: Bundle, dataset: Dataset) -> None:
             )
 
 
-def export(artifact: Path, dataset: Dataset, store_url: str, dtype: str = "float32", keep: int = KEEP_VERSIONS) -> dict[str, Any]:
+def export(
+    artifact: Path, dataset: Dataset, store_url: str, dtype: str = "float32", keep: int = KEEP_VERSIONS
+) -> dict[str, Any]:
     """Encodes every ad with the artifact's model and publishes a new index version.
 
     Returns:

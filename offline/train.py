@@ -151,10 +151,23 @@ def train(
             total += loss.item()
         train_seconds = time.perf_counter() - t0
         val = evaluate(model, dataset.valid, cfg.eval_batch_size)
-        history.append({"epoch": epoch, "train_loss": total / len(order), "train_seconds": train_seconds,
-                        "valid_auc": val["auc"], "valid_logloss": val["logloss"]})
-        log.info("epoch %d  loss %.4f  valid auc %.4f  logloss %.4f  (%.1fs)",
-                 epoch, total / len(order), val["auc"], val["logloss"], train_seconds)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / len(order),
+                "train_seconds": train_seconds,
+                "valid_auc": val["auc"],
+                "valid_logloss": val["logloss"],
+            }
+        )
+        log.info(
+            "epoch %d  loss %.4f  valid auc %.4f  logloss %.4f  (%.1fs)",
+            epoch,
+            total / len(order),
+            val["auc"],
+            val["logloss"],
+            train_seconds,
+        )
         if val["auc"] > best_auc:
             best_auc, best_state, best_epoch, bad = val["auc"], copy.deepcopy(model.state_dict()), epoch, 0
         else:
@@ -172,6 +185,7 @@ def train(
         "epochs": len(history),
         "wall_seconds": time.perf_counter() - started,
         "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in history])),
+        "seed": cfg.seed,
         "params": sum(p.numel() for p in model.parameters()),
         "history": history,
         "train_config": asdict(cfg),

@@ -46,7 +46,9 @@ class Candidates(BaseModel):
     def _check(self) -> Candidates:
         if self.bids is not None:
             if len(self.bids) != len(self.ad_ids):
-                raise ValueError(f"candidates.bids has {len(self.bids)} values but candidates.ad_ids has {len(self.ad_ids)}")
+                raise ValueError(
+                    f"candidates.bids has {len(self.bids)} values but candidates.ad_ids has {len(self.ad_ids)}"
+                )
             for i, bid in enumerate(self.bids):
                 if not math.isfinite(bid) or bid < 0:
                     raise ValueError(f"candidates.bids[{i}] must be a finite number >= 0, got {bid}")
@@ -68,8 +70,8 @@ class PrerankRequest(BaseModel):
     )
 
     request_id: str | None = Field(None, max_length=128, description="echoed back for tracing")
-    user: UserInput
-    candidates: Candidates
+    user: UserInput = Field(..., description="who to rank for")
+    candidates: Candidates = Field(..., description="the ads to rank, as parallel arrays")
     top_k: int | None = Field(None, ge=1, description="return only the best k by eCPM (default: all)")
     unknown_user: Literal["defaults", "reject"] = Field(
         "defaults",

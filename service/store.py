@@ -101,7 +101,11 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
         raise ArtifactError(f"version {version}: empty index or user store")
     with torch.inference_mode():
         user = bundle.model.encode_user(users.take(np.zeros(1, np.int64)))
-        ads = index.vectors[:1].float() if index.scales is None else index.vectors[:1].float() * index.scales[:1, None, None]
+        ads = (
+            index.vectors[:1].float()
+            if index.scales is None
+            else index.vectors[:1].float() * index.scales[:1, None, None]
+        )
         try:
             out = bundle.model.score(user, ads)
         except RuntimeError as exc:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.features import FeatureSchema, Features, Vocabulary
+from models.features import Features, FeatureSchema, Vocabulary
 from models.tables import FeatureTable
 
 __all__ = ["Dataset", "Split", "concat_tables", "csr_from_lists", "files_sha256"]

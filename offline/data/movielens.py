@@ -19,7 +19,7 @@ from models.features import FeatureSchema, FeatureSpec, Kind, Side, Vocabulary
 from models.tables import FeatureTable
 from offline.data.dataset import Dataset, Split, concat_tables, csr_from_lists, files_sha256
 
-__all__ = ["OFFICIAL_URL", "PROTOCOLS", "load_movielens", "read_movielens"]
+__all__ = ["OFFICIAL_URL", "PROTOCOLS", "build_movielens", "load_movielens", "read_movielens"]
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,7 @@ def read_movielens(data_dir: Path) -> tuple[pd.DataFrame, str]:
     else:
         raise FileNotFoundError(f"no ratings.dat or ratings_merged.csv.gz in {data_dir}")
     ratings = ratings.dropna(subset=["rating"])
-    users = pd.read_csv(
-        users_path, sep="::", engine="python", names=["user_id", "gender", "age", "occupation", "zip"]
-    )
+    users = pd.read_csv(users_path, sep="::", engine="python", names=["user_id", "gender", "age", "occupation", "zip"])
     movies = pd.read_csv(
         movies_path, sep="::", engine="python", names=["movie_id", "title", "genres"], encoding="latin-1"
     )
@@ -168,26 +166,31 @@ def _minmax(splits: list[Split], fit: Split) -> None:
 
 def load_movielens(data_dir: Path, protocol: str = "paper", seed: int = 1023) -> Dataset:
     """Loads MovieLens-1M under a protocol ("paper" or "clean"); see the module docstring."""
+    frame, checksum = read_movielens(data_dir)
+    return build_movielens(frame, checksum, protocol, seed)
+
+
+def build_movielens(frame: pd.DataFrame, checksum: str, protocol: str = "paper", seed: int = 1023) -> Dataset:
+    """Applies a protocol to a joined ratings frame (see `read_movielens`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    frame, checksum = read_movielens(data_dir)
     frame = frame[frame["rating"] != 3].reset_index(drop=True)
     frame["label"] = (frame["rating"] >= 4).astype(np.int64)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
-    n_test = int(round(0.2 * len(frame)))
+    n_test = round(0.2 * len(frame))
     train_rows = frame.iloc[order[n_test:]].reset_index(drop=True)
     test_rows = frame.iloc[order[:n_test]].reset_index(drop=True)
     movies = frame.drop_duplicates("movie_id")[["movie_id", "genres"]]
     profiles = frame.drop_duplicates("user_id")[["user_id", "gender", "age", "occupation"]]
-    n_fit = int(round(0.8 * len(train_rows)))
+    n_fit = round(0.8 * len(train_rows))
 
     if protocol == "paper":
         vocabs = _fit_vocabs(frame, movies)
         enc = _Encoder(profiles, movies, vocabs)
         train_all, train_users, train_ads = _paper_split(train_rows, enc)
         test, test_users, test_ads = _paper_split(test_rows, enc)
-        n_fit = int(round(0.8 * len(train_all)))
+        n_fit = round(0.8 * len(train_all))
         train = train_all.subset(np.arange(n_fit))
         valid = train_all.subset(np.arange(n_fit, len(train_all)))
         _minmax([train, valid, test], train)
@@ -266,4 +269,9 @@ def _clean_splits(
         )
 
     train = Split(user_rows, ad_rows, fit_rows["label"].to_numpy(np.float32), users, ads)
-    return train, held_out(valid_rows), held_out(test_rows), (list(all_users), serving_users, list(all_ads), serving_ads)
+    return (
+        train,
+        held_out(valid_rows),
+        held_out(test_rows),
+        (list(all_users), serving_users, list(all_ads), serving_ads),
+    )

@@ -30,9 +30,7 @@ SCHEMA_FIELDS = (
 )
 
 
-def make_synthetic(
-    n_users: int = 2000, n_ads: int = 500, n_rows: int = 60_000, seed: int = 7
-) -> Dataset:
+def make_synthetic(n_users: int = 2000, n_ads: int = 500, n_rows: int = 100_000, seed: int = 7) -> Dataset:
     """Builds the dataset; the same arguments always give the same bytes."""
     rng = np.random.default_rng(seed)
     n_segments, n_ages, n_categories, n_advertisers = 12, 6, 20, 60

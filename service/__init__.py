@@ -1,0 +1,3 @@
+"""The online pre-ranking service (FastAPI)."""
+
+__all__: list[str] = []

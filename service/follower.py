@@ -1,0 +1,107 @@
+"""Follows the store's live-version pointer and hot-swaps model + index off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+import torch
+
+from models.artifact import ArtifactError
+from service.scorer import Scorer
+from service.store import LocalStore, ServingVersion
+
+__all__ = ["Follower", "FollowerStatus"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FollowerStatus:
+    """What /readyz reports."""
+
+    live_version: str | None = None
+    live_model: str | None = None
+    loaded_at: float | None = None
+    refused: dict[str, str] = field(default_factory=dict)  # version -> reason
+    store_error: str | None = None
+    swaps: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "live_version": self.live_version,
+            "live_model": self.live_model,
+            "loaded_at": self.loaded_at,
+            "refused_versions": dict(self.refused),
+            "store_error": self.store_error,
+            "swaps": self.swaps,
+        }
+
+
+class Follower:
+    """Loads whatever version the store's pointer names, warms it, then swaps it in.
+
+    A version that fails to load is refused (remembered with its reason, not retried) and the
+    previous version keeps serving.
+
+    Args:
+        store: the store to follow.
+        scorer: receives the swaps.
+        device: where vectors and model live.
+        expected_model: refuse versions whose model differs (the `serve ARTIFACT` pin).
+    """
+
+    def __init__(self, store: LocalStore, scorer: Scorer, device: str, expected_model: str | None = None) -> None:
+        self.store = store
+        self.scorer = scorer
+        self.device = device
+        self.expected_model = expected_model
+        self.status = FollowerStatus()
+
+    def _load_and_warm(self, version: str) -> ServingVersion:
+        loaded = self.store.load(version, self.device, self.expected_model)
+        with torch.inference_mode():  # warm-up: first calls allocate and pick kernels
+            users = loaded.index.users
+            user = loaded.bundle.model.encode_user(users.take(torch.zeros(1, dtype=torch.int64).numpy(), self.device))
+            rows = torch.arange(min(len(loaded.vectors), 1024)).numpy()
+            for _ in range(3):
+                loaded.bundle.model.score(user, self.scorer.gather(loaded, rows))
+        return loaded
+
+    async def check(self) -> bool:
+        """One look at the pointer; loads and swaps if it moved. Returns True on a swap."""
+        try:
+            target = await anyio.to_thread.run_sync(self.store.current)
+            self.status.store_error = None
+        except OSError as exc:
+            self.status.store_error = f"cannot read the store: {exc}"
+            log.warning(self.status.store_error)
+            return False
+        if target is None or target == self.status.live_version or target in self.status.refused:
+            return False
+        started = time.perf_counter()
+        try:
+            loaded = await anyio.to_thread.run_sync(self._load_and_warm, target)
+        except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            self.status.refused[target] = str(exc)
+            log.error("refused version %s: %s", target, exc)
+            return False
+        self.scorer.swap(loaded)
+        self.status.live_version = loaded.version
+        self.status.live_model = loaded.model_version
+        self.status.loaded_at = time.time()
+        self.status.swaps += 1
+        log.info(
+            "serving %s (%s), loaded in %.2fs", loaded.version, loaded.model_version, time.perf_counter() - started
+        )
+        return True
+
+    async def run(self, interval: float) -> None:
+        """Polls forever (cancelled at shutdown)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.check()

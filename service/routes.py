@@ -1,0 +1,102 @@
+"""HTTP routes: handlers translate between the wire format and the scorer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.follower import Follower
+from service.schemas import ErrorResponse, PrerankRequest, PrerankResponse
+from service.scorer import RequestError, Scorer
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content, option=JSON_OPTIONS), status_code, headers, media_type="application/json")
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return f"body is not valid JSON: {first['msg']}"
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PrerankRequest"}}},
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "body is not JSON",
+        404: "unknown user with unknown_user=reject",
+        413: "body too large",
+        415: "content type is not application/json",
+        422: "a field is invalid (the message names it)",
+        503: "no version loaded yet",
+    }.items()
+}
+
+
+@router.post(
+    "/prerank",
+    response_model=PrerankResponse,
+    responses=_ERRORS,
+    openapi_extra=_REQUEST_BODY,
+    summary="Rank candidate ads for one user by eCPM",
+)
+async def prerank(request: Request) -> Response:
+    """Runs the user tower once, scores every known candidate and returns them by eCPM.
+
+    Per-stage timings are returned in the `Server-Timing` header.
+    """
+    settings: Settings = request.app.state.settings
+    scorer: Scorer = request.app.state.scorer
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("application/json"):
+        raise RequestError(415, "content-type", f"must be application/json, got {content_type or 'nothing'!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise RequestError(413, "body", f"{declared} bytes exceeds the limit of {settings.max_body_bytes}")
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise RequestError(413, "body", f"{len(body)} bytes exceeds the limit of {settings.max_body_bytes}")
+    try:
+        parsed = PrerankRequest.model_validate_json(body)
+    except ValidationError as exc:
+        status = 400 if exc.errors()[0]["type"] == "json_invalid" else 422
+        raise RequestError(status, "body", _validation_detail(exc)) from None
+    n = len(parsed.candidates.ad_ids)
+    if n > settings.max_candidates:
+        raise RequestError(422, "candidates.ad_ids", f"{n} candidates exceeds the limit of {settings.max_candidates}")
+    result = await run_in_threadpool(scorer.prerank, parsed)
+    timing = ", ".join(f"{k};dur={v:.3f}" for k, v in result.timings_ms.items())
+    return json_response(result.payload(parsed.request_id), headers={"Server-Timing": timing})
+
+
+@router.get("/healthz", summary="Liveness: the process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: a model and index version is loaded", responses={503: {}})
+async def readyz(request: Request) -> Response:
+    follower: Follower = request.app.state.follower
+    status = follower.status.as_dict()
+    ready = request.app.state.scorer.live is not None
+    status["status"] = "ready" if ready else "not_ready"
+    return json_response(status, 200 if ready else 503)

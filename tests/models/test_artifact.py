@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from models.artifact import ArtifactError, load_artifact, quantize
+
+
+def test_artifact_roundtrip_gives_identical_scores(tiny, tiny_hit, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bundle = load_artifact(tiny_hit.artifact)
+    feats, _ = tiny.test.batch(np.arange(100))
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(feats), tiny_hit.model.eval()(feats), rtol=0, atol=0)
+    meta = bundle.meta
+    for key in ("model_version", "seed", "data_sha256", "code_version", "protocol", "dataset"):
+        assert key in meta
+    assert bundle.version.startswith("hit-")
+    assert not list(tiny_hit.artifact.glob("*.pt")) and not list(tiny_hit.artifact.glob("*.pkl"))
+
+
+def test_artifact_refuses_tampered_weights(tiny_hit, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "a"
+    shutil.copytree(tiny_hit.artifact, copy)
+    data = bytearray((copy / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        load_artifact(copy)
+
+
+def test_artifact_refuses_config_that_does_not_fit_weights(tiny_hit, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "a"
+    shutil.copytree(tiny_hit.artifact, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["config"]["heads"] = 4
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="do not fit"):
+        load_artifact(copy)
+
+
+def test_quantize_error_bounds() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1000, 2, 16)
+    bf16, none = quantize(x, "bfloat16")
+    assert none is None and bf16.dtype == torch.bfloat16
+    assert float((bf16.float() - x).abs().max()) <= float(x.abs().max()) * 2**-8
+    q, scales = quantize(x, "int8")
+    assert q.dtype == torch.int8 and scales is not None and scales.shape == (1000,)
+    err = (q.float() * scales[:, None, None] - x).abs().amax(dim=(1, 2))
+    assert bool((err <= scales / 2 + 1e-6).all())
+    with pytest.raises(ValueError, match="vector dtype"):
+        quantize(x, "float16")

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.features import FeatureSchema, FeatureSpec, Jagged, Kind, Side, Vocabulary
+from models.hit import HIT, HITConfig
+from models.losses import hit_generation_loss
+from models.registry import MODELS, build_model, config_from_dict
+from models.scoring import maxsim
+from models.tables import FeatureTable
+
+
+@pytest.fixture
+def batch(tiny):  # type: ignore[no-untyped-def]
+    return tiny.train.batch(np.arange(64))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_equals_composition(tiny, batch, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, tiny.schema, {}).eval()
+    feats, _ = batch
+    with torch.no_grad():
+        direct = model(feats)
+        composed = model.score(model.encode_user(feats), model.encode_ad(feats))
+        # one user against many ads (the serving shape) equals the paired rows for that user
+        one_user = {k: (v[:1] if isinstance(v, torch.Tensor) else v) for k, v in feats.items()}
+        user_only = tiny.users.take(tiny.train.user_rows[:1])
+        broadcast = model.score(model.encode_user(user_only), model.encode_ad(feats))
+        paired = model.score(model.encode_user(user_only).expand(64, -1, -1), model.encode_ad(feats))
+    assert direct.shape == (64,)
+    torch.testing.assert_close(direct, composed, rtol=0, atol=1e-6)
+    torch.testing.assert_close(broadcast, paired, rtol=0, atol=1e-6)
+    assert one_user  # keeps the slicing honest for sparse fields
+
+
+def test_maxsim_hand_computed() -> None:
+    user = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # (1, 2 heads, p=2)
+    ads = torch.tensor([[[3.0, 1.0], [0.0, -1.0]], [[-1.0, 0.0], [0.5, 0.5]]])  # (2, 2, 2)
+    # ad 0: head0 max(3, 0) = 3; head1 max(2, -2) = 2 -> 5.  ad 1: max(-1, .5) + max(0, 1) = 1.5
+    torch.testing.assert_close(maxsim(user, ads), torch.tensor([5.0, 1.5]))
+
+
+def test_hit_shapes_and_dims(tiny) -> None:  # type: ignore[no-untyped-def]
+    model = HIT(tiny.schema, HITConfig(heads=3, head_dim=8)).eval()
+    feats, _ = tiny.train.batch(np.arange(5))
+    assert model.encode_user(feats).shape == (5, 3, 8)
+    assert model.encode_ad(feats).shape == (5, 3, 8)
+    # user statics: segment, age_bucket; ad statics: category, advertiser -> both sides have generators
+    assert len(model.user_tower.generators) == 2 and len(model.ad_tower.generators) == 2
+
+
+def test_generation_loss_routes_gradients_only_to_generators(tiny) -> None:  # type: ignore[no-untyped-def]
+    model = HIT(tiny.schema, HITConfig()).train()
+    feats, labels = tiny.train.batch(np.arange(128))
+    logits, aux = model.forward_train(feats)
+    gen = hit_generation_loss(aux, labels, "mimic")
+    gen.backward(retain_graph=True)
+    for name, p in model.named_parameters():
+        has_grad = p.grad is not None and bool(p.grad.abs().sum() > 0)
+        assert has_grad == (".generators." in name), name
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
+    for name, p in model.named_parameters():
+        if ".generators." in name:
+            assert p.grad is None or float(p.grad.abs().sum()) == 0.0, name
+
+
+def test_generation_loss_values() -> None:
+    target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mimic = torch.stack([torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])], 1)
+    aux = {"user_mimic": mimic, "ad_repr": target}
+    labels = torch.tensor([1.0, 0.0])
+    # row 0 positive: cos(gen1, t0) = 1 -> 0 loss; row 1 negative: cos(gen2, t1) = 1 -> 0
+    assert float(hit_generation_loss(aux, labels, "mimic")) == pytest.approx(0.0)
+    # repo_head: mean(y * cos1) + mean((1 - y) * cos2) = (1 + 0)/2 + (0 + 1)/2
+    assert float(hit_generation_loss(aux, labels, "repo_head")) == pytest.approx(1.0)
+    # repo_jul2024: (1 - mean cos1) + (1 + mean cos2) = (1 - .5) + (1 + .5)
+    assert float(hit_generation_loss(aux, labels, "repo_jul2024")) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="unknown generation-loss mode"):
+        hit_generation_loss(aux, labels, "nope")
+
+
+def test_config_rejects_unknown_keys_and_bad_values() -> None:
+    with pytest.raises(ValueError, match="unknown hit config keys"):
+        config_from_dict("hit", {"headz": 2})
+    with pytest.raises(ValueError, match="gen_loss must be one of"):
+        config_from_dict("hit", {"gen_loss": "bogus"})
+    with pytest.raises(ValueError, match="unknown model"):
+        config_from_dict("nope", {})
+
+
+def test_schema_roundtrip_and_vocabulary() -> None:
+    schema = FeatureSchema(
+        (FeatureSpec("u", Side.USER, Kind.SPARSE, "u", static=True), FeatureSpec("d", Side.AD, Kind.DENSE)),
+        {"u": 3},
+    )
+    assert FeatureSchema.from_dict(schema.to_dict()) == schema
+    vocab = Vocabulary.fit(["b", "a", "b", 7])
+    assert vocab.tokens == ["7", "a", "b"]
+    assert list(vocab.encode(["a", "zzz", 7])) == [2, 0, 1]
+    with pytest.raises(ValueError, match="need a vocab"):
+        FeatureSpec("x", Side.USER, Kind.SPARSE)
+
+
+def test_feature_table_take_gathers_jagged_rows() -> None:
+    table = FeatureTable(
+        3, sparse={"a": np.array([5, 6, 7])}, sequences={"s": (np.array([1, 2, 3, 4, 5, 6]), np.array([0, 2, 2, 6]))}
+    )
+    out = table.take(np.array([2, 0, 1]))
+    assert out["a"].tolist() == [7, 5, 6]
+    seq = out["s"]
+    assert isinstance(seq, Jagged)
+    assert seq.values.tolist() == [3, 4, 5, 6, 1, 2] and seq.offsets.tolist() == [0, 4, 6]
+    back = FeatureTable.from_tensors(table.to_tensors("x"), "x", 3)
+    assert back.take(np.array([0]))["s"].values.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="expected 3"):
+        FeatureTable(3, sparse={"a": np.array([1])})

@@ -1,0 +1,135 @@
+"""The app in-process (TestClient runs the real lifespan against a real published store)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.schemas import PrerankResponse
+
+
+@pytest.fixture(scope="module")
+def client(store: Path) -> Iterator[TestClient]:
+    app = create_app(Settings(store=f"local:{store}", max_candidates=500, max_body_bytes=20_000, poll_seconds=60))
+    with TestClient(app) as c:
+        yield c
+
+
+def _offline_scores(tiny, model, user_key: str, ad_ids: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    user_row = tiny.user_keys.index(user_key)
+    ad_rows = np.array([int(np.flatnonzero(tiny.ad_ids == a)[0]) for a in ad_ids])
+    feats = tiny.users.take(np.full(len(ad_rows), user_row))
+    feats.update(tiny.ads.take(ad_rows))
+    with torch.no_grad():
+        return torch.sigmoid(model.eval()(feats)).numpy()
+
+
+def test_prerank_matches_offline_scores_and_sorts_by_ecpm(client: TestClient, tiny, tiny_hit) -> None:  # type: ignore[no-untyped-def]
+    ads = [int(a) for a in tiny.ad_ids[:60]]
+    bids = [float(b) for b in np.linspace(0.5, 3.0, 60)]
+    r = client.post("/prerank", json={"user": {"id": "7"}, "candidates": {"ad_ids": ads, "bids": bids}})
+    assert r.status_code == 200, r.text
+    body = PrerankResponse.model_validate(r.json())
+    assert body.user_known and body.unknown_ad_ids == [] and len(body.ad_ids) == 60
+    expected = dict(zip(ads, _offline_scores(tiny, tiny_hit.model, "7", ads), strict=True))
+    np.testing.assert_allclose(body.pctr, [expected[a] for a in body.ad_ids], atol=1e-5, rtol=0)
+    bid_of = dict(zip(ads, bids, strict=True))
+    np.testing.assert_allclose(body.ecpm, [expected[a] * bid_of[a] for a in body.ad_ids], atol=1e-5, rtol=1e-5)
+    assert body.ecpm == sorted(body.ecpm, reverse=True)
+    assert body.model_version == tiny_hit.metrics["model_version"] and body.index_version == "v000001"
+    assert "score;dur=" in r.headers["server-timing"]
+
+
+def test_top_k_unknown_ads_and_stored_bids(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
+    ads = [int(a) for a in tiny.ad_ids[:30]] + [10**12, 10**12 + 1]
+    r = client.post("/prerank", json={"user": {"id": "3"}, "candidates": {"ad_ids": ads}, "top_k": 5})
+    body = r.json()
+    assert r.status_code == 200 and len(body["ad_ids"]) == 5
+    assert body["unknown_ad_ids"] == [10**12, 10**12 + 1]
+    full = client.post("/prerank", json={"user": {"id": "3"}, "candidates": {"ad_ids": ads}}).json()
+    assert full["ad_ids"][:5] == body["ad_ids"]  # partial sort agrees with the full sort
+    stored = dict(zip(tiny.ad_ids.tolist(), tiny.ad_bids.tolist(), strict=True))
+    np.testing.assert_allclose(
+        full["ecpm"], [p * stored[a] for p, a in zip(full["pctr"], full["ad_ids"], strict=True)], rtol=1e-5
+    )
+
+
+def test_raw_features_override_and_unknown_user(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
+    ads = [int(a) for a in tiny.ad_ids[:20]]
+    stored = client.post("/prerank", json={"user": {"id": "5"}, "candidates": {"ad_ids": ads}}).json()
+    seg = tiny.vocabs["segment"].tokens[(tiny.users.sparse["segment"][5] % 12)]  # a different segment
+    changed = client.post(
+        "/prerank", json={"user": {"id": "5", "features": {"segment": seg}}, "candidates": {"ad_ids": ads}}
+    ).json()
+    assert changed["pctr"] != stored["pctr"]
+    cold = client.post("/prerank", json={"user": {"id": "nobody"}, "candidates": {"ad_ids": ads}})
+    assert cold.status_code == 200 and cold.json()["user_known"] is False
+    by_features = client.post(
+        "/prerank",
+        json={
+            "user": {"features": {"segment": "1", "age_bucket": "2", "preferred_categories": [1, 4]}},
+            "candidates": {"ad_ids": ads},
+        },
+    )
+    assert by_features.status_code == 200 and by_features.json()["user_known"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": []}}, 422, "candidates.ad_ids"),
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": ["x"]}}, 422, "candidates.ad_ids.0"),
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": [1, 1]}}, 422, "duplicate"),
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": [1, 2], "bids": [1.0]}}, 422, "candidates.bids"),
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": [1], "bids": [-1.0]}}, 422, "candidates.bids[0]"),
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": list(range(501))}}, 422, "exceeds the limit of 500"),
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": [1]}, "top_k": 0}, 422, "top_k"),
+        ({"candidates": {"ad_ids": [1]}}, 422, "user"),
+        ({"user": {"id": "1"}, "candidates": {"ad_ids": [1]}, "extra": 1}, 422, "extra"),
+        ({"user": {"id": "x" * 65}, "candidates": {"ad_ids": [1]}}, 422, "user.id"),
+        ({"user": {"features": {"segment": [1, 2]}}, "candidates": {"ad_ids": [1]}}, 422, "user.features.segment"),
+        ({"user": {"features": {"height": 3}}, "candidates": {"ad_ids": [1]}}, 422, "user.features.height"),
+        ({"user": {"id": "nobody"}, "candidates": {"ad_ids": [1]}, "unknown_user": "reject"}, 404, "user.id"),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(client: TestClient, body: dict, status: int, needle: str) -> None:
+    r = client.post("/prerank", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_malformed_bodies(client: TestClient) -> None:
+    r = client.post("/prerank", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    r = client.post("/prerank", content=b"user=1", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415
+    big = b'{"user": {"id": "1"}, "candidates": {"ad_ids": [' + b"1," * 20_000 + b"1]}}"
+    r = client.post("/prerank", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "body" in r.json()["detail"]
+
+
+def test_health_readiness_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["live_version"] == "v000001"
+    spec = client.get("/openapi.json").json()
+    req = spec["components"]["schemas"]["PrerankRequest"]
+    assert spec["paths"]["/prerank"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "PrerankRequest"
+    )
+    assert all("description" in p for p in req["properties"].values())
+
+
+def test_not_ready_without_a_published_version(tmp_path: Path) -> None:
+    app = create_app(Settings(store=f"local:{tmp_path}", poll_seconds=60))
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 503
+        r = c.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": [1]}})
+        assert r.status_code == 503
