@@ -58,8 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="run the ad tower over every ad and publish an index version")
     p.add_argument("artifact", type=Path, help="model artifact directory")
     _add_data_args(p)
-    p.add_argument("--store", required=True, help="local:DIR")
+    p.add_argument("--store", required=True, help="local:DIR or redis://[:password@]host:port/db (rediss:// for TLS)")
+    p.add_argument("--keep", type=int, default=5, help="published versions to keep")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"], help="stored vector type")
+
+    p = sub.add_parser("versions", help="list the published versions of a store")
+    p.add_argument("--store", required=True, help="local:DIR or redis://...")
+
+    p = sub.add_parser("rollback", help="point the store's live version at an earlier version")
+    p.add_argument("version", help="e.g. v000003")
+    p.add_argument("--store", required=True, help="local:DIR or redis://...")
 
     p = sub.add_parser("serve", help="start the HTTP service")
     p.add_argument("artifact", type=Path, nargs="?", help="optional: must match the store's live model")
@@ -106,8 +114,26 @@ def _export(args: argparse.Namespace) -> None:
     from offline.export import export
 
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
-    manifest = export(args.artifact, dataset, args.store, args.dtype)
+    manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep)
     print(f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}")
+
+
+def _versions(args: argparse.Namespace) -> None:
+    from offline.publish import open_publisher
+
+    publisher = open_publisher(args.store)
+    live = publisher.current()
+    for m in publisher.versions():
+        mark = "*" if m.get("version") == live else " "
+        fields = (m.get("version"), m.get("model_version"), f"{m.get('n_ads')} ads", m.get("dtype"), m.get("created"))
+        print(mark, "  ".join(str(f) for f in fields))
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    from offline.publish import open_publisher
+
+    open_publisher(args.store).rollback(args.version)
+    print(f"live version is now {args.version}")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -137,7 +163,23 @@ def _download(args: argparse.Namespace) -> None:
     print(f"MovieLens-1M ready in {path}")
 
 
-COMMANDS = {"train": _train, "export": _export, "serve": _serve, "demo": _demo, "download-movielens": _download}
+COMMANDS = {
+    "train": _train,
+    "export": _export,
+    "versions": _versions,
+    "rollback": _rollback,
+    "serve": _serve,
+    "demo": _demo,
+    "download-movielens": _download,
+}
+
+
+def _redis_error() -> type[Exception]:
+    try:
+        from redis import RedisError
+    except ImportError:  # the store extra is not installed
+        return CliError
+    return RedisError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         COMMANDS[args.command](args)
-    except (CliError, FileNotFoundError, ValueError, KeyError, OSError) as exc:
+    except (CliError, FileNotFoundError, ValueError, KeyError, OSError, _redis_error()) as exc:
         message = str(exc).strip("'\"") or type(exc).__name__
         print(f"prerank {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -1,44 +1,31 @@
 """Runs the ad tower over the whole corpus and publishes a versioned index to a store.
 
-Publishing is all-or-nothing: a version is written under a temporary name, verified by reading
-it back, renamed into place, and only then does the `CURRENT` pointer move (atomic rename).
-A failure at any step leaves the live version untouched and removes the partial files.
+The version is staged as a directory (model copy + index + user store + manifest), then handed to
+the store's publisher (offline.publish), which makes it live all-or-nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.artifact import (
-    CURRENT_POINTER,
-    MODEL_SUBDIR,
-    VERSIONS_DIR,
-    ArtifactError,
-    Bundle,
-    load_artifact,
-    load_index,
-    parse_store_url,
-    save_index,
-    version_sort_key,
-    write_json,
-)
+from models.artifact import MODEL_SUBDIR, ArtifactError, Bundle, load_artifact, parse_store_url, save_index
 from models.tables import FeatureTable
 from offline.data import Dataset
+from offline.publish import KEEP_VERSIONS, open_publisher
 from offline.train import code_version
 
-__all__ = ["encode_ads", "export", "publish_local"]
+__all__ = ["encode_ads", "export"]
 
 log = logging.getLogger(__name__)
-KEEP_VERSIONS = 5
 
 
 @torch.inference_mode()
@@ -75,7 +62,7 @@ def export(
     Returns:
         The published manifest.
     """
-    scheme, location = parse_store_url(store_url)
+    parse_store_url(store_url)  # a bad URL fails before any work
     bundle = load_artifact(Path(artifact))
     _check_schema(bundle, dataset)
     t0 = time.perf_counter()
@@ -90,7 +77,7 @@ def export(
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    payload = {
+    payload: dict[str, Any] = {
         "ad_ids": dataset.ad_ids,
         "vectors": vectors,
         "bids": dataset.ad_bids,
@@ -98,57 +85,18 @@ def export(
         "user_ids": dataset.user_keys,
         "users": dataset.users.select(bundle.schema.user_fields),
     }
-    if scheme == "local":
-        return publish_local(Path(location), Path(artifact), payload, manifest, keep)
-    raise ArtifactError("the redis store is not available in this build; use local:DIR")
-
-
-def _next_version(versions: Path) -> str:
-    existing = [p.name for p in versions.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]
-    return f"v{max((version_sort_key(v) for v in existing), default=0) + 1:06d}"
-
-
-def publish_local(
-    root: Path, artifact: Path, payload: dict[str, Any], manifest: dict[str, Any], keep: int = KEEP_VERSIONS
-) -> dict[str, Any]:
-    """Publishes into a local store directory; see the module docstring for the guarantees."""
-    versions = root / VERSIONS_DIR
-    versions.mkdir(parents=True, exist_ok=True)
-    staging = versions / f".staging-{uuid.uuid4().hex}"
+    publisher = open_publisher(store_url, keep)
+    staged = publisher.staging_dir()
     try:
-        shutil.copytree(artifact, staging / MODEL_SUBDIR)
-        full = save_index(staging / "index", **payload, manifest=manifest)
-        for name in os.listdir(staging / "index"):
-            os.replace(staging / "index" / name, staging / name)
-        (staging / "index").rmdir()
-        while True:  # concurrent publishers: the first rename to a free name wins
-            version = _next_version(versions)
-            full["version"] = version
-            write_json(staging / "manifest.json", full)
-            try:
-                os.rename(staging, versions / version)
-                break
-            except OSError:
-                if not (versions / version).exists():
-                    raise
-        load_index(versions / version)  # read back and verify before going live
-        load_artifact(versions / version / MODEL_SUBDIR)
-        pointer = root / f".{CURRENT_POINTER}.{uuid.uuid4().hex}"
-        pointer.write_text(version + "\n")
-        os.replace(pointer, root / CURRENT_POINTER)
+        shutil.copytree(artifact, staged / MODEL_SUBDIR)
+        save_index(staged / "index", **payload, manifest=manifest)
+        for name in os.listdir(staged / "index"):
+            os.replace(staged / "index" / name, staged / name)
+        (staged / "index").rmdir()
+        full: dict[str, Any] = json.loads((staged / "manifest.json").read_text())
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
-    _prune(versions, keep, current=version)
-    log.info("published %s to %s", version, root)
-    return full
-
-
-def _prune(versions: Path, keep: int, current: str) -> None:
-    names = sorted(
-        (p.name for p in versions.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()),
-        key=version_sort_key,
-    )
-    for name in names[:-keep] if keep > 0 else []:
-        if name != current:
-            shutil.rmtree(versions / name, ignore_errors=True)
+    published = publisher.publish(staged, full)
+    log.info("published %s to %s", published["version"], store_url)
+    return published

@@ -54,7 +54,8 @@ def movielens_report(runs: Path) -> str:
         raise FileNotFoundError(f"no */metrics.json under {runs}")
     any_m = next(iter(metrics.values()))
     lines = [
-        "| run | protocol | model | test AUC | test LogLoss | RelaImpr vs DSSM | published AUC | best/epochs | s/epoch | params |",
+        "| run | protocol | model | test AUC | test LogLoss | RelaImpr vs DSSM | published AUC "
+        "| best/epochs | s/epoch | params |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *(_row(name, m) for name, m in metrics.items()),
         "",

@@ -20,7 +20,7 @@ from service.follower import Follower
 from service.routes import json_response, router
 from service.schemas import PrerankRequest
 from service.scorer import NotReadyError, RequestError, Scorer
-from service.store import LocalStore
+from service.store import open_store
 
 __all__ = ["create_app"]
 
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.torch_threads)
         expected = load_artifact(Path(settings.artifact)).version if settings.artifact else None
         scorer = Scorer(settings.device)
-        follower = Follower(LocalStore(settings.store), scorer, settings.device, expected)
+        follower = Follower(open_store(settings.store), scorer, settings.device, expected)
         app.state.settings, app.state.scorer, app.state.follower = settings, scorer, follower
         await follower.check()
         task = asyncio.create_task(follower.run(settings.poll_seconds))

@@ -13,7 +13,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PRERANK_", extra="ignore")
 
-    store: str = Field("local:store", description="index store URL: local:DIR")
+    store: str = Field(
+        "local:store", description="index store: local:DIR, redis://[:password@]host:port/db, rediss:// for TLS"
+    )
     artifact: str | None = Field(None, description="optional model artifact that must match the live index")
     device: str = Field("cpu", description="cpu or cuda")
     torch_threads: int = Field(1, ge=1, description="intra-op threads for scoring")

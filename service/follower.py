@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import torch
 
 from models.artifact import ArtifactError
 from service.scorer import Scorer
-from service.store import LocalStore, ServingVersion
+from service.store import ServingVersion, Store
 
 __all__ = ["Follower", "FollowerStatus"]
 
@@ -33,6 +34,7 @@ class FollowerStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "store_ok": self.store_error is None,
             "live_version": self.live_version,
             "live_model": self.live_model,
             "loaded_at": self.loaded_at,
@@ -55,12 +57,13 @@ class Follower:
         expected_model: refuse versions whose model differs (the `serve ARTIFACT` pin).
     """
 
-    def __init__(self, store: LocalStore, scorer: Scorer, device: str, expected_model: str | None = None) -> None:
+    def __init__(self, store: Store, scorer: Scorer, device: str, expected_model: str | None = None) -> None:
         self.store = store
         self.scorer = scorer
         self.device = device
         self.expected_model = expected_model
         self.status = FollowerStatus()
+        self._wake = asyncio.Event()
 
     def _load_and_warm(self, version: str) -> ServingVersion:
         loaded = self.store.load(version, self.device, self.expected_model)
@@ -86,6 +89,10 @@ class Follower:
         started = time.perf_counter()
         try:
             loaded = await anyio.to_thread.run_sync(self._load_and_warm, target)
+        except ConnectionError as exc:  # store went away mid-download: retry on the next check
+            self.status.store_error = str(exc)
+            log.warning("could not load %s: %s", target, exc)
+            return False
         except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
             self.status.refused[target] = str(exc)
             log.error("refused version %s: %s", target, exc)
@@ -101,7 +108,32 @@ class Follower:
         return True
 
     async def run(self, interval: float) -> None:
-        """Polls forever (cancelled at shutdown)."""
+        """Checks on every pub/sub event, and every `interval` seconds regardless (cancelled at shutdown)."""
+        listener = asyncio.create_task(self._listen()) if self.store.events_channel else None
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=interval)
+                self._wake.clear()
+                await self.check()
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+
+    async def _listen(self) -> None:
+        """Subscribes to the store's events channel, reconnecting after failures."""
+        import redis.asyncio as aioredis
+
         while True:
-            await asyncio.sleep(interval)
-            await self.check()
+            try:
+                client = aioredis.Redis.from_url(self.store.url, socket_connect_timeout=2)
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(self.store.events_channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
+            except (OSError, aioredis.RedisError) as exc:
+                log.debug("events channel unavailable: %s", exc)
+            await asyncio.sleep(1.0)

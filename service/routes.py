@@ -98,5 +98,8 @@ async def readyz(request: Request) -> Response:
     follower: Follower = request.app.state.follower
     status = follower.status.as_dict()
     ready = request.app.state.scorer.live is not None
-    status["status"] = "ready" if ready else "not_ready"
+    if not ready:
+        status["status"] = "not_ready"
+    else:  # degraded: serving from memory while the store is unreachable
+        status["status"] = "ready" if status["store_ok"] else "degraded"
     return json_response(status, 200 if ready else 503)

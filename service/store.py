@@ -8,8 +8,10 @@ so a request never mixes versions.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,12 +23,14 @@ from models.artifact import (
     ArtifactError,
     Bundle,
     IndexData,
+    RedisKeys,
+    fetch_redis_version,
     load_artifact,
     load_index,
     parse_store_url,
 )
 
-__all__ = ["LocalStore", "ServingVersion", "load_version"]
+__all__ = ["LocalStore", "RedisStore", "ServingVersion", "Store", "load_version", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +121,30 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
         raise ArtifactError(f"version {version}: score has shape {tuple(out.shape)}, expected (1,)")
 
 
+class Store(Protocol):
+    """Where published versions come from."""
+
+    url: str
+    events_channel: str | None
+
+    def current(self) -> str | None: ...
+
+    def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion: ...
+
+
+def open_store(url: str) -> Store:
+    scheme, _ = parse_store_url(url)
+    return LocalStore(url) if scheme == "local" else RedisStore(url)
+
+
 class LocalStore:
     """A store directory written by `prerank export --store local:DIR`."""
 
+    events_channel: str | None = None
+
     def __init__(self, url: str) -> None:
-        scheme, location = parse_store_url(url)
-        if scheme != "local":
-            raise ValueError(f"unsupported store {url!r}: this build serves local:DIR")
+        _, location = parse_store_url(url)
+        self.url = url
         self.root = Path(location)
 
     def current(self) -> str | None:
@@ -135,3 +156,39 @@ class LocalStore:
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
         return load_version(self.root / VERSIONS_DIR / version, device, expected_model)
+
+
+class RedisStore:
+    """A Redis store written by `prerank export --store redis://...`.
+
+    Redis distributes versions; every replica downloads the live one once, verifies it and
+    serves it from memory, so a Redis outage never fails a request.
+    """
+
+    def __init__(self, url: str, prefix: str | None = None) -> None:
+        import redis
+
+        self.url = url
+        self.keys = RedisKeys(prefix) if prefix else RedisKeys()
+        self.events_channel: str | None = self.keys.events
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+    def current(self) -> str | None:
+        """GET of the pointer; raises ConnectionError (an OSError) when Redis is away."""
+        import redis
+
+        try:
+            value = self.client.get(self.keys.current)
+        except redis.RedisError as exc:
+            raise ConnectionError(f"redis: {exc}") from None
+        return value.decode() if value else None
+
+    def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
+        import redis
+
+        with tempfile.TemporaryDirectory(prefix="prerank-load-") as tmp:
+            try:
+                fetch_redis_version(self.client.mget, self.keys, version, Path(tmp) / version)
+            except redis.RedisError as exc:
+                raise ConnectionError(f"redis: {exc}") from None
+            return load_version(Path(tmp) / version, device, expected_model)

@@ -20,7 +20,7 @@ def download_movielens(data_dir: Path, url: str = OFFICIAL_URL) -> Path:
     archive = data_dir / "ml-1m.zip"
     if not archive.exists():
         tmp = archive.with_suffix(".part")
-        urllib.request.urlretrieve(url, tmp)  # noqa: S310 (fixed https URL)
+        urllib.request.urlretrieve(url, tmp)
         tmp.rename(archive)
     digest = hashlib.md5(archive.read_bytes(), usedforsecurity=False).hexdigest()
     if digest != OFFICIAL_MD5:

@@ -1,0 +1,235 @@
+"""Publishers: put a staged index version into a store and move the live pointer.
+
+A staged version is a directory (model/ + index files + manifest.json, see models.artifact).
+Both stores give the same guarantees: the pointer moves only after the whole version is
+written and read back, a failure removes what was partly written, the last `keep` versions are
+kept, and concurrent publishers get distinct version numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from models.artifact import (
+    CURRENT_POINTER,
+    MODEL_SUBDIR,
+    REDIS_CHUNK_BYTES,
+    VERSIONS_DIR,
+    ArtifactError,
+    RedisKeys,
+    fetch_redis_version,
+    load_artifact,
+    load_index,
+    parse_store_url,
+    version_sort_key,
+    write_json,
+)
+
+__all__ = ["KEEP_VERSIONS", "LocalPublisher", "Publisher", "RedisPublisher", "open_publisher"]
+
+log = logging.getLogger(__name__)
+KEEP_VERSIONS = 5
+
+
+class Publisher(Protocol):
+    def staging_dir(self) -> Path: ...
+
+    def publish(self, staged: Path, manifest: dict[str, Any]) -> dict[str, Any]: ...
+
+    def versions(self) -> list[dict[str, Any]]: ...
+
+    def current(self) -> str | None: ...
+
+    def rollback(self, version: str) -> None: ...
+
+
+def open_publisher(url: str, keep: int = KEEP_VERSIONS) -> Publisher:
+    scheme, location = parse_store_url(url)
+    if scheme == "local":
+        return LocalPublisher(Path(location), keep)
+    return RedisPublisher(location, keep)
+
+
+def _verify_staged(staged: Path) -> None:
+    load_index(staged)
+    load_artifact(staged / MODEL_SUBDIR)
+
+
+class LocalPublisher:
+    """A directory store: versions/<v>/ and a CURRENT file replaced atomically."""
+
+    def __init__(self, root: Path, keep: int = KEEP_VERSIONS) -> None:
+        self.root = root
+        self.keep = keep
+        self.dir = root / VERSIONS_DIR
+
+    def staging_dir(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir / f".staging-{uuid.uuid4().hex}"
+
+    def _names(self) -> list[str]:
+        if not self.dir.exists():
+            return []
+        names = [p.name for p in self.dir.iterdir() if p.name.startswith("v") and p.name[1:].isdigit()]
+        return sorted(names, key=version_sort_key)
+
+    def current(self) -> str | None:
+        try:
+            return (self.root / CURRENT_POINTER).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _point(self, version: str) -> None:
+        tmp = self.root / f".{CURRENT_POINTER}.{uuid.uuid4().hex}"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / CURRENT_POINTER)
+
+    def publish(self, staged: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        try:
+            while True:  # concurrent publishers: the first rename to a free name wins
+                names = self._names()
+                version = f"v{(version_sort_key(names[-1]) if names else 0) + 1:06d}"
+                manifest["version"] = version
+                write_json(staged / "manifest.json", manifest)
+                try:
+                    os.rename(staged, self.dir / version)
+                    break
+                except OSError:
+                    if not (self.dir / version).exists():
+                        raise
+            _verify_staged(self.dir / version)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        self._point(version)
+        self._prune(version)
+        return manifest
+
+    def _prune(self, current: str) -> None:
+        names = self._names()
+        for name in names[: -self.keep] if self.keep > 0 else []:
+            if name != current:
+                shutil.rmtree(self.dir / name, ignore_errors=True)
+
+    def versions(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        for name in self._names():
+            try:
+                manifest = json.loads((self.dir / name / "manifest.json").read_text())
+            except (OSError, ValueError):
+                manifest = {"version": name, "error": "unreadable manifest"}
+            out.append(manifest)
+        return out
+
+    def rollback(self, version: str) -> None:
+        if version not in self._names():
+            raise ArtifactError(f"version {version!r} is not in the store; have {self._names()}")
+        _verify_staged(self.dir / version)
+        self._point(version)
+
+
+def _files(staged: Path) -> list[str]:
+    return sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+class RedisPublisher:
+    """A Redis store: each file of a version in binary chunks, a manifest, a `current` key."""
+
+    def __init__(self, url: str, keep: int = KEEP_VERSIONS, prefix: str | None = None) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=30)
+        self.keys = RedisKeys(prefix) if prefix else RedisKeys()
+        self.keep = keep
+
+    def staging_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="prerank-stage-")) / "version"
+
+    def current(self) -> str | None:
+        value = self.client.get(self.keys.current)
+        return value.decode() if value else None
+
+    def publish(self, staged: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        version = f"v{int(self.client.incr(self.keys.seq)):06d}"  # atomic: concurrent publishers differ
+        manifest["version"] = version
+        written: list[str] = []
+        try:
+            files = []
+            for rel in _files(staged):
+                data = (staged / rel).read_bytes()
+                chunks = [data[i : i + REDIS_CHUNK_BYTES] for i in range(0, len(data), REDIS_CHUNK_BYTES)] or [b""]
+                pipe = self.client.pipeline(transaction=False)
+                for i, chunk in enumerate(chunks):
+                    key = self.keys.chunk(version, rel, i)
+                    pipe.set(key, chunk)
+                    written.append(key)
+                pipe.execute()
+                files.append(
+                    {"path": rel, "size": len(data), "chunks": len(chunks), "sha256": hashlib.sha256(data).hexdigest()}
+                )
+            manifest["files"] = files
+            manifest["published"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            self.client.set(self.keys.manifest(version), json.dumps(manifest, sort_keys=True))
+            written.append(self.keys.manifest(version))
+            self._verify(version)
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.zadd(self.keys.versions, {version: version_sort_key(version)})
+                pipe.set(self.keys.current, version)
+                pipe.publish(self.keys.events, version)
+                pipe.execute()
+        except BaseException:
+            if written:
+                try:
+                    self.client.delete(*written)
+                except Exception:
+                    log.warning("could not clean up partial version %s", version)
+            raise
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+        self._prune(version)
+        return manifest
+
+    def _verify(self, version: str) -> None:
+        """Reads the version back from Redis and loads it, as a server would."""
+        with tempfile.TemporaryDirectory(prefix="prerank-verify-") as tmp:
+            fetch_redis_version(self.client.mget, self.keys, version, Path(tmp) / version)
+            _verify_staged(Path(tmp) / version)
+
+    def _prune(self, current: str) -> None:
+        names = [n.decode() for n in self.client.zrange(self.keys.versions, 0, -1)]
+        for name in names[: -self.keep] if self.keep > 0 else []:
+            if name == current:
+                continue
+            keys = list(self.client.scan_iter(match=self.keys.version_pattern(name), count=1000))
+            if keys:
+                self.client.delete(*keys)
+            self.client.zrem(self.keys.versions, name)
+
+    def versions(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        for name in self.client.zrange(self.keys.versions, 0, -1):
+            raw = self.client.get(self.keys.manifest(name.decode()))
+            out.append(json.loads(raw) if raw else {"version": name.decode(), "error": "missing manifest"})
+        return out
+
+    def rollback(self, version: str) -> None:
+        if self.client.zscore(self.keys.versions, version) is None:
+            raise ArtifactError(f"version {version!r} is not in the store")
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.current, version)
+            pipe.publish(self.keys.events, version)
+            pipe.execute()

@@ -1,0 +1,81 @@
+"""Publishing to a real redis-server."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+
+from models.artifact import RedisKeys
+from offline.export import export
+from offline.publish import RedisPublisher
+from service.store import RedisStore
+
+pytestmark = pytest.mark.integration
+
+
+def test_publish_versions_rollback_and_prune(tiny, tiny_hit, redis_server) -> None:  # type: ignore[no-untyped-def]
+    url = redis_server.url
+    for _ in range(3):
+        export(tiny_hit.artifact, tiny, url, keep=2)
+    pub = RedisPublisher(url)
+    assert pub.current() == "v000003"
+    assert [m["version"] for m in pub.versions()] == ["v000002", "v000003"]
+    client = redis.Redis.from_url(url)
+    assert not list(client.scan_iter(match="prerank:version:v000001:*"))  # pruned
+    pub.rollback("v000002")
+    assert pub.current() == "v000002"
+    with pytest.raises(ValueError, match="not in the store"):
+        pub.rollback("v000001")
+    loaded = RedisStore(url).load("v000002")
+    assert loaded.model_version == tiny_hit.metrics["model_version"] and loaded.vectors.shape[0] == len(tiny.ad_ids)
+
+
+def test_a_publish_that_fails_half_way_leaves_the_live_version(tiny, tiny_hit, redis_server) -> None:  # type: ignore[no-untyped-def]
+    url = redis_server.url
+    export(tiny_hit.artifact, tiny, url)
+    client = redis.Redis.from_url(url)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", str(used + 300_000))  # room for part of a version, not all of it
+    with pytest.raises(redis.RedisError, match="maxmemory"):
+        export(tiny_hit.artifact, tiny, url)
+    client.config_set("maxmemory", "0")
+    assert RedisPublisher(url).current() == "v000001"
+    assert not list(client.scan_iter(match="prerank:version:v000002:*"))  # partial chunks removed
+    assert RedisStore(url).load("v000001").version == "v000001"
+
+
+def test_concurrent_publishers_get_distinct_versions(tiny, tiny_hit, redis_server) -> None:  # type: ignore[no-untyped-def]
+    errors: list[BaseException] = []
+    results: list[str] = []
+
+    def publish() -> None:
+        try:
+            results.append(export(tiny_hit.artifact, tiny, redis_server.url)["version"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(results) == ["v000001", "v000002", "v000003"]
+    current = RedisPublisher(redis_server.url).current()
+    assert current in results
+    for v in results:
+        assert RedisStore(redis_server.url).load(v).version == v  # every one intact
+
+
+def test_a_corrupted_chunk_is_detected_on_load(tiny, tiny_hit, redis_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    export(tiny_hit.artifact, tiny, redis_server.url)
+    client = redis.Redis.from_url(redis_server.url)
+    key = RedisKeys().chunk("v000001", "index.safetensors", 0)
+    data = bytearray(client.get(key))
+    data[-3] ^= 0xFF
+    client.set(key, bytes(data))
+    with pytest.raises(ValueError, match=r"checksum mismatch in index\.safetensors"):
+        RedisStore(redis_server.url).load("v000001")

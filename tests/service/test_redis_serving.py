@@ -1,0 +1,126 @@
+"""A real server following a real Redis: hot swap by pub/sub, and Redis killed under traffic."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from offline.export import export
+from offline.train import TrainConfig, train
+from tests.service.test_http_integration import _free_port
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def serve(store_url: str, poll: str = "5") -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "PRERANK_POLL_SECONDS": poll, "PRERANK_TORCH_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offline.cli", "serve", "--store", store_url, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("server did not become ready")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class Traffic:
+    """A client loop in a thread: records every response's versions and every failure."""
+
+    def __init__(self, url: str, ads: list[int]) -> None:
+        self.url, self.ads = url, ads
+        self.seen: list[tuple[str, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.post(self.url + "/prerank", json={"user": {"id": "4"}, "candidates": {"ad_ids": self.ads}})
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    self.failures.append(r.text)
+                else:
+                    body = r.json()
+                    self.seen.append((body["index_version"], body["model_version"]))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_pubsub_hot_swap_from_redis_under_traffic(tiny, tiny_hit, redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    export(tiny_hit.artifact, tiny, redis_server.url)
+    cfg = TrainConfig(epochs=1, batch_size=512, seed=9, progress=False)
+    v2 = train(tiny, "hit", {"heads": 3}, cfg, tmp_path / "v2")
+    with serve(redis_server.url, poll="30") as url, Traffic(url, tiny.ad_ids[:40].tolist()) as traffic:
+        _wait(lambda: len(traffic.seen) > 5)
+        started = time.monotonic()
+        export(v2.artifact, tiny, redis_server.url)
+        # poll interval is 30 s: a swap within 15 s came from the pub/sub event
+        assert _wait(lambda: traffic.seen and traffic.seen[-1][0] == "v000002", timeout=15)
+        swap_seconds = time.monotonic() - started
+        time.sleep(0.3)
+    assert traffic.failures == []
+    versions = [v for v, _ in traffic.seen]
+    assert versions == sorted(versions) and versions[0] == "v000001"
+    assert {m for v, m in traffic.seen if v == "v000002"} == {v2.metrics["model_version"]}
+    assert swap_seconds < 15
+
+
+def test_redis_killed_under_traffic(tiny, tiny_hit, redis_server) -> None:  # type: ignore[no-untyped-def]
+    export(tiny_hit.artifact, tiny, redis_server.url)
+    with serve(redis_server.url, poll="0.3") as url, Traffic(url, tiny.ad_ids[:40].tolist()) as traffic:
+        _wait(lambda: len(traffic.seen) > 5)
+        redis_server.stop()
+        assert _wait(lambda: httpx.get(url + "/readyz").json()["status"] == "degraded")
+        degraded = httpx.get(url + "/readyz")
+        n_during = len(traffic.seen)
+        _wait(lambda: len(traffic.seen) > n_during + 20)
+        redis_server.start()
+        export(tiny_hit.artifact, tiny, redis_server.url)  # the restarted Redis is empty: republish
+        assert _wait(lambda: httpx.get(url + "/readyz").json()["status"] == "ready")
+    assert degraded.status_code == 200 and "redis" in degraded.json()["store_error"]
+    assert traffic.failures == []
+    assert len(traffic.seen) > n_during + 20  # kept serving from memory while Redis was down
