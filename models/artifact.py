@@ -13,6 +13,7 @@ An index version is a directory::
     index.safetensors   ad_ids int64 (N,), vectors (N, ...), bids float32 (N,) [, scales (N,)]
     users.safetensors   user feature table (user/…) for requests that send only a user id
     user_ids.json       user keys, row order of the user table
+    ads.faiss           HNSW inner-product index over the ad heads (id = row * H_a + head)
     manifest.json       version, model version, shape, dtype, checksums, created time
     model/              the model artifact the vectors were computed with
 """
@@ -48,6 +49,7 @@ __all__ = [
     "save_artifact",
     "save_index",
     "write_json",
+    "ANN_FILE",
     "CURRENT_POINTER",
     "MODEL_SUBDIR",
     "VERSIONS_DIR",
@@ -243,6 +245,8 @@ def load_index(directory: Path) -> IndexData:
 # -- Store layout shared by the publisher (offline) and the follower (service) ---------------
 
 CURRENT_POINTER = "CURRENT"
+#: FAISS index over the ad heads (HNSW, inner product); FAISS id = ad row * H_a + head.
+ANN_FILE = "ads.faiss"
 VERSIONS_DIR = "versions"
 MODEL_SUBDIR = "model"
 

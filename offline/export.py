@@ -17,8 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.artifact import MODEL_SUBDIR, ArtifactError, Bundle, load_artifact, parse_store_url, save_index
+from models.artifact import (
+    ANN_FILE,
+    MODEL_SUBDIR,
+    ArtifactError,
+    Bundle,
+    file_sha256,
+    load_artifact,
+    parse_store_url,
+    save_index,
+    write_json,
+)
 from models.tables import FeatureTable
+from offline.ann import build_ann
 from offline.data import Dataset
 from offline.publish import KEEP_VERSIONS, open_publisher
 from offline.train import code_version
@@ -93,6 +104,11 @@ def export(
         for name in os.listdir(staged / "index"):
             os.replace(staged / "index" / name, staged / name)
         (staged / "index").rmdir()
+        if bundle.model.precomputes_ads:
+            (staged / ANN_FILE).write_bytes(build_ann(vectors).tobytes())
+            checksums = json.loads((staged / "manifest.json").read_text())
+            checksums["checksums"][ANN_FILE] = file_sha256(staged / ANN_FILE)
+            write_json(staged / "manifest.json", checksums)
         full: dict[str, Any] = json.loads((staged / "manifest.json").read_text())
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

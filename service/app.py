@@ -13,12 +13,13 @@ import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from pydantic import ValidationError
 
 from models.artifact import load_artifact
 from service.config import Settings
 from service.follower import Follower
 from service.routes import json_response, router
-from service.schemas import PrerankRequest
+from service.schemas import PrerankRequest, RetrieveRequest
 from service.scorer import NotReadyError, RequestError, Scorer
 from service.store import open_store
 
@@ -59,6 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _request_error(_: Request, exc: RequestError) -> Response:
         return json_response({"detail": str(exc)}, exc.status)
 
+    @app.exception_handler(ValidationError)
+    async def _body_error(_: Request, exc: ValidationError) -> Response:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return json_response({"detail": f"body is not valid JSON: {first['msg']}"}, 400)
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return json_response({"detail": f"{where}: {first['msg']}"}, 422)
+
     @app.exception_handler(NotReadyError)
     async def _not_ready(_: Request, exc: NotReadyError) -> Response:
         return json_response({"detail": str(exc)}, 503)
@@ -72,10 +81,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            request_schema = PrerankRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(request_schema.pop("$defs", {}))
-            components["PrerankRequest"] = request_schema
+            for body_model in (PrerankRequest, RetrieveRequest):
+                body_schema = body_model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body_schema.pop("$defs", {}))
+                components[body_model.__name__] = body_schema
             app.openapi_schema = schema
         return app.openapi_schema
 

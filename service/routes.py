@@ -7,12 +7,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 
 from service.config import Settings
 from service.follower import Follower
-from service.schemas import ErrorResponse, PrerankRequest, PrerankResponse
-from service.scorer import RequestError, Scorer
+from service.schemas import ErrorResponse, PrerankRequest, PrerankResponse, RetrieveRequest
+from service.scorer import RequestError, Scorer, ScoreResult
 
 __all__ = ["router"]
 
@@ -25,20 +24,15 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
     return Response(orjson.dumps(content, option=JSON_OPTIONS), status_code, headers, media_type="application/json")
 
 
-def _validation_detail(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    if first["type"] == "json_invalid":
-        return f"body is not valid JSON: {first['msg']}"
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
-
-
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PrerankRequest"}}},
+def _body_schema(name: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
     }
-}
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
@@ -56,7 +50,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "/prerank",
     response_model=PrerankResponse,
     responses=_ERRORS,
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra=_body_schema("PrerankRequest"),
     summary="Rank candidate ads for one user by eCPM",
 )
 async def prerank(request: Request) -> Response:
@@ -66,6 +60,32 @@ async def prerank(request: Request) -> Response:
     """
     settings: Settings = request.app.state.settings
     scorer: Scorer = request.app.state.scorer
+    parsed = PrerankRequest.model_validate_json(await _body(request, settings))
+    n = len(parsed.candidates.ad_ids)
+    if n > settings.max_candidates:
+        raise RequestError(422, "candidates.ad_ids", f"{n} candidates exceeds the limit of {settings.max_candidates}")
+    result = await run_in_threadpool(scorer.prerank, parsed)
+    return _scored(result, parsed.request_id)
+
+
+@router.post(
+    "/retrieve",
+    response_model=PrerankResponse,
+    responses=_ERRORS,
+    openapi_extra=_body_schema("RetrieveRequest"),
+    summary="Retrieve the top-k ads of the whole corpus for one user, ranked by eCPM",
+)
+async def retrieve(request: Request) -> Response:
+    """Searches the FAISS index of ad heads with each user head, rescores the union exactly with
+    the model, keeps the top_k by model score and returns them by eCPM with the stored bids."""
+    settings: Settings = request.app.state.settings
+    parsed = RetrieveRequest.model_validate_json(await _body(request, settings))
+    result = await run_in_threadpool(request.app.state.scorer.retrieve, parsed)
+    return _scored(result, parsed.request_id)
+
+
+async def _body(request: Request, settings: Settings) -> bytes:
+    """The raw body after content-type and size checks (parsed by pydantic straight from bytes)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("application/json"):
         raise RequestError(415, "content-type", f"must be application/json, got {content_type or 'nothing'!r}")
@@ -75,17 +95,12 @@ async def prerank(request: Request) -> Response:
     body = await request.body()
     if len(body) > settings.max_body_bytes:
         raise RequestError(413, "body", f"{len(body)} bytes exceeds the limit of {settings.max_body_bytes}")
-    try:
-        parsed = PrerankRequest.model_validate_json(body)
-    except ValidationError as exc:
-        status = 400 if exc.errors()[0]["type"] == "json_invalid" else 422
-        raise RequestError(status, "body", _validation_detail(exc)) from None
-    n = len(parsed.candidates.ad_ids)
-    if n > settings.max_candidates:
-        raise RequestError(422, "candidates.ad_ids", f"{n} candidates exceeds the limit of {settings.max_candidates}")
-    result = await run_in_threadpool(scorer.prerank, parsed)
+    return body
+
+
+def _scored(result: ScoreResult, request_id: str | None) -> Response:
     timing = ", ".join(f"{k};dur={v:.3f}" for k, v in result.timings_ms.items())
-    return json_response(result.payload(parsed.request_id), headers={"Server-Timing": timing})
+    return json_response(result.payload(request_id), headers={"Server-Timing": timing})
 
 
 @router.get("/healthz", summary="Liveness: the process is up")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["Candidates", "ErrorResponse", "PrerankRequest", "PrerankResponse", "UserInput"]
+__all__ = ["Candidates", "ErrorResponse", "PrerankRequest", "PrerankResponse", "RetrieveRequest", "UserInput"]
 
 FeatureValue = str | int | float | list[str | int]
 
@@ -78,6 +78,18 @@ class PrerankRequest(BaseModel):
         description="a user id not in the store and no features: score with defaults "
         "(flagged in the response) or reject with 404",
     )
+
+
+class RetrieveRequest(BaseModel):
+    """POST /retrieve body: the best ads of the whole corpus for one user (when recall sends none)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user": {"id": "42"}, "top_k": 100}]})
+
+    request_id: str | None = Field(None, max_length=128, description="echoed back for tracing")
+    user: UserInput = Field(..., description="who to retrieve for")
+    top_k: int = Field(100, ge=1, le=2000, description="how many ads to retrieve (by model score)")
+    exact: bool = Field(False, description="score every ad instead of searching the FAISS index")
+    unknown_user: Literal["defaults", "reject"] = Field("defaults", description="as in /prerank")
 
 
 class PrerankResponse(BaseModel):

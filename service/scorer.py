@@ -16,10 +16,15 @@ import numpy as np
 import torch
 
 from models.features import Features, FeatureSpec, Jagged, Kind
-from service.schemas import PrerankRequest
+from service.schemas import PrerankRequest, RetrieveRequest, UserInput
 from service.store import ServingVersion
 
 __all__ = ["NotReadyError", "RequestError", "ScoreResult", "Scorer"]
+
+
+#: Hits fetched per user head = ANN_OVERSAMPLE * k * H_a, then rescored exactly (sum-of-max is not
+#: decomposable per head, so each head's search over-fetches).
+ANN_OVERSAMPLE = 4
 
 
 class RequestError(ValueError):
@@ -109,24 +114,30 @@ class Scorer:
             previous, self._live = self._live, version
         return previous
 
-    def user_features(self, request: PrerankRequest, version: ServingVersion) -> tuple[Features, bool]:
+    def _version(self) -> ServingVersion:
+        version = self._live
+        if version is None:
+            raise NotReadyError("no model/index version is loaded")
+        return version
+
+    def user_features(self, user: UserInput, unknown_user: str, version: ServingVersion) -> tuple[Features, bool]:
         """Stored features of the user (if known), overridden by the request's raw features."""
         schema = version.bundle.schema
         fields = {f.name: f for f in schema.user_fields}
-        unknown = sorted(set(request.user.features) - set(fields))
+        unknown = sorted(set(user.features) - set(fields))
         if unknown:
             raise RequestError(
                 422, f"user.features.{unknown[0]}", f"not a user feature of this model; known: {sorted(fields)}"
             )
-        row = version.user_rows.get(request.user.id) if request.user.id is not None else None
-        known = row is not None or bool(request.user.features)
-        if row is None and not request.user.features and request.unknown_user == "reject":
-            raise RequestError(404, "user.id", f"user {request.user.id!r} is not in the user feature store")
+        row = version.user_rows.get(user.id) if user.id is not None else None
+        known = row is not None or bool(user.features)
+        if row is None and not user.features and unknown_user == "reject":
+            raise RequestError(404, "user.id", f"user {user.id!r} is not in the user feature store")
         if row is not None:
             feats = version.index.users.take(np.array([row], dtype=np.int64), self.device)
         else:
             feats = {name: _default_value(spec) for name, spec in fields.items()}
-        for name, value in request.user.features.items():
+        for name, value in user.features.items():
             feats[name] = _encode_value(fields[name], value, version)
         return feats, known
 
@@ -139,49 +150,85 @@ class Scorer:
             ads = ads.float() * scales.view(-1, *([1] * (ads.dim() - 1)))
         return ads
 
-    def prerank(self, request: PrerankRequest) -> ScoreResult:
-        """Scores and ranks the request's candidates by eCPM."""
-        version = self._live
-        if version is None:
-            raise NotReadyError("no model/index version is loaded")
+    def _rank(
+        self,
+        version: ServingVersion,
+        user: torch.Tensor,
+        rows: np.ndarray,
+        bids: np.ndarray | None,
+        top_k: int | None,
+        timings: dict[str, float],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores index rows for one encoded user; returns (order, pctr, ecpm) with order best-first."""
         t0 = time.perf_counter()
-        feats, user_known = self.user_features(request, version)
-        ad_ids = np.asarray(request.candidates.ad_ids, dtype=np.int64)
-        rows, known = version.lookup(ad_ids)
+        ads = self.gather(version, rows)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            model = version.bundle.model
-            user = model.encode_user(feats)
-            t2 = time.perf_counter()
-            ads = self.gather(version, rows)
-            t3 = time.perf_counter()
-            pctr = torch.sigmoid(model.score(user, ads)).cpu().numpy().astype(np.float32, copy=False)
-        t4 = time.perf_counter()
-        if request.candidates.bids is not None:
-            bids = np.asarray(request.candidates.bids, dtype=np.float32)[known]
-        else:
-            bids = version.index.bids[rows]
-        ecpm = pctr * bids
-        known_ids = ad_ids[known]
-        k = len(ecpm) if request.top_k is None else min(request.top_k, len(ecpm))
+            logits = version.bundle.model.score(user, ads)
+        pctr = torch.sigmoid(logits).cpu().numpy().astype(np.float32, copy=False)
+        t2 = time.perf_counter()
+        ecpm = pctr * (version.index.bids[rows] if bids is None else bids)
+        k = len(ecpm) if top_k is None else min(top_k, len(ecpm))
         if k < len(ecpm):
             top = np.argpartition(-ecpm, k - 1)[:k]
             order = top[np.argsort(-ecpm[top], kind="stable")]
         else:
             order = np.argsort(-ecpm, kind="stable")
-        t5 = time.perf_counter()
-        return ScoreResult(
-            version=version,
-            user_known=user_known,
-            ad_ids=known_ids[order],
-            pctr=pctr[order],
-            ecpm=ecpm[order],
-            unknown_ad_ids=ad_ids[~known],
-            timings_ms={
-                "features": (t1 - t0) * 1e3,
-                "user_tower": (t2 - t1) * 1e3,
-                "gather": (t3 - t2) * 1e3,
-                "score": (t4 - t3) * 1e3,
-                "sort": (t5 - t4) * 1e3,
-            },
-        )
+        timings.update(gather=(t1 - t0) * 1e3, score=(t2 - t1) * 1e3, sort=(time.perf_counter() - t2) * 1e3)
+        return order, pctr, ecpm
+
+    def encode_user(self, version: ServingVersion, feats: Features) -> torch.Tensor:
+        with torch.inference_mode():
+            return version.bundle.model.encode_user(feats)
+
+    def prerank(self, request: PrerankRequest) -> ScoreResult:
+        """Scores and ranks the request's candidates by eCPM."""
+        version = self._version()
+        t0 = time.perf_counter()
+        feats, user_known = self.user_features(request.user, request.unknown_user, version)
+        ad_ids = np.asarray(request.candidates.ad_ids, dtype=np.int64)
+        rows, known = version.lookup(ad_ids)
+        bids = None
+        if request.candidates.bids is not None:
+            bids = np.asarray(request.candidates.bids, dtype=np.float32)[known]
+        t1 = time.perf_counter()
+        user = self.encode_user(version, feats)
+        timings = {"features": (t1 - t0) * 1e3, "user_tower": (time.perf_counter() - t1) * 1e3}
+        order, pctr, ecpm = self._rank(version, user, rows, bids, request.top_k, timings)
+        known_ids = ad_ids[known]
+        return ScoreResult(version, user_known, known_ids[order], pctr[order], ecpm[order], ad_ids[~known], timings)
+
+    def candidates(self, version: ServingVersion, user: torch.Tensor, k: int, exact: bool) -> np.ndarray:
+        """Index rows of the k ads with the highest logit over the whole corpus.
+
+        With `exact` (or no ANN index) every ad is scored; otherwise each user head searches the
+        FAISS index of ad heads and the union of hits is rescored exactly.
+        """
+        n_ads = version.vectors.shape[0]
+        if exact or version.ann is None:
+            rows = np.arange(n_ads)
+        else:
+            heads = version.vectors.shape[1]
+            queries = user.float().reshape(-1, user.shape[-1]).cpu().numpy()  # (H_u, p)
+            per_head = min(version.ann.ntotal, ANN_OVERSAMPLE * k * heads)
+            version.ann.hnsw.efSearch = max(64, per_head)
+            _, hits = version.ann.search(queries, per_head)
+            rows = np.unique(hits[hits >= 0] // heads)
+        with torch.inference_mode():
+            logits = version.bundle.model.score(user, self.gather(version, rows)).cpu().numpy()
+        if k < len(rows):
+            rows = rows[np.argpartition(-logits, k - 1)[:k]]
+        return rows
+
+    def retrieve(self, request: RetrieveRequest) -> ScoreResult:
+        """Top-k ads of the whole corpus for the user, ranked by eCPM with their stored bids."""
+        version = self._version()
+        t0 = time.perf_counter()
+        feats, user_known = self.user_features(request.user, request.unknown_user, version)
+        user = self.encode_user(version, feats)
+        t1 = time.perf_counter()
+        rows = self.candidates(version, user, request.top_k, request.exact)
+        timings = {"user_tower": (t1 - t0) * 1e3, "retrieve": (time.perf_counter() - t1) * 1e3}
+        order, pctr, ecpm = self._rank(version, user, rows, None, None, timings)
+        ids = version.index.ad_ids[rows]
+        return ScoreResult(version, user_known, ids[order], pctr[order], ecpm[order], np.zeros(0, np.int64), timings)

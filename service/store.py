@@ -11,12 +11,13 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from models.artifact import (
+    ANN_FILE,
     CURRENT_POINTER,
     MODEL_SUBDIR,
     VERSIONS_DIR,
@@ -47,6 +48,7 @@ class ServingVersion:
     sorted_ids: np.ndarray = field(repr=False)  # ad ids, ascending
     sorted_rows: np.ndarray = field(repr=False)  # row of each sorted id
     user_rows: dict[str, int] = field(repr=False)
+    ann: Any = field(default=None, repr=False)  # faiss index over ad heads, when published
 
     @property
     def model_version(self) -> str:
@@ -83,6 +85,13 @@ def load_version(directory: Path, device: str = "cpu", expected_model: str | Non
     if len(sorted_ids) and np.any(sorted_ids[1:] == sorted_ids[:-1]):
         raise ArtifactError(f"version {version}: duplicate ad ids in the index")
     _check_shapes(bundle, index, version)
+    ann = None
+    if (directory / ANN_FILE).exists():
+        import faiss
+
+        ann = faiss.deserialize_index(np.fromfile(directory / ANN_FILE, dtype=np.uint8))
+        if ann.ntotal != int(np.prod(index.vectors.shape[:2])):
+            raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
     return ServingVersion(
         version=version,
         bundle=bundle,
@@ -92,6 +101,7 @@ def load_version(directory: Path, device: str = "cpu", expected_model: str | Non
         sorted_ids=sorted_ids,
         sorted_rows=order.astype(np.int64),
         user_rows={k: i for i, k in enumerate(index.user_ids)},
+        ann=ann,
     )
 
 

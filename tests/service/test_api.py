@@ -133,3 +133,22 @@ def test_not_ready_without_a_published_version(tmp_path: Path) -> None:
         assert c.get("/readyz").status_code == 503
         r = c.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": [1]}})
         assert r.status_code == 503
+
+
+def test_retrieve_exact_equals_brute_force_and_ann_recall(client: TestClient, store: Path, tiny) -> None:  # type: ignore[no-untyped-def]
+    from service.retrieval_recall import measure_recall
+
+    exact = client.post("/retrieve", json={"user": {"id": "9"}, "top_k": 20, "exact": True}).json()
+    model = client.app.state.scorer.live.bundle.model  # type: ignore[attr-defined]
+    version = client.app.state.scorer.live  # type: ignore[attr-defined]
+    with torch.no_grad():
+        user = model.encode_user(version.index.users.take(np.array([version.user_rows["9"]])))
+        logits = model.score(user, version.vectors).numpy()
+    best = set(version.index.ad_ids[np.argsort(-logits)[:20]].tolist())
+    assert set(exact["ad_ids"]) == best and exact["ecpm"] == sorted(exact["ecpm"], reverse=True)
+    approx = client.post("/retrieve", json={"user": {"id": "9"}, "top_k": 20}).json()
+    assert len(set(approx["ad_ids"]) & best) >= 18
+    report = measure_recall(f"local:{store}", [10, 50], n_users=30)
+    assert all(r["recall_mean"] >= 0.9 for r in report["results"])
+    bad = client.post("/retrieve", json={"user": {"id": "9"}, "top_k": 0})
+    assert bad.status_code == 422 and "top_k" in bad.json()["detail"]
