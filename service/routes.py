@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -101,6 +102,22 @@ async def _body(request: Request, settings: Settings) -> bytes:
 def _scored(result: ScoreResult, request_id: str | None) -> Response:
     timing = ", ".join(f"{k};dur={v:.3f}" for k, v in result.timings_ms.items())
     return json_response(result.payload(request_id), headers={"Server-Timing": timing})
+
+
+@router.get("/sample", summary="Random ad and user ids of the live version (for load tests)")
+async def sample(request: Request, ads: int = 1000, users: int = 100) -> Response:
+    """Up to `ads` ad ids and `users` user ids of the live index, sampled without replacement."""
+    version = request.app.state.scorer.live
+    if version is None:
+        raise RequestError(503, "version", "no model/index version is loaded")
+    if not (1 <= ads <= 1_000_000 and 1 <= users <= 100_000):
+        raise RequestError(422, "ads/users", "ads must be in 1..1000000 and users in 1..100000")
+    rng = np.random.default_rng()
+    ad_ids = version.index.ad_ids
+    user_ids = version.index.user_ids
+    picked_ads = rng.choice(ad_ids, size=min(ads, len(ad_ids)), replace=False)
+    picked_users = rng.choice(len(user_ids), size=min(users, len(user_ids)), replace=False)
+    return json_response({"ad_ids": picked_ads, "user_ids": [user_ids[i] for i in picked_users]})
 
 
 @router.get("/healthz", summary="Liveness: the process is up")

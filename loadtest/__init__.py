@@ -1,0 +1,1 @@
+"""Locust load tests. Talks HTTP only and imports nothing of the project."""

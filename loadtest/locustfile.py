@@ -1,0 +1,70 @@
+"""Locust scenario for POST /prerank with realistic payloads.
+
+Ad ids and user ids come from the live index (`GET /sample`), fetched once per test run.
+Candidate counts follow a mix (weights in CANDIDATE_MIX; override with PRERANK_CANDIDATES="1000"
+to pin one count). Each response is validated: status, one version pair, ranked ads all from
+the request, eCPM sorted, pCTR in [0, 1].
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import urllib.request
+from typing import Any
+
+from locust import FastHttpUser, events, task
+
+CANDIDATE_MIX = {100: 3, 1000: 3, 5000: 2, 10000: 1}
+SAMPLE: dict[str, Any] = {}
+
+
+def candidate_mix() -> dict[int, int]:
+    pinned = os.environ.get("PRERANK_CANDIDATES")
+    return {int(pinned): 1} if pinned else CANDIDATE_MIX
+
+
+@events.test_start.add_listener
+def load_sample(environment: Any, **_: Any) -> None:
+    """Real ids from the server's live version."""
+    host = environment.host or environment.parsed_options.host
+    n = max(candidate_mix())
+    with urllib.request.urlopen(f"{host}/sample?ads={n}&users=1000", timeout=30) as resp:
+        SAMPLE.update(json.loads(resp.read()))
+
+
+def validate(body: dict[str, Any], sent: set[int], top_k: int) -> str | None:
+    ids, pctr, ecpm = body["ad_ids"], body["pctr"], body["ecpm"]
+    if len(ids) != min(top_k, len(sent) - len(body["unknown_ad_ids"])):
+        return f"expected {top_k} ranked ads, got {len(ids)}"
+    if not set(ids) <= sent:
+        return "ranked an ad that was not a candidate"
+    if any(a < b for a, b in itertools.pairwise(ecpm)):
+        return "eCPM not sorted"
+    if any(not 0.0 <= p <= 1.0 for p in pctr):
+        return "pCTR outside [0, 1]"
+    return None
+
+
+class PrerankUser(FastHttpUser):
+    """One recall service sending candidate lists for random users."""
+
+    @task
+    def prerank(self) -> None:
+        mix = candidate_mix()
+        n = random.choices(list(mix), weights=list(mix.values()))[0]
+        ads = random.sample(SAMPLE["ad_ids"], min(n, len(SAMPLE["ad_ids"])))
+        body = {
+            "user": {"id": random.choice(SAMPLE["user_ids"])},
+            "candidates": {"ad_ids": ads, "bids": [round(random.uniform(0.2, 3.0), 3) for _ in ads]},
+            "top_k": 200,
+        }
+        with self.client.post("/prerank", json=body, name=f"/prerank n={n}", catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"status {resp.status_code}: {resp.text[:200]}")
+                return
+            problem = validate(resp.json(), set(ads), 200)
+            if problem:
+                resp.failure(problem)

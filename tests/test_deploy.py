@@ -1,0 +1,95 @@
+"""docker-compose.yml checked statically (no Docker engine here) and the locustfile run for real."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from offline.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _prerank_commands(service: dict) -> list[list[str]]:  # type: ignore[type-arg]
+    cmd = service["command"]
+    text = cmd[-1] if cmd[0] == "sh" else shlex.join(cmd)
+    return [shlex.split(part.strip())[1:] for part in text.split("&&") if part.strip().startswith("prerank")]
+
+
+def test_compose_services_healthchecks_and_order(compose) -> None:  # type: ignore[no-untyped-def]
+    services = compose["services"]
+    assert set(services) == {"redis", "publisher", "server", "prometheus", "locust"}
+    for name in ("redis", "server"):
+        assert services[name]["healthcheck"]["test"], name
+    server = services["server"]
+    assert server["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "publisher": {"condition": "service_completed_successfully"},
+    }
+    assert services["publisher"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert server["deploy"]["replicas"] >= 2 and "ports" not in server  # replicas share the compose network
+    assert "/readyz" in " ".join(server["healthcheck"]["test"])
+    assert services["redis"]["ports"] == ["6379:6379"] and services["prometheus"]["ports"] == ["9090:9090"]
+
+
+def test_compose_commands_and_files_exist_in_the_project(compose) -> None:  # type: ignore[no-untyped-def]
+    services = compose["services"]
+    for name in ("publisher", "server"):
+        for argv in _prerank_commands(services[name]):
+            assert argv[0] in COMMANDS, (name, argv)
+            assert any("redis://redis:6379" in a for a in argv if a.startswith("redis")) or argv[0] == "train"
+    assert (ROOT / "Dockerfile").exists()
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    sd = prometheus["scrape_configs"][0]["dns_sd_configs"][0]
+    assert sd["names"] == ["server"] and sd["port"] == 8000
+    assert services["locust"]["command"][1] == "loadtest/locustfile.py"
+    assert (ROOT / "loadtest" / "locustfile.py").exists()
+
+
+@pytest.mark.integration
+def test_locust_headless_run_against_the_real_server(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from offline.export import export
+    from tests.service.test_redis_serving import serve
+
+    export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
+    with serve(f"local:{tmp_path / 'store'}") as url:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(ROOT / "loadtest" / "locustfile.py"),
+                "--headless",
+                "-u",
+                "2",
+                "-r",
+                "2",
+                "-t",
+                "4s",
+                "--host",
+                url,
+                "--csv",
+                str(tmp_path / "run"),
+                "--only-summary",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
+    total = rows["Aggregated"]
+    assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0
