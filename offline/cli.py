@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prerank", description="HIT pre-ranking: train, export, serve.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("bench", help="kernel benchmark of the scoring path (see: prerank bench --help)", add_help=False)
+    sub.add_parser("retrieval-recall", help="FAISS recall@K against brute force", add_help=False)
 
     p = sub.add_parser("train", help="train a model and write an artifact directory")
     _add_data_args(p)
@@ -182,8 +184,19 @@ def _redis_error() -> type[Exception]:
     return RedisError
 
 
+#: Commands that live in the service package. The CLI is the composition root; these are loaded by
+#: module name so that the offline package never imports the service.
+SERVICE_COMMANDS = {"bench": "service.bench", "retrieval-recall": "service.retrieval_recall"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `prerank` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVICE_COMMANDS:
+        import importlib
+
+        entry: int = importlib.import_module(SERVICE_COMMANDS[argv[0]]).main(argv[1:])
+        return entry
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

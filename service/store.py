@@ -31,7 +31,7 @@ from models.artifact import (
     parse_store_url,
 )
 
-__all__ = ["LocalStore", "RedisStore", "ServingVersion", "Store", "load_version", "open_store"]
+__all__ = ["LocalStore", "RedisStore", "ServingVersion", "Store", "build_version", "load_version", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,19 @@ def load_version(directory: Path, device: str = "cpu", expected_model: str | Non
     """
     index = load_index(directory)
     bundle = load_artifact(directory / MODEL_SUBDIR, device)
-    version = str(index.manifest.get("version", directory.name))
+    ann = None
+    if (directory / ANN_FILE).exists():
+        import faiss
+
+        ann = faiss.deserialize_index(np.fromfile(directory / ANN_FILE, dtype=np.uint8))
+    return build_version(bundle, index, device, expected_model, ann)
+
+
+def build_version(
+    bundle: Bundle, index: IndexData, device: str = "cpu", expected_model: str | None = None, ann: Any = None
+) -> ServingVersion:
+    """Checks that a model and an index belong together and prepares them for scoring."""
+    version = str(index.manifest.get("version", "unversioned"))
     if index.manifest.get("model_version") != bundle.version:
         raise ArtifactError(
             f"version {version}: index was built by {index.manifest.get('model_version')} "
@@ -78,25 +90,19 @@ def load_version(directory: Path, device: str = "cpu", expected_model: str | Non
         )
     if expected_model is not None and bundle.version != expected_model:
         raise ArtifactError(f"version {version}: live model {bundle.version} is not the requested {expected_model}")
-    vectors = index.vectors.to(device)
     ids = index.ad_ids
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     if len(sorted_ids) and np.any(sorted_ids[1:] == sorted_ids[:-1]):
         raise ArtifactError(f"version {version}: duplicate ad ids in the index")
     _check_shapes(bundle, index, version)
-    ann = None
-    if (directory / ANN_FILE).exists():
-        import faiss
-
-        ann = faiss.deserialize_index(np.fromfile(directory / ANN_FILE, dtype=np.uint8))
-        if ann.ntotal != int(np.prod(index.vectors.shape[:2])):
-            raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
+    if ann is not None and ann.ntotal != int(np.prod(index.vectors.shape[:2])):
+        raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
     return ServingVersion(
         version=version,
         bundle=bundle,
         index=index,
-        vectors=vectors,
+        vectors=index.vectors.to(device),
         scales=index.scales.to(device) if index.scales is not None else None,
         sorted_ids=sorted_ids,
         sorted_rows=order.astype(np.int64),
