@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from models.artifact import load_artifact
 from service.config import Settings
 from service.follower import Follower
+from service.metrics import MetricsMiddleware
 from service.routes import json_response, router
 from service.schemas import PrerankRequest, RetrieveRequest
 from service.scorer import NotReadyError, RequestError, Scorer
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> Response:

@@ -13,6 +13,7 @@ import anyio.to_thread
 import torch
 
 from models.artifact import ArtifactError
+from service.metrics import REFUSED, STORE_ERRORS, SWAPS, record_version
 from service.scorer import Scorer
 from service.store import ServingVersion, Store
 
@@ -81,6 +82,7 @@ class Follower:
             target = await anyio.to_thread.run_sync(self.store.current)
             self.status.store_error = None
         except OSError as exc:
+            STORE_ERRORS.inc()
             self.status.store_error = f"cannot read the store: {exc}"
             log.warning(self.status.store_error)
             return False
@@ -90,14 +92,20 @@ class Follower:
         try:
             loaded = await anyio.to_thread.run_sync(self._load_and_warm, target)
         except ConnectionError as exc:  # store went away mid-download: retry on the next check
+            STORE_ERRORS.inc()
             self.status.store_error = str(exc)
             log.warning("could not load %s: %s", target, exc)
             return False
         except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
             self.status.refused[target] = str(exc)
+            REFUSED.inc()
             log.error("refused version %s: %s", target, exc)
             return False
-        self.scorer.swap(loaded)
+        previous = self.scorer.swap(loaded)
+        record_version(
+            loaded.model_version, loaded.version, (previous.model_version, previous.version) if previous else None
+        )
+        SWAPS.inc()
         self.status.live_version = loaded.version
         self.status.live_model = loaded.model_version
         self.status.loaded_at = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.config import Settings
 from service.follower import Follower
+from service.metrics import metrics_payload, observe_result
 from service.schemas import ErrorResponse, PrerankRequest, PrerankResponse, RetrieveRequest
 from service.scorer import RequestError, Scorer, ScoreResult
 
@@ -61,11 +63,16 @@ async def prerank(request: Request) -> Response:
     """
     settings: Settings = request.app.state.settings
     scorer: Scorer = request.app.state.scorer
-    parsed = PrerankRequest.model_validate_json(await _body(request, settings))
+    body = await _body(request, settings)
+    t0 = time.perf_counter()
+    parsed = PrerankRequest.model_validate_json(body)
+    parse_ms = (time.perf_counter() - t0) * 1e3
     n = len(parsed.candidates.ad_ids)
     if n > settings.max_candidates:
         raise RequestError(422, "candidates.ad_ids", f"{n} candidates exceeds the limit of {settings.max_candidates}")
     result = await run_in_threadpool(scorer.prerank, parsed)
+    result.timings_ms["parse"] = parse_ms
+    observe_result(result.timings_ms, n, len(result.unknown_ad_ids), result.user_known)
     return _scored(result, parsed.request_id)
 
 
@@ -118,6 +125,12 @@ async def sample(request: Request, ads: int = 1000, users: int = 100) -> Respons
     picked_ads = rng.choice(ad_ids, size=min(ads, len(ad_ids)), replace=False)
     picked_users = rng.choice(len(user_ids), size=min(users, len(user_ids)), replace=False)
     return json_response({"ad_ids": picked_ads, "user_ids": [user_ids[i] for i in picked_users]})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    payload, content_type = metrics_payload()
+    return Response(payload, media_type=content_type)
 
 
 @router.get("/healthz", summary="Liveness: the process is up")

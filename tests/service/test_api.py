@@ -152,3 +152,28 @@ def test_retrieve_exact_equals_brute_force_and_ann_recall(client: TestClient, st
     assert all(r["recall_mean"] >= 0.9 for r in report["results"])
     bad = client.post("/retrieve", json={"user": {"id": "9"}, "top_k": 0})
     assert bad.status_code == 422 and "top_k" in bad.json()["detail"]
+
+
+def test_metrics_expose_the_listed_series(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
+    ads = [int(a) for a in tiny.ad_ids[:10]] + [10**15]
+    client.post("/prerank", json={"user": {"id": "nobody"}, "candidates": {"ad_ids": ads}})
+    client.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": []}})
+    text = client.get("/metrics").text
+    for series in (
+        'prerank_http_requests_total{route="/prerank",status="200"}',
+        'prerank_http_requests_total{route="/prerank",status="422"}',
+        'prerank_http_request_seconds_bucket{le="0.005",route="/prerank",status="200"}',
+        'prerank_stage_seconds_count{stage="parse"}',
+        'prerank_stage_seconds_count{stage="user_tower"}',
+        'prerank_stage_seconds_count{stage="gather"}',
+        'prerank_stage_seconds_count{stage="score"}',
+        'prerank_stage_seconds_count{stage="sort"}',
+        "prerank_candidates_bucket",
+        "prerank_unknown_ads_total",
+        "prerank_unknown_users_total",
+        'prerank_live_version_info{index_version="v000001"',
+        "prerank_version_swaps_total",
+        "prerank_versions_refused_total",
+        "prerank_store_errors_total",
+    ):
+        assert series in text, series

@@ -1,0 +1,103 @@
+"""Prometheus metrics: HTTP traffic, per-stage timings, candidates, versions and store events.
+
+With several server workers, set PROMETHEUS_MULTIPROC_DIR (an empty directory) before start;
+every worker writes there and /metrics aggregates them (prometheus-client multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+__all__ = ["MetricsMiddleware", "metrics_payload", "observe_result", "record_version"]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05)
+
+REQUESTS = Counter("prerank_http_requests_total", "HTTP requests by route and status", ["route", "status"])
+LATENCY = Histogram(
+    "prerank_http_request_seconds",
+    "HTTP request latency by route and status",
+    ["route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGES = Histogram("prerank_stage_seconds", "time per scoring stage", ["stage"], buckets=STAGE_BUCKETS)
+CANDIDATES = Histogram(
+    "prerank_candidates", "candidate ads per request", buckets=(10, 100, 500, 1000, 2000, 5000, 10000, 20000)
+)
+UNKNOWN_ADS = Counter("prerank_unknown_ads_total", "candidate ids absent from the live index")
+UNKNOWN_USERS = Counter("prerank_unknown_users_total", "requests scored with default user features")
+LIVE_VERSION = Gauge(
+    "prerank_live_version_info",
+    "1 for the model and index version being served",
+    ["model_version", "index_version"],
+    multiprocess_mode="liveall",
+)
+SWAPS = Counter("prerank_version_swaps_total", "model+index versions made live")
+REFUSED = Counter("prerank_versions_refused_total", "published versions that failed to load")
+STORE_ERRORS = Counter("prerank_store_errors_total", "failed reads of the version store")
+
+KNOWN_ROUTES = frozenset({"/prerank", "/retrieve", "/healthz", "/readyz", "/metrics", "/sample"})
+
+
+def record_version(model_version: str, index_version: str, previous: tuple[str, str] | None) -> None:
+    if previous is not None:
+        LIVE_VERSION.remove(*previous)
+    LIVE_VERSION.labels(model_version, index_version).set(1)
+
+
+def observe_result(timings_ms: dict[str, float], n_candidates: int, n_unknown: int, user_known: bool) -> None:
+    for stage, ms in timings_ms.items():
+        STAGES.labels(stage).observe(ms / 1e3)
+    CANDIDATES.observe(n_candidates)
+    if n_unknown:
+        UNKNOWN_ADS.inc(n_unknown)
+    if not user_known:
+        UNKNOWN_USERS.inc()
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """The exposition text (aggregated over workers in multiprocess mode) and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times every HTTP request by route and status."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"
+        status = {"code": 500}
+        started = time.perf_counter()
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            code = str(status["code"])
+            REQUESTS.labels(route, code).inc()
+            LATENCY.labels(route, code).observe(time.perf_counter() - started)
