@@ -1,0 +1,55 @@
+"""A real Prometheus server scrapes a real server and answers a query for the request count."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from offline.export import export
+from tests.service.test_http_integration import _free_port
+from tests.service.test_redis_serving import serve
+
+pytestmark = pytest.mark.integration
+
+
+def test_prometheus_scrapes_the_request_count(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (Debian package 'prometheus')")
+    export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
+    with serve(f"local:{tmp_path / 'store'}") as url:
+        for _ in range(7):
+            r = httpx.post(url + "/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": [1, 2, 3]}})
+            assert r.status_code == 200
+        target = url.removeprefix("http://")
+        (tmp_path / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: prerank\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        port = _free_port()
+        prom = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            query = 'sum(prerank_http_requests_total{route="/prerank",status="200"})'
+            value = None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    data = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}).json()
+                    if data["data"]["result"]:
+                        value = float(data["data"]["result"][0]["value"][1])
+                        break
+                except (httpx.HTTPError, KeyError, ValueError):
+                    pass
+                time.sleep(0.5)
+        finally:
+            prom.terminate()
+            prom.wait(timeout=10)
+    assert value == 7.0
