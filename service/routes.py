@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.config import Settings
@@ -111,14 +111,20 @@ def _scored(result: ScoreResult, request_id: str | None) -> Response:
     return json_response(result.payload(request_id), headers={"Server-Timing": timing})
 
 
-@router.get("/sample", summary="Random ad and user ids of the live version (for load tests)")
-async def sample(request: Request, ads: int = 1000, users: int = 100) -> Response:
+@router.get(
+    "/sample",
+    summary="Random ad and user ids of the live version (for load tests)",
+    responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+)
+async def sample(
+    request: Request,
+    ads: Annotated[int, Query(ge=1, le=1_000_000, description="how many ad ids")] = 1000,
+    users: Annotated[int, Query(ge=1, le=100_000, description="how many user ids")] = 100,
+) -> Response:
     """Up to `ads` ad ids and `users` user ids of the live index, sampled without replacement."""
     version = request.app.state.scorer.live
     if version is None:
         raise RequestError(503, "version", "no model/index version is loaded")
-    if not (1 <= ads <= 1_000_000 and 1 <= users <= 100_000):
-        raise RequestError(422, "ads/users", "ads must be in 1..1000000 and users in 1..100000")
     rng = np.random.default_rng()
     ad_ids = version.index.ad_ids
     user_ids = version.index.user_ids

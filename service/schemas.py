@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["Candidates", "ErrorResponse", "PrerankRequest", "PrerankResponse", "RetrieveRequest", "UserInput"]
 
 FeatureValue = str | int | float | list[str | int]
+AdId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+UserId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class UserInput(BaseModel):
@@ -19,25 +21,25 @@ class UserInput(BaseModel):
     a list of movie ids for a history) and are encoded with the model's vocabularies.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str | None = Field(None, min_length=1, max_length=64, description="user id in the user feature store")
+    id: UserId | int | None = Field(None, description="user id in the user feature store (string or integer)")
     features: dict[str, FeatureValue] = Field(
         default_factory=dict, description="raw feature values by field name (sparse, dense or sequence)"
     )
 
-    @field_validator("id", mode="before")
+    @field_validator("id", mode="after")
     @classmethod
     def _id_to_str(cls, value: object) -> object:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        return str(value) if isinstance(value, int) else value
 
 
 class Candidates(BaseModel):
     """Candidate ads from recall, as parallel arrays."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    ad_ids: list[int] = Field(..., min_length=1, description="candidate ad ids (64-bit integers, unique)")
+    ad_ids: list[AdId] = Field(..., min_length=1, description="candidate ad ids (non-negative 64-bit integers, unique)")
     bids: list[float] | None = Field(
         None, description="bid per candidate, same length as ad_ids; omitted: the ad's stored bid"
     )
@@ -62,6 +64,7 @@ class PrerankRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"user": {"id": "42"}, "candidates": {"ad_ids": [1193, 661, 914], "bids": [1.2, 0.8, 2.0]}, "top_k": 2}
@@ -72,7 +75,7 @@ class PrerankRequest(BaseModel):
     request_id: str | None = Field(None, max_length=128, description="echoed back for tracing")
     user: UserInput = Field(..., description="who to rank for")
     candidates: Candidates = Field(..., description="the ads to rank, as parallel arrays")
-    top_k: int | None = Field(None, ge=1, description="return only the best k by eCPM (default: all)")
+    top_k: int | None = Field(None, ge=1, le=1_000_000, description="return only the best k by eCPM (default: all)")
     unknown_user: Literal["defaults", "reject"] = Field(
         "defaults",
         description="a user id not in the store and no features: score with defaults "
@@ -83,7 +86,9 @@ class PrerankRequest(BaseModel):
 class RetrieveRequest(BaseModel):
     """POST /retrieve body: the best ads of the whole corpus for one user (when recall sends none)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user": {"id": "42"}, "top_k": 100}]})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"user": {"id": "42"}, "top_k": 100}]}
+    )
 
     request_id: str | None = Field(None, max_length=128, description="echoed back for tracing")
     user: UserInput = Field(..., description="who to retrieve for")

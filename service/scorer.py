@@ -129,7 +129,7 @@ class Scorer:
             raise RequestError(
                 422, f"user.features.{unknown[0]}", f"not a user feature of this model; known: {sorted(fields)}"
             )
-        row = version.user_rows.get(user.id) if user.id is not None else None
+        row = version.user_rows.get(str(user.id)) if user.id is not None else None
         known = row is not None or bool(user.features)
         if row is None and not user.features and unknown_user == "reject":
             raise RequestError(404, "user.id", f"user {user.id!r} is not in the user feature store")
@@ -160,6 +160,9 @@ class Scorer:
         timings: dict[str, float],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scores index rows for one encoded user; returns (order, pctr, ecpm) with order best-first."""
+        if len(rows) == 0:  # every candidate unknown
+            empty = np.zeros(0, np.float32)
+            return np.zeros(0, np.int64), empty, empty
         t0 = time.perf_counter()
         ads = self.gather(version, rows)
         t1 = time.perf_counter()
