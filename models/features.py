@@ -22,6 +22,7 @@ __all__ = [
     "Kind",
     "Side",
     "Vocabulary",
+    "default_features",
 ]
 
 
@@ -146,3 +147,16 @@ class Vocabulary:
 
     def encode_one(self, value: object) -> int:
         return self._index.get(str(value), 0)
+
+
+def default_features(fields: tuple[FeatureSpec, ...], rows: int = 1) -> Features:
+    """Inputs for `rows` entities with nothing known: id 0 (unknown), 0.0, empty sequences."""
+    out: Features = {}
+    for f in fields:
+        if f.kind is Kind.DENSE:
+            out[f.name] = torch.zeros(rows)
+        elif f.kind is Kind.SEQUENCE:
+            out[f.name] = Jagged(torch.zeros(0, dtype=torch.int64), torch.zeros(rows, dtype=torch.int64))
+        else:
+            out[f.name] = torch.zeros(rows, dtype=torch.int64)
+    return out

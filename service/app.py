@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 
 from models.artifact import load_artifact
+from service.admin import router as admin_router
 from service.config import Settings
 from service.follower import Follower
 from service.metrics import MetricsMiddleware
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(admin_router)
     app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(RequestError)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -23,3 +23,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
     max_id_length: int = Field(64, ge=1, description="longest accepted user id")
     poll_seconds: float = Field(2.0, gt=0, description="how often the live-version pointer is checked")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for /admin/* (reload, pin, unpin); admin is disabled when unset"
+    )

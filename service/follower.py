@@ -32,6 +32,7 @@ class FollowerStatus:
     refused: dict[str, str] = field(default_factory=dict)  # version -> reason
     store_error: str | None = None
     swaps: int = 0
+    pinned: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class FollowerStatus:
             "refused_versions": dict(self.refused),
             "store_error": self.store_error,
             "swaps": self.swaps,
+            "pinned": self.pinned,
         }
 
 
@@ -76,8 +78,26 @@ class Follower:
                 loaded.bundle.model.score(user, self.scorer.gather(loaded, rows))
         return loaded
 
+    async def pin(self, version: str) -> None:
+        """Serves `version` (loading it if needed) and stops following the pointer until `unpin`.
+
+        Raises:
+            ArtifactError / OSError: the version cannot be loaded; the live one keeps serving.
+        """
+        if version != self.status.live_version:
+            loaded = await anyio.to_thread.run_sync(self._load_and_warm, version)
+            self._make_live(loaded, time.perf_counter())
+        self.status.pinned = version
+
+    async def unpin(self) -> bool:
+        """Follows the pointer again; returns True when that swapped versions."""
+        self.status.pinned = None
+        return await self.check()
+
     async def check(self) -> bool:
         """One look at the pointer; loads and swaps if it moved. Returns True on a swap."""
+        if self.status.pinned is not None:
+            return False
         try:
             target = await anyio.to_thread.run_sync(self.store.current)
             self.status.store_error = None
@@ -101,6 +121,12 @@ class Follower:
             REFUSED.inc()
             log.error("refused version %s: %s", target, exc)
             return False
+        if self.status.pinned is not None:  # pinned while this version was loading
+            return False
+        self._make_live(loaded, started)
+        return True
+
+    def _make_live(self, loaded: ServingVersion, started: float) -> None:
         previous = self.scorer.swap(loaded)
         record_version(
             loaded.model_version, loaded.version, (previous.model_version, previous.version) if previous else None
@@ -110,10 +136,8 @@ class Follower:
         self.status.live_model = loaded.model_version
         self.status.loaded_at = time.time()
         self.status.swaps += 1
-        log.info(
-            "serving %s (%s), loaded in %.2fs", loaded.version, loaded.model_version, time.perf_counter() - started
-        )
-        return True
+        elapsed = time.perf_counter() - started
+        log.info("serving %s (%s), loaded in %.2fs", loaded.version, loaded.model_version, elapsed)
 
     async def run(self, interval: float) -> None:
         """Checks on every pub/sub event, and every `interval` seconds regardless (cancelled at shutdown)."""

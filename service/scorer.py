@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.features import Features, FeatureSpec, Jagged, Kind
+from models.features import Features, FeatureSpec, Jagged, Kind, default_features
 from service.schemas import PrerankRequest, RetrieveRequest, UserInput
 from service.store import ServingVersion
 
@@ -84,14 +84,6 @@ def _encode_value(spec: FeatureSpec, value: object, version: ServingVersion) -> 
     return torch.tensor([vocab.encode_one(value)])
 
 
-def _default_value(spec: FeatureSpec) -> torch.Tensor | Jagged:
-    if spec.kind is Kind.DENSE:
-        return torch.zeros(1)
-    if spec.kind is Kind.SEQUENCE:
-        return Jagged(torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
-    return torch.zeros(1, dtype=torch.int64)
-
-
 class Scorer:
     """Holds the live version and scores requests against it.
 
@@ -136,7 +128,7 @@ class Scorer:
         if row is not None:
             feats = version.index.users.take(np.array([row], dtype=np.int64), self.device)
         else:
-            feats = {name: _default_value(spec) for name, spec in fields.items()}
+            feats = default_features(schema.user_fields)
         for name, value in user.features.items():
             feats[name] = _encode_value(fields[name], value, version)
         return feats, known

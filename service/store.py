@@ -30,6 +30,7 @@ from models.artifact import (
     load_index,
     parse_store_url,
 )
+from models.features import default_features
 
 __all__ = ["LocalStore", "RedisStore", "ServingVersion", "Store", "build_version", "load_version", "open_store"]
 
@@ -120,6 +121,13 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
     if users.n_rows == 0 or index.vectors.shape[0] == 0:
         raise ArtifactError(f"version {version}: empty index or user store")
     with torch.inference_mode():
+        if bundle.model.precomputes_ads:
+            expected = tuple(bundle.model.encode_ad(default_features(bundle.schema.ad_fields)).shape[1:])
+            if expected != tuple(index.vectors.shape[1:]):
+                raise ArtifactError(
+                    f"version {version}: the model encodes ads as {expected} but the index stores "
+                    f"{tuple(index.vectors.shape[1:])}"
+                )
         user = bundle.model.encode_user(users.take(np.zeros(1, np.int64)))
         ads = (
             index.vectors[:1].float()
