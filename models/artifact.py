@@ -13,7 +13,7 @@ An index version is a directory::
     index.safetensors   ad_ids int64 (N,), vectors (N, ...), bids float32 (N,) [, scales (N,)]
     users.safetensors   user feature table (user/…) for requests that send only a user id
     user_ids.json       user keys, row order of the user table
-    ads.faiss           HNSW inner-product index over the ad heads (id = row * H_a + head)
+    ads.faiss           HNSW index over the ad heads for max inner product (id = row * H_a + head)
     manifest.json       version, model version, shape, dtype, checksums, created time
     model/              the model artifact the vectors were computed with
 """
@@ -245,7 +245,8 @@ def load_index(directory: Path) -> IndexData:
 # -- Store layout shared by the publisher (offline) and the follower (service) ---------------
 
 CURRENT_POINTER = "CURRENT"
-#: FAISS index over the ad heads (HNSW, inner product); FAISS id = ad row * H_a + head.
+#: FAISS index over the ad heads for maximum inner product: L2 HNSW over [a, sqrt(M^2 - |a|^2)],
+#: queried with [u, 0]; FAISS id = ad row * H_a + head.
 ANN_FILE = "ads.faiss"
 VERSIONS_DIR = "versions"
 MODEL_SUBDIR = "model"

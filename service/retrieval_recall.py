@@ -47,9 +47,9 @@ def measure_recall(store_url: str, ks: list[int], n_users: int = 300, seed: int 
         for row in rows:
             user = scorer.encode_user(version, users.take(np.array([row])))
             t0 = time.perf_counter()
-            approx = scorer.candidates(version, user, k, exact=False)
+            approx = scorer.candidates(version, user, k, mode="ann")
             t1 = time.perf_counter()
-            exact = scorer.candidates(version, user, k, exact=True)
+            exact = scorer.candidates(version, user, k, mode="exact")
             t2 = time.perf_counter()
             recalls.append(len(np.intersect1d(approx, exact)) / k)
             ann_ms.append((t1 - t0) * 1e3)

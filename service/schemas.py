@@ -93,7 +93,9 @@ class RetrieveRequest(BaseModel):
     request_id: str | None = Field(None, max_length=128, description="echoed back for tracing")
     user: UserInput = Field(..., description="who to retrieve for")
     top_k: int = Field(100, ge=1, le=2000, description="how many ads to retrieve (by model score)")
-    exact: bool = Field(False, description="score every ad instead of searching the FAISS index")
+    exact: bool = Field(
+        False, description="score every ad; otherwise small corpora are scored exactly and large ones via FAISS"
+    )
     unknown_user: Literal["defaults", "reject"] = Field("defaults", description="as in /prerank")
 
 

@@ -25,6 +25,8 @@ __all__ = ["NotReadyError", "RequestError", "ScoreResult", "Scorer"]
 #: Hits fetched per user head = ANN_OVERSAMPLE * k * H_a, then rescored exactly (sum-of-max is not
 #: decomposable per head, so each head's search over-fetches).
 ANN_OVERSAMPLE = 4
+#: Below this many ad heads, /retrieve scores the whole corpus instead of searching FAISS.
+EXACT_BELOW = 200_000
 
 
 class RequestError(ValueError):
@@ -193,18 +195,26 @@ class Scorer:
         known_ids = ad_ids[known]
         return ScoreResult(version, user_known, known_ids[order], pctr[order], ecpm[order], ad_ids[~known], timings)
 
-    def candidates(self, version: ServingVersion, user: torch.Tensor, k: int, exact: bool) -> np.ndarray:
+    def candidates(self, version: ServingVersion, user: torch.Tensor, k: int, mode: str = "auto") -> np.ndarray:
         """Index rows of the k ads with the highest logit over the whole corpus.
 
-        With `exact` (or no ANN index) every ad is scored; otherwise each user head searches the
-        FAISS index of ad heads and the union of hits is rescored exactly.
+        Args:
+            mode: "exact" scores every ad; "ann" searches the FAISS index of ad heads with each user
+                head and rescores the union exactly; "auto" is exact below EXACT_BELOW ad heads
+                (a brute-force pass is faster there) and ANN above.
         """
         n_ads = version.vectors.shape[0]
-        if exact or version.ann is None:
+        heads_total = n_ads * version.vectors.shape[1]
+        if mode == "auto":
+            mode = "exact" if version.ann is None or heads_total <= EXACT_BELOW else "ann"
+        if mode == "exact":
             rows = np.arange(n_ads)
         else:
+            if version.ann is None:
+                raise RequestError(409, "mode", f"version {version.version} has no FAISS index")
             heads = version.vectors.shape[1]
             queries = user.float().reshape(-1, user.shape[-1]).cpu().numpy()  # (H_u, p)
+            queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])  # MIPS -> L2: [u, 0]
             per_head = min(version.ann.ntotal, ANN_OVERSAMPLE * k * heads)
             version.ann.hnsw.efSearch = max(64, per_head)
             _, hits = version.ann.search(queries, per_head)
@@ -222,7 +232,7 @@ class Scorer:
         feats, user_known = self.user_features(request.user, request.unknown_user, version)
         user = self.encode_user(version, feats)
         t1 = time.perf_counter()
-        rows = self.candidates(version, user, request.top_k, request.exact)
+        rows = self.candidates(version, user, request.top_k, "exact" if request.exact else "auto")
         timings = {"user_tower": (t1 - t0) * 1e3, "retrieve": (time.perf_counter() - t1) * 1e3}
         order, pctr, ecpm = self._rank(version, user, rows, None, None, timings)
         ids = version.index.ad_ids[rows]
