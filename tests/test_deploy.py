@@ -93,3 +93,24 @@ def test_locust_headless_run_against_the_real_server(tiny, tiny_hit, tmp_path: P
     rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0
+
+
+@pytest.mark.integration
+def test_loadtest_runner_reports_percentiles_per_model(tiny, tiny_hit, tiny_dssm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from loadtest.run import main as run_main
+    from offline.export import export
+
+    export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'hit'}")
+    export(tiny_dssm.artifact, tiny, f"local:{tmp_path / 'dssm'}")
+    out = tmp_path / "report"
+    code = run_main(["--target", f"hit=local:{tmp_path / 'hit'}", "--target", f"dssm=local:{tmp_path / 'dssm'}",
+                     "--candidates", "10", "100", "--users", "2", "--seconds", "3", "--out", str(out)])
+    assert code == 0
+    import json
+
+    report = json.loads((out / "report.json").read_text())
+    for name in ("hit", "dssm"):
+        steps = report["models"][name]
+        assert [s["candidates"] for s in steps] == [10, 100]
+        assert all(s["requests"] > 0 and s["failures"] == 0 and s["p50_ms"] <= s["p99_ms"] for s in steps)
+    assert "hit/dssm at 100 candidates" in (out / "report.md").read_text() and (out / "latency.png").exists()

@@ -1,0 +1,198 @@
+"""Headless load-test runner: fixed Locust steps per candidate count and per model, one report.
+
+For each `--target NAME=STORE` it starts `prerank serve --store STORE` (pinned to CPU 0 when
+`taskset` exists, one torch thread), then for each candidate count runs Locust headless (pinned
+to the other CPUs) for `--seconds`, reads Locust's CSV and records p50/p95/p99, throughput and
+failures. Writes report.json, report.md and latency.png to --out.
+
+Usage:
+  python -m loadtest.run --target hit=local:runs/store-hit --target dssm=local:runs/store-dssm \\
+      --candidates 100 1000 5000 10000 --users 4 --seconds 30 --out results/loadtest
+  python -m loadtest.run --url http://127.0.0.1:8000 ...   # an already running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pin(cpus: str) -> list[str]:
+    return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+
+
+@contextmanager
+def server(store: str) -> Iterator[str]:
+    """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
+    port = _free_port()
+    env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [*_pin("0"), sys.executable, "-m", "offline.cli", "serve", "--store", store, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server for {store} did not become ready")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def locust_step(url: str, candidates: int, users: int, seconds: int, prefix: Path) -> dict[str, Any]:
+    """One headless Locust run at a fixed candidate count; returns the aggregated row."""
+    cmd = [
+        *_pin(f"1-{max(1, (os.cpu_count() or 2) - 1)}"),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(HERE / "locustfile.py"),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        f"{seconds}s",
+        "--host",
+        url,
+        "--csv",
+        str(prefix),
+        "--only-summary",
+    ]
+    env = {**os.environ, "PRERANK_CANDIDATES": str(candidates)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    stats = Path(f"{prefix}_stats.csv")
+    if not stats.exists():
+        raise RuntimeError(f"locust wrote no stats: {proc.stderr[-1000:]}")
+    row = next(r for r in csv.DictReader(stats.open()) if r["Name"] == "Aggregated")
+    return {
+        "candidates": candidates,
+        "requests": int(row["Request Count"]),
+        "failures": int(row["Failure Count"]),
+        "rps": float(row["Requests/s"]),
+        "p50_ms": float(row["50%"]),
+        "p95_ms": float(row["95%"]),
+        "p99_ms": float(row["99%"]),
+        "locust_exit": proc.returncode,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {report['machine']}; {report['users']} Locust users per step, {report['seconds']} s per step.",
+        "",
+        "| model | candidates | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, steps in report["models"].items():
+        for s in steps:
+            lines.append(
+                f"| {name} | {s['candidates']} | {s['requests']} | {s['failures']} | {s['rps']:.1f} | "
+                f"{s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} |"
+            )
+    names = list(report["models"])
+    if len(names) > 1:
+        base = names[-1]
+        lines += ["", f"p99 ratios against {base} (same run):", ""]
+        for name in names[:-1]:
+            for a, b in zip(report["models"][name], report["models"][base], strict=True):
+                lines.append(f"- {name}/{base} at {a['candidates']} candidates: {a['p99_ms'] / b['p99_ms']:.2f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, steps in report["models"].items():
+        xs = [s["candidates"] for s in steps]
+        ax.plot(xs, [s["p50_ms"] for s in steps], marker="o", label=f"{name} p50")
+        ax.plot(xs, [s["p99_ms"] for s in steps], marker="x", linestyle="--", label=f"{name} p99")
+    ax.set_xscale("log")
+    ax.set_xlabel("candidates per request")
+    ax.set_ylabel("end-to-end latency (ms)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _machine() -> str:
+    cpu = "cpu"
+    with suppress(OSError, StopIteration):
+        cpu = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
+    return f"{cpu}, {os.cpu_count()} cores; server pinned to CPU 0, Locust to the others"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--target", action="append", default=[], help="NAME=STORE_URL (server started per target)")
+    parser.add_argument("--url", help="an already running server (instead of --target)")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[100, 1000, 5000, 10000])
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("results/loadtest"))
+    args = parser.parse_args(argv)
+    if not args.target and not args.url:
+        parser.error("give --target NAME=STORE or --url URL")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"machine": _machine(), "users": args.users, "seconds": args.seconds, "models": {}}
+
+    def steps(url: str, name: str) -> list[dict[str, Any]]:
+        return [locust_step(url, n, args.users, args.seconds, args.out / f"{name}-{n}") for n in args.candidates]
+
+    if args.url:
+        report["models"]["server"] = steps(args.url, "server")
+    for target in args.target:
+        name, _, store = target.partition("=")
+        with server(store) as url:
+            report["models"][name] = steps(url, name)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "report.md").write_text(markdown(report))
+    plot(report, args.out / "latency.png")
+    print(markdown(report))  # noqa: T201
+    failures = sum(s["failures"] for steps_ in report["models"].values() for s in steps_)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
