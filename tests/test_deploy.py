@@ -103,8 +103,23 @@ def test_loadtest_runner_reports_percentiles_per_model(tiny, tiny_hit, tiny_dssm
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'hit'}")
     export(tiny_dssm.artifact, tiny, f"local:{tmp_path / 'dssm'}")
     out = tmp_path / "report"
-    code = run_main(["--target", f"hit=local:{tmp_path / 'hit'}", "--target", f"dssm=local:{tmp_path / 'dssm'}",
-                     "--candidates", "10", "100", "--users", "2", "--seconds", "3", "--out", str(out)])
+    code = run_main(
+        [
+            "--target",
+            f"hit=local:{tmp_path / 'hit'}",
+            "--target",
+            f"dssm=local:{tmp_path / 'dssm'}",
+            "--candidates",
+            "10",
+            "100",
+            "--users",
+            "2",
+            "--seconds",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     import json
 
