@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from offline.metrics import rela_impr
+
 __all__ = ["machine", "movielens_report"]
 
 PUBLISHED = {"hit": 0.9048, "dssm": 0.8697}  # HIT paper Table 2, MovieLens-1M (mean of 10 runs)
@@ -32,14 +34,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
-def _row(name: str, m: dict[str, Any]) -> str:
+def _row(name: str, m: dict[str, Any], base: dict[str, Any] | None) -> str:
     cfg = m.get("model_config", {})
     variant = ""
     if m["model"] == "hit":
         variant = f"gen_loss={cfg.get('gen_loss')}"
     elif m["model"] == "dssm":
         variant = f"temperature={cfg.get('temperature')}"
-    relaimpr = f"{m['rela_impr_pct']:+.2f}%" if "rela_impr_pct" in m else "base"
+    relaimpr = "base" if base is None or base is m else f"{rela_impr(m['test_auc'], base['test_auc']):+.2f}%"
     published = PUBLISHED.get(m["model"]) if m["protocol"] == "paper" else None
     pub = f"{published:.4f}" if published and (m["model"] != "dssm" or cfg.get("temperature") == 1.0) else "-"
     return (
@@ -54,10 +56,10 @@ def movielens_report(runs: Path) -> str:
         raise FileNotFoundError(f"no */metrics.json under {runs}")
     any_m = next(iter(metrics.values()))
     lines = [
-        "| run | protocol | model | test AUC | test LogLoss | RelaImpr vs DSSM | published AUC "
+        "| run | protocol | model | test AUC | test LogLoss | RelaImpr vs dssm-<protocol> | published AUC "
         "| best/epochs | s/epoch | params |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *(_row(name, m) for name, m in metrics.items()),
+        *(_row(name, m, metrics.get(f"dssm-{m['protocol']}")) for name, m in metrics.items()),
         "",
         f"Data: {any_m['dataset']} sha256 `{any_m['data_sha256'][:16]}…`, split seed {any_m.get('split_seed')}, "
         f"model seed {any_m.get('seed')}, code {sorted({m['code_version'] for m in metrics.values()})}.",

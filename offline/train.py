@@ -127,6 +127,7 @@ def train(
         TrainResult with the best-validation model and its metrics.
     """
     cfg = config or TrainConfig()
+    version_of_code = code_version()  # at the start: the code that trains, not what is edited meanwhile
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model_cfg = config_from_dict(model_name, model_config or {})
@@ -191,7 +192,7 @@ def train(
         "train_config": asdict(cfg),
         "model_config": asdict(model_cfg),
         **dataset.describe(),
-        "code_version": code_version(),
+        "code_version": version_of_code,
         "torch": torch.__version__,
     }
     if baseline is not None:
