@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default=None, help="cpu or cuda (default: PRERANK_DEVICE or cpu)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (metrics aggregate across them)")
 
     p = sub.add_parser("demo", help="train HIT, export, serve and send sample requests")
     _add_data_args(p)
@@ -148,8 +149,19 @@ def _serve(args: argparse.Namespace) -> None:
         os.environ["PRERANK_ARTIFACT"] = str(args.artifact)
     if args.device:
         os.environ["PRERANK_DEVICE"] = args.device
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prerank-metrics-")
     # The service is addressed by import string, so the offline package never imports it.
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=1)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -175,8 +175,14 @@ class Scorer:
         return order, pctr, ecpm
 
     def encode_user(self, version: ServingVersion, feats: Features) -> torch.Tensor:
+        """The user tower on the serving device, (1, H_u, p)."""
+        device = version.vectors.device
+        moved: Features = {
+            k: Jagged(v.values.to(device), v.offsets.to(device)) if isinstance(v, Jagged) else v.to(device)
+            for k, v in feats.items()
+        }
         with torch.inference_mode():
-            return version.bundle.model.encode_user(feats)
+            return version.bundle.model.encode_user(moved)
 
     def prerank(self, request: PrerankRequest) -> ScoreResult:
         """Scores and ranks the request's candidates by eCPM."""

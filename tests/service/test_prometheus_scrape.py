@@ -58,3 +58,53 @@ def test_prometheus_scrapes_the_request_count(tiny, tiny_hit, tmp_path: Path) ->
             prom.terminate()
             prom.wait(timeout=10)
     assert value == 7.0
+
+
+def test_metrics_aggregate_across_two_workers(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import re
+    import sys
+
+    export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
+    port = _free_port()
+    env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    (tmp_path / "prom").mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "offline.cli",
+            "serve",
+            "--store",
+            f"local:{tmp_path / 'store'}",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        time.sleep(2)  # let the second worker finish loading too
+        pids = set()
+        for _ in range(30):  # new connections spread over the workers
+            r = httpx.post(url + "/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": [1, 2]}})
+            assert r.status_code == 200
+        pids = {p.name for p in (tmp_path / "prom").iterdir()}
+        text = httpx.get(url + "/metrics").text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    match = re.search(r'prerank_http_requests_total\{route="/prerank",status="200"\} (\S+)', text)
+    assert match is not None and float(match.group(1)) == 30.0
+    assert len({p.split("_")[-1] for p in pids}) >= 2  # files from two worker pids
