@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=5, help="published versions to keep")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"], help="stored vector type")
 
+    p = sub.add_parser("quant-auc", help="test AUC with ad vectors stored as fp32, bf16 and int8")
+    p.add_argument("artifact", type=Path)
+    _add_data_args(p)
+    p.add_argument("--out", type=Path, help="write the JSON result here")
+
     p = sub.add_parser("versions", help="list the published versions of a store")
     p.add_argument("--store", required=True, help="local:DIR or redis://...")
 
@@ -119,6 +124,17 @@ def _export(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep)
     print(f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}")
+
+
+def _quant_auc(args: argparse.Namespace) -> None:
+    from offline.data import load_dataset
+    from offline.quant import quantized_auc
+
+    result = quantized_auc(args.artifact, load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed))
+    for dtype, m in result["dtypes"].items():
+        print(f"{dtype:9s} test AUC {m['auc']:.5f}  LogLoss {m['logloss']:.5f}  AUC change {m['auc_change']:+.5f}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def _versions(args: argparse.Namespace) -> None:
@@ -180,6 +196,7 @@ def _download(args: argparse.Namespace) -> None:
 COMMANDS = {
     "train": _train,
     "export": _export,
+    "quant-auc": _quant_auc,
     "versions": _versions,
     "rollback": _rollback,
     "serve": _serve,

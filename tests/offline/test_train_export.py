@@ -97,3 +97,14 @@ def test_bad_store_url() -> None:
 
     with pytest.raises(ValueError, match="local:DIR or redis"):
         parse_store_url("s3://bucket")
+
+
+def test_quantized_auc_is_close_to_fp32(tiny, tiny_hit) -> None:  # type: ignore[no-untyped-def]
+    from offline.quant import quantized_auc
+    from offline.train import evaluate
+
+    result = quantized_auc(tiny_hit.artifact, tiny)
+    fp32 = result["dtypes"]["float32"]["auc"]
+    assert fp32 == pytest.approx(evaluate(tiny_hit.model, tiny.test)["auc"], abs=1e-9)  # same as offline eval
+    assert abs(result["dtypes"]["bfloat16"]["auc_change"]) < 0.01
+    assert abs(result["dtypes"]["int8"]["auc_change"]) < 0.01
