@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,20 +69,51 @@ def movielens_report(runs: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_report(runs: Path) -> str:
+    """Mean and std of test AUC / LogLoss per model over seed repeats (`<model>-paper-s<seed>` dirs)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in sorted(runs.glob("*/metrics.json")):
+        m = json.loads(p.read_text())
+        groups.setdefault(p.parent.name.rsplit("-s", 1)[0], []).append(m)
+    if not groups:
+        raise FileNotFoundError(f"no */metrics.json under {runs}")
+    lines = [
+        "| runs | seeds | test AUC mean | std | min | max | LogLoss mean | published AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ms in groups.items():
+        aucs = [m["test_auc"] for m in ms]
+        pub = PUBLISHED.get(ms[0]["model"])
+        lines.append(
+            f"| {name} | {sorted(m['seed'] for m in ms)} | {statistics.mean(aucs):.4f} | "
+            f"{statistics.stdev(aucs) if len(aucs) > 1 else 0.0:.4f} | {min(aucs):.4f} | {max(aucs):.4f} | "
+            f"{statistics.mean(m['test_logloss'] for m in ms):.4f} | {pub if pub else '-'} |"
+        )
+    codes = sorted({m["code_version"] for ms in groups.values() for m in ms})
+    lines += ["", f"Code {codes}. Machine: {machine()}."]
+    return "\n".join(lines) + "\n"
+
+
+def _splice(out: Path, name: str, table: str) -> None:
+    """Replaces the block between <!-- NAME --> and <!-- /NAME --> in `out` (appends it if absent)."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    text = out.read_text() if out.exists() else ""
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        text = f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}"
+    else:
+        text = f"{text}{start}\n{table}{end}\n"
+    out.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "movielens":
-        print("usage: python -m offline.report movielens RUNS_DIR OUT.md", file=sys.stderr)  # noqa: T201
+    builders = {"movielens": ("results-table", movielens_report), "seeds": ("seeds-table", seeds_report)}
+    if len(args) != 3 or args[0] not in builders:
+        print("usage: python -m offline.report {movielens|seeds} RUNS_DIR OUT.md", file=sys.stderr)  # noqa: T201
         return 2
-    table = movielens_report(Path(args[1]))
-    out = Path(args[2])
-    marker = "<!-- results-table -->"
-    if out.exists() and marker in out.read_text():
-        head, _, rest = out.read_text().partition(marker)
-        tail = rest.split("<!-- /results-table -->", 1)[-1]
-        out.write_text(f"{head}{marker}\n{table}<!-- /results-table -->{tail}")
-    else:
-        out.write_text(f"{marker}\n{table}<!-- /results-table -->\n")
+    block, build = builders[args[0]]
+    _splice(Path(args[2]), block, build(Path(args[1])))
     return 0
 
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Seed repeats on the paper protocol (the published HIT number is a mean over runs).
+# Usage: bash results/run_movielens_seeds.sh [DATA_DIR]
+set -euo pipefail
+data=${1:-${PRERANK_DATA_DIR:-data}/movielens-1m}
+out=runs/movielens-seeds
+mkdir -p "$out"
+common=(--dataset movielens-1m --data-dir "$data" --protocol paper --no-progress)
+for seed in 1 2 3; do
+  prerank train "${common[@]}" --seed $seed --model dssm --batch-size 256 --model-config '{"dropout": 0.0}' \
+    --out $out/dssm-paper-s$seed
+  prerank train "${common[@]}" --seed $seed --model hit --out $out/hit-paper-s$seed
+done
+python -m offline.report seeds "$out" results/movielens.md
