@@ -28,11 +28,11 @@ from models.artifact import (
     save_index,
     write_json,
 )
+from models.provenance import code_version
 from models.tables import FeatureTable
 from offline.ann import build_ann
 from offline.data import Dataset
 from offline.publish import KEEP_VERSIONS, open_publisher
-from offline.train import code_version
 
 __all__ = ["encode_ads", "export"]
 

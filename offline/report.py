@@ -6,33 +6,17 @@ Usage: python -m offline.report movielens RUNS_DIR OUT.md
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from models.provenance import machine
 from offline.metrics import rela_impr
 
-__all__ = ["machine", "movielens_report"]
+__all__ = ["movielens_report", "seeds_report"]
 
 PUBLISHED = {"hit": 0.9048, "dssm": 0.8697}  # HIT paper Table 2, MovieLens-1M (mean of 10 runs)
-
-
-def machine() -> str:
-    """One line describing where the numbers were measured."""
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def _row(name: str, m: dict[str, Any], base: dict[str, Any] | None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,11 +20,12 @@ from models.artifact import save_artifact, write_json
 from models.base import PrerankModel
 from models.hit import HIT
 from models.losses import hit_generation_loss
+from models.provenance import code_version
 from models.registry import build_model, config_from_dict
 from offline.data import Dataset, Split
 from offline.metrics import auc, logloss, rela_impr
 
-__all__ = ["TrainConfig", "TrainResult", "code_version", "evaluate", "predict", "train"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_baseline", "predict", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,6 @@ class TrainResult:
     metrics: dict[str, Any]
     artifact: Path | None = None
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def code_version() -> str:
-    """Git commit of the code (with '-dirty' when uncommitted changes exist), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 @torch.inference_mode()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from models.artifact import Bundle, IndexData, quantize
 from models.features import FeatureSchema, FeatureSpec, Kind, Side, Vocabulary
+from models.provenance import code_version, machine
 from models.registry import build_model
 from models.tables import FeatureTable
 from service.schemas import Candidates, PrerankRequest, UserInput
@@ -163,27 +163,14 @@ def run_bench(
                     }
                 )
     return {
-        "machine": _machine(),
+        "machine": machine(),
+        "code_version": code_version(),
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "n_ads": n_ads,
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
         "cells": cells,
     }
-
-
-def _machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def markdown(result: dict[str, Any]) -> str:

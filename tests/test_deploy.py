@@ -60,7 +60,7 @@ def test_compose_commands_and_files_exist_in_the_project(compose) -> None:  # ty
 @pytest.mark.integration
 def test_locust_headless_run_against_the_real_server(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from offline.export import export
-    from tests.service.test_redis_serving import serve
+    from tests.conftest import serve
 
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
     with serve(f"local:{tmp_path / 'store'}") as url:

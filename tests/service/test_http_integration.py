@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,42 +15,17 @@ import torch
 
 from offline.export import export
 from offline.train import TrainConfig, train
+from tests.conftest import serve
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def server(tiny, tiny_hit, tmp_path: Path) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
     root = tmp_path / "store"
     export(tiny_hit.artifact, tiny, f"local:{root}")
-    port = _free_port()
-    env = {**os.environ, "PRERANK_POLL_SECONDS": "0.2", "PRERANK_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.cli", "serve", "--store", f"local:{root}", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready: " + (proc.stdout.read().decode() if proc.stdout else ""))
-    yield url, root
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serve(f"local:{root}", poll="0.2") as url:
+        yield url, root
 
 
 def _offline_pctr(tiny, model, user_key: str, ad_ids: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]

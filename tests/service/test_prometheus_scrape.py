@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from offline.export import export
-from tests.service.test_http_integration import _free_port
-from tests.service.test_redis_serving import serve
+from tests.conftest import free_port, serve
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +29,7 @@ def test_prometheus_scrapes_the_request_count(tiny, tiny_hit, tmp_path: Path) ->
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: prerank\n"
             f"    static_configs:\n      - targets: ['{target}']\n"
         )
-        port = _free_port()
+        port = free_port()
         prom = subprocess.Popen(
             [
                 "prometheus",
@@ -61,50 +60,18 @@ def test_prometheus_scrapes_the_request_count(tiny, tiny_hit, tmp_path: Path) ->
 
 
 def test_metrics_aggregate_across_two_workers(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import os
     import re
-    import sys
 
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
-    port = _free_port()
-    env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
     (tmp_path / "prom").mkdir()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "offline.cli",
-            "serve",
-            "--store",
-            f"local:{tmp_path / 'store'}",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    with serve(f"local:{tmp_path / 'store'}", extra_args=("--workers", "2"), env=env) as url:
         time.sleep(2)  # let the second worker finish loading too
-        pids = set()
         for _ in range(30):  # new connections spread over the workers
             r = httpx.post(url + "/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": [1, 2]}})
             assert r.status_code == 200
-        pids = {p.name for p in (tmp_path / "prom").iterdir()}
+        files = {p.name for p in (tmp_path / "prom").iterdir()}
         text = httpx.get(url + "/metrics").text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     match = re.search(r'prerank_http_requests_total\{route="/prerank",status="200"\} (\S+)', text)
     assert match is not None and float(match.group(1)) == 30.0
-    assert len({p.split("_")[-1] for p in pids}) >= 2  # files from two worker pids
+    assert len({name.rsplit("_", 1)[-1] for name in files}) >= 2  # metric files of two worker pids

@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
 from offline.export import export
 from offline.train import TrainConfig, train
-from tests.service.test_http_integration import _free_port
+from tests.conftest import serve
 
 pytestmark = pytest.mark.integration
-
-
-@contextmanager
-def serve(store_url: str, poll: str = "5") -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "PRERANK_POLL_SECONDS": poll, "PRERANK_TORCH_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.cli", "serve", "--store", store_url, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 class Traffic:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from offline.export import export
-from tests.service.test_redis_serving import serve
+from tests.conftest import serve
 
 pytestmark = pytest.mark.integration
 
