@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.artifact import ArtifactError
 from service.config import Settings
 from service.follower import Follower
+from service.schemas import ErrorResponse
 from service.scorer import RequestError
 
 __all__ = ["router"]
@@ -29,7 +30,14 @@ def require_admin(request: Request) -> None:
         raise RequestError(403, "authorization", "invalid admin token")
 
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "body is not JSON"},
+    401: {"model": ErrorResponse, "description": "no bearer token"},
+    403: {"model": ErrorResponse, "description": "wrong token, or admin disabled"},
+    409: {"model": ErrorResponse, "description": "the version cannot be served"},
+    422: {"model": ErrorResponse, "description": "invalid body (the message names the field)"},
+}
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"], responses=_ADMIN_ERRORS)
 
 
 class PinRequest(BaseModel):

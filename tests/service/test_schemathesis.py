@@ -19,7 +19,7 @@ def test_api_conforms_to_its_schema(tiny, tiny_hit, tmp_path: Path) -> None:  # 
     if st is None:
         pytest.skip("schemathesis is not installed")
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
-    with serve(f"local:{tmp_path / 'store'}") as url:
+    with serve(f"local:{tmp_path / 'store'}", env={"PRERANK_ADMIN_TOKEN": "t0ken"}) as url:
         proc = subprocess.run(
             [
                 st,
