@@ -1,7 +1,8 @@
 """Kernel benchmark of the service's own scoring path, beside the machine's memory-copy bandwidth.
 
 For each model configuration, stored vector type and candidate count it times, in one process:
-  * `score`: gather of the candidates' rows from the in-memory index + the batched score;
+  * `score`: gather of the candidates' rows from the in-memory index + the batched score
+             (`Scorer.score_rows`, fused chunk by chunk);
   * `path`:  `Scorer.prerank` on a parsed request (user features, user tower, id lookup, gather,
              score, eCPM, top-k) -- everything but HTTP and JSON.
 Efficiency = bytes of ad vectors read / score time / measured copy bandwidth.
@@ -140,8 +141,7 @@ def run_bench(
                 for i in range(repeats + 10):
                     r = rows[i % len(rows)]
                     t0 = time.perf_counter()
-                    with torch.inference_mode():
-                        version.bundle.model.score(user, scorer.gather(version, r))
+                    scorer.score_rows(version, user, r)
                     t1 = time.perf_counter()
                     scorer.prerank(requests[i % len(requests)])
                     t2 = time.perf_counter()

@@ -177,3 +177,20 @@ def test_metrics_expose_the_listed_series(client: TestClient, tiny) -> None:  # 
         "prerank_store_errors_total",
     ):
         assert series in text, series
+
+
+def test_chunked_gather_and_score_equals_one_pass(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.scorer as scorer_module
+
+    scorer = client.app.state.scorer  # type: ignore[attr-defined]
+    version = scorer.live
+    user = scorer.encode_user(version, version.index.users.take(np.array([3])))
+    rows = np.random.default_rng(0).permutation(len(version.index.ad_ids))
+    with torch.no_grad():
+        one_pass = version.bundle.model.score(user, version.vectors[torch.from_numpy(rows)])
+    monkeypatch.setattr(scorer_module, "MIN_CHUNK_ROWS", 7)
+    monkeypatch.setattr(scorer_module, "CHUNK_BYTES", 7 * version.vectors[0].numel() * 4)
+    timings: dict[str, float] = {}
+    chunked = scorer.score_rows(version, user, rows, timings)
+    torch.testing.assert_close(chunked, one_pass, rtol=0, atol=1e-6)
+    assert timings["gather"] > 0 and timings["score"] > 0
