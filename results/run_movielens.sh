@@ -2,6 +2,8 @@
 # Full MovieLens-1M runs behind results/movielens.md (about 40 minutes on 2 CPU cores).
 # Usage: bash results/run_movielens.sh [DATA_DIR]   (default: $PRERANK_DATA_DIR/movielens-1m)
 set -euo pipefail
+# One intra-op thread: the numbers do not depend on the core count, and two runs share 2 cores well.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 data=${1:-${PRERANK_DATA_DIR:-data}/movielens-1m}
 out=runs/movielens
 mkdir -p "$out"

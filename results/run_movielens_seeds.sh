@@ -2,6 +2,8 @@
 # Seed repeats on the paper protocol (the published HIT number is a mean over runs).
 # Usage: bash results/run_movielens_seeds.sh [DATA_DIR]
 set -euo pipefail
+# One intra-op thread: the numbers do not depend on the core count, and two runs share 2 cores well.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 data=${1:-${PRERANK_DATA_DIR:-data}/movielens-1m}
 out=runs/movielens-seeds
 mkdir -p "$out"
