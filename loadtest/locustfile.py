@@ -15,7 +15,7 @@ import random
 import urllib.request
 from typing import Any
 
-from locust import FastHttpUser, events, task
+from locust import FastHttpUser, constant_throughput, events, task
 
 CANDIDATE_MIX = {100: 3, 1000: 3, 5000: 2, 10000: 1}
 SAMPLE: dict[str, Any] = {}
@@ -49,7 +49,14 @@ def validate(body: dict[str, Any], sent: set[int], top_k: int) -> str | None:
 
 
 class PrerankUser(FastHttpUser):
-    """One recall service sending candidate lists for random users."""
+    """One recall service sending candidate lists for random users.
+
+    PRERANK_USER_RPS caps each user's request rate (open-loop-like load for soak tests);
+    unset, each user sends back to back.
+    """
+
+    if os.environ.get("PRERANK_USER_RPS"):
+        wait_time = constant_throughput(float(os.environ["PRERANK_USER_RPS"]))
 
     @task
     def prerank(self) -> None:

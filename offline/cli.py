@@ -231,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
     try:
         COMMANDS[args.command](args)
     except (CliError, FileNotFoundError, ValueError, KeyError, OSError, _redis_error()) as exc:
