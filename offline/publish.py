@@ -93,6 +93,7 @@ class LocalPublisher:
         os.replace(tmp, self.root / CURRENT_POINTER)
 
     def publish(self, staged: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        placed: Path | None = None
         try:
             while True:  # concurrent publishers: the first rename to a free name wins
                 names = self._names()
@@ -101,13 +102,14 @@ class LocalPublisher:
                 write_json(staged / "manifest.json", manifest)
                 try:
                     os.rename(staged, self.dir / version)
+                    placed = self.dir / version
                     break
                 except OSError:
                     if not (self.dir / version).exists():
                         raise
-            _verify_staged(self.dir / version)
+            _verify_staged(placed)
         except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            shutil.rmtree(placed or staged, ignore_errors=True)  # never leave a partial version behind
             raise
         self._point(version)
         self._prune(version)

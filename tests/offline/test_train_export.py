@@ -108,3 +108,28 @@ def test_quantized_auc_is_close_to_fp32(tiny, tiny_hit) -> None:  # type: ignore
     assert fp32 == pytest.approx(evaluate(tiny_hit.model, tiny.test)["auc"], abs=1e-9)  # same as offline eval
     assert abs(result["dtypes"]["bfloat16"]["auc_change"]) < 0.01
     assert abs(result["dtypes"]["int8"]["auc_change"]) < 0.01
+
+
+def test_concurrent_local_publishers_get_distinct_intact_versions(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    root = tmp_path / "store"
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            results.append(export(tiny_hit.artifact, tiny, f"local:{root}")["version"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(results) == ["v000001", "v000002", "v000003", "v000004"]
+    for v in results:
+        assert load_index(root / "versions" / v).manifest["version"] == v
+    assert (root / "CURRENT").read_text().strip() in results
+    assert not [p for p in (root / "versions").iterdir() if p.name.startswith(".staging")]
