@@ -79,3 +79,47 @@ def test_a_corrupted_chunk_is_detected_on_load(tiny, tiny_hit, redis_server, tmp
     client.set(key, bytes(data))
     with pytest.raises(ValueError, match=r"checksum mismatch in index\.safetensors"):
         RedisStore(redis_server.url).load("v000001")
+
+
+def test_password_protected_redis(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "s3cret",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port, password="s3cret")
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                import time
+
+                time.sleep(0.05)
+        with pytest.raises(redis.AuthenticationError):
+            export(tiny_hit.artifact, tiny, f"redis://127.0.0.1:{port}/0")
+        export(tiny_hit.artifact, tiny, f"redis://:s3cret@127.0.0.1:{port}/0")
+        assert RedisStore(f"redis://:s3cret@127.0.0.1:{port}/0").current() == "v000001"
+    finally:
+        proc.kill()
+        proc.wait()

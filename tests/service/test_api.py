@@ -194,3 +194,16 @@ def test_chunked_gather_and_score_equals_one_pass(client: TestClient, monkeypatc
     chunked = scorer.score_rows(version, user, rows, timings)
     torch.testing.assert_close(chunked, one_pass, rtol=0, atol=1e-6)
     assert timings["gather"] > 0 and timings["score"] > 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"user": {"id": "1"}, "candidates": {"ad_ids": [1], "bids": [NaN]}}',
+        b'{"user": {"id": "1"}, "candidates": {"ad_ids": [1], "bids": [Infinity]}}',
+        b'{"user": {"features": {"segment": "1", "age_bucket": NaN}}, "candidates": {"ad_ids": [1]}}',
+    ],
+)
+def test_non_finite_numbers_are_refused(client: TestClient, raw: bytes) -> None:
+    r = client.post("/prerank", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text

@@ -54,7 +54,8 @@ def test_sigterm_finishes_the_in_flight_request(tiny, tiny_hit, tmp_path: Path) 
                 response += chunk
         assert response.startswith(b"HTTP/1.1 200"), response[:200]
         assert json.loads(response.split(b"\r\n\r\n", 1)[1])["index_version"] == "v000001"
-        assert proc.wait(timeout=30) == 0
+        # uvicorn re-raises the signal after draining, so the exit status is -SIGTERM (or 0)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
     finally:
