@@ -9,6 +9,7 @@ kept, and concurrent publishers get distinct version numbers.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -122,8 +123,6 @@ class LocalPublisher:
                 shutil.rmtree(self.dir / name, ignore_errors=True)
 
     def versions(self) -> list[dict[str, Any]]:
-        import json
-
         out = []
         for name in self._names():
             try:
@@ -162,8 +161,6 @@ class RedisPublisher:
         return value.decode() if value else None
 
     def publish(self, staged: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-        import json
-
         version = f"v{int(self.client.incr(self.keys.seq)):06d}"  # atomic: concurrent publishers differ
         manifest["version"] = version
         written: list[str] = []
@@ -220,8 +217,6 @@ class RedisPublisher:
             self.client.zrem(self.keys.versions, name)
 
     def versions(self) -> list[dict[str, Any]]:
-        import json
-
         out = []
         for name in self.client.zrange(self.keys.versions, 0, -1):
             raw = self.client.get(self.keys.manifest(name.decode()))
