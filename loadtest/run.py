@@ -67,10 +67,10 @@ def server(store: str) -> Iterator[str]:
         proc.wait(timeout=15)
 
 
-def locust_step(url: str, candidates: int, users: int, seconds: int, prefix: Path) -> dict[str, Any]:
-    """One headless Locust run at a fixed candidate count; returns the aggregated row."""
-    cmd = [
-        *_pin(f"1-{max(1, (os.cpu_count() or 2) - 1)}"),
+def locust_command(url: str, users: int, seconds: int, csv_prefix: Path, cpus: str, *extra: str) -> list[str]:
+    """Headless Locust on our locustfile, pinned to `cpus`, writing CSVs under `csv_prefix`."""
+    return [
+        *_pin(cpus),
         sys.executable,
         "-m",
         "locust",
@@ -86,9 +86,15 @@ def locust_step(url: str, candidates: int, users: int, seconds: int, prefix: Pat
         "--host",
         url,
         "--csv",
-        str(prefix),
+        str(csv_prefix),
         "--only-summary",
+        *extra,
     ]
+
+
+def locust_step(url: str, candidates: int, users: int, seconds: int, prefix: Path) -> dict[str, Any]:
+    """One headless Locust run at a fixed candidate count; returns the aggregated row."""
+    cmd = locust_command(url, users, seconds, prefix, f"1-{max(1, (os.cpu_count() or 2) - 1)}")
     env = {**os.environ, "PRERANK_CANDIDATES": str(candidates)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
     stats = Path(f"{prefix}_stats.csv")

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from loadtest.run import HERE, _pin, server
+from loadtest.run import _pin, locust_command, server
 
 
 def _publisher(
@@ -102,27 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         pub.start()
         env = {**os.environ, "PRERANK_CANDIDATES": str(args.candidates), "PRERANK_USER_RPS": str(args.user_rps)}
         proc = subprocess.run(
-            [
-                *_pin("1"),
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                str(HERE / "locustfile.py"),
-                "--headless",
-                "-u",
-                str(args.users),
-                "-r",
-                str(args.users),
-                "-t",
-                f"{seconds}s",
-                "--host",
-                url,
-                "--csv",
-                str(args.out / "soak"),
-                "--csv-full-history",
-                "--only-summary",
-            ],
+            locust_command(url, args.users, seconds, args.out / "soak", "1", "--csv-full-history"),
             env=env,
             capture_output=True,
             text=True,
