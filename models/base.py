@@ -9,14 +9,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from models.features import Features, FeatureSchema
 
-__all__ = ["ModelConfig", "PrerankModel"]
+__all__ = ["AdBatch", "ModelConfig", "PrerankModel", "Routed"]
+
+
+class Routed(NamedTuple):
+    """Ad rows that also name which of the user's K representations each ad is scored against.
+
+    `vectors` (N, ...) are stored like any model's ad rows (and quantised the same way);
+    `routes` (N,) int64 are stored exactly beside them (FIT's meta index).
+    """
+
+    vectors: torch.Tensor
+    routes: torch.Tensor
+
+
+#: What `encode_ad` returns and `score` takes: plain rows, or rows with routes.
+AdBatch = torch.Tensor | Routed
 
 
 @dataclass(frozen=True)
@@ -34,8 +49,14 @@ class PrerankModel(nn.Module, ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
-    #: True when ad representations can be computed offline and stored in the index.
+    #: True when the stored ad rows are a tower output; False when they are the ad's embedded
+    #: features and `score` runs the whole network per (user, ad) pair (single-tower models).
     precomputes_ads: ClassVar[bool] = True
+    #: True when `score` is a sum over user heads of the max inner product over ad heads, so a
+    #: FAISS index over the ad heads can retrieve from the whole corpus.
+    ann_searchable: ClassVar[bool] = False
+    #: "prerank" models are the product; "ranking" models are offline references.
+    stage: ClassVar[str] = "prerank"
 
     def __init__(self, schema: FeatureSchema, config: ModelConfig) -> None:
         super().__init__()
@@ -47,11 +68,11 @@ class PrerankModel(nn.Module, ABC):
         """User (and context) representation, (B, ...)."""
 
     @abstractmethod
-    def encode_ad(self, features: Features) -> torch.Tensor:
-        """Ad representation stored in the index, (N, ...)."""
+    def encode_ad(self, features: Features) -> AdBatch:
+        """Ad representation stored in the index, (N, ...) (with routes for routed models)."""
 
     @abstractmethod
-    def score(self, user: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
+    def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
         """Logits, (N,).
 
         Args:
@@ -66,6 +87,10 @@ class PrerankModel(nn.Module, ABC):
     def forward_train(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits plus the intermediates that model-specific losses need (none by default)."""
         return self.forward(features), {}
+
+    def auxiliary_loss(self, aux: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Model-specific loss terms (already weighted) added to the summed BCE; none by default."""
+        return torch.zeros((), device=labels.device)
 
     def regularizer(self) -> torch.Tensor:
         """Sum of squared embedding entries (weighted by the training config)."""

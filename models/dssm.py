@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelConfig, PrerankModel
+from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema
 from models.layers import MLP, FieldEmbedding
 from models.scoring import maxsim
@@ -37,6 +37,7 @@ class DSSM(PrerankModel):
 
     name = "dssm"
     config_class = DSSMConfig
+    ann_searchable = True
 
     def __init__(self, schema: FeatureSchema, config: DSSMConfig) -> None:
         super().__init__(schema, config)
@@ -58,8 +59,9 @@ class DSSM(PrerankModel):
         h = self.ad_tower(self.ad_embedding(features))
         return F.normalize(h, dim=-1).unsqueeze(1)
 
-    def score(self, user: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
+    def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
         """temperature * cos(u, a) + b, (N,)."""
+        assert isinstance(ads, torch.Tensor)
         return maxsim(user, ads) * self.config.temperature + self.bias
 
     def regularizer(self) -> torch.Tensor:

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelConfig, PrerankModel
+from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema, FeatureSpec
 from models.layers import MLP, FieldEmbedding
+from models.losses import hit_generation_loss
 from models.scoring import maxsim
 
 __all__ = ["HIT", "HITConfig", "HITTower"]
@@ -95,6 +96,7 @@ class HIT(PrerankModel):
 
     name = "hit"
     config_class = HITConfig
+    ann_searchable = True
 
     def __init__(self, schema: FeatureSchema, config: HITConfig) -> None:
         super().__init__(schema, config)
@@ -111,8 +113,9 @@ class HIT(PrerankModel):
         """(N, H_a, p)."""
         return self.ad_tower(features)[0]
 
-    def score(self, user: torch.Tensor, ads: torch.Tensor) -> torch.Tensor:
+    def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
         """sum_i max_j <U_i, A_j> + b, (N,)."""
+        assert isinstance(ads, torch.Tensor)
         return maxsim(user, ads) + self.bias
 
     def forward_train(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -124,6 +127,9 @@ class HIT(PrerankModel):
         if ad_mimic is not None:
             aux["ad_mimic"] = ad_mimic
         return self.score(user, ad), aux
+
+    def auxiliary_loss(self, aux: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return self.config.gen_loss_weight * hit_generation_loss(aux, labels, self.config.gen_loss)
 
     def regularizer(self) -> torch.Tensor:
         return self.user_tower.embedding.l2() + self.ad_tower.embedding.l2()

@@ -9,7 +9,7 @@ from torch import nn
 
 from models.features import Features, FeatureSchema, FeatureSpec, Jagged, Kind
 
-__all__ = ["FieldEmbedding", "MLP"]
+__all__ = ["MLP", "FieldEmbedding", "FieldLinear", "LightSE", "jagged_to_padded"]
 
 EMBEDDING_INIT_STD = 1e-4
 
@@ -118,3 +118,62 @@ class MLP(nn.Sequential):
             in_dim = width
         super().__init__(*layers)
         self.out_dim = in_dim
+
+
+class FieldLinear(nn.Module):
+    """The linear (LR) part of a CTR model over one side's fields: one weight per id and per dense field.
+
+    Returns the side's partial logit (B, 1); the user and ad parts add up to the LR logit.
+    """
+
+    def __init__(self, fields: Sequence[FeatureSpec], schema: FeatureSchema) -> None:
+        super().__init__()
+        self.weights = FieldEmbedding(fields, schema, 1)
+        n_dense = len(self.weights.dense)
+        self.dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
+
+    def forward(self, features: Features) -> torch.Tensor:
+        embedded = self.weights.embed(features)
+        total = torch.stack(embedded, 0).sum(0) if embedded else None
+        if self.dense is not None:
+            dense = self.dense(torch.cat(self.weights.dense_values(features), -1))
+            total = dense if total is None else total + dense
+        if total is None:
+            raise ValueError("FieldLinear needs at least one field")
+        return total
+
+    def l2(self) -> torch.Tensor:
+        return self.weights.l2()
+
+
+class LightSE(nn.Module):
+    """IntTower's Light-SE over m field embeddings, as coded: e + softmax(W mean_D(e)) * e.
+
+    One bias-free (m x m) layer; softmax across fields; residual re-weighting (weight 1 + k_i).
+    """
+
+    def __init__(self, fields: int) -> None:
+        super().__init__()
+        self.excite = nn.Linear(fields, fields, bias=False)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, m, D) -> (B, m, D)."""
+        weights = torch.softmax(self.excite(embeddings.mean(-1)), dim=-1)
+        return embeddings + embeddings * weights.unsqueeze(-1)
+
+
+def jagged_to_padded(seq: Jagged, rows: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `max_len` ids of each row as a padded (rows, L) id matrix and its validity mask.
+
+    L is the longest kept row (at least 1); padding is id 0.
+    """
+    values, offsets = seq.values, seq.offsets
+    total = values.shape[0]
+    ends = torch.cat([offsets[1:], offsets.new_tensor([total])])
+    lengths = (ends - offsets).clamp(max=max_len)
+    width = max(int(lengths.max()) if rows else 0, 1)
+    positions = torch.arange(width, device=values.device)
+    mask = positions.unsqueeze(0) < lengths.unsqueeze(1)  # (rows, L)
+    source = (offsets.unsqueeze(1) + positions.unsqueeze(0)).clamp(max=max(total - 1, 0))
+    ids = values[source] if total else torch.zeros_like(source)
+    return ids.masked_fill(~mask, 0), mask

@@ -6,13 +6,19 @@ import dataclasses
 from typing import Any
 
 from models.base import ModelConfig, PrerankModel
+from models.dat import DAT
 from models.dssm import DSSM
 from models.features import FeatureSchema
+from models.fit import FIT
 from models.hit import HIT
+from models.inttower import IntTower
+from models.single import COLD, DCN, LR, DeepFM
 
 __all__ = ["MODELS", "build_model", "config_from_dict", "model_class"]
 
-MODELS: dict[str, type[PrerankModel]] = {cls.name: cls for cls in (HIT, DSSM)}
+MODELS: dict[str, type[PrerankModel]] = {
+    cls.name: cls for cls in (HIT, DSSM, DAT, IntTower, FIT, COLD, LR, DeepFM, DCN)
+}
 
 
 def model_class(name: str) -> type[PrerankModel]:

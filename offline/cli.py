@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and write an artifact directory")
     _add_data_args(p)
-    p.add_argument("--model", default="hit", help="registered model name (hit, dssm)")
+    p.add_argument(
+        "--model", default="hit", help="registered model (hit, dssm, dat, inttower, fit, cold, lr, deepfm, dcn)"
+    )
     p.add_argument("--model-config", type=_json_arg, default={}, help="JSON overrides, e.g. '{\"heads\": 4}'")
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--epochs", type=int, default=30)
@@ -56,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("zoo", help="train every model on MovieLens-1M (both protocols, several seeds) and report")
+    p.add_argument("--data-dir", type=Path, help="MovieLens folder (default: $PRERANK_DATA_DIR/movielens-1m)")
+    p.add_argument("--dataset", default="movielens-1m", help=argparse.SUPPRESS)
+    p.add_argument("--models", nargs="+", help="default: every registered model")
+    p.add_argument("--protocols", nargs="+", default=["paper", "clean"], choices=["paper", "clean"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--epochs", type=int, default=10, help="maximum epochs per run (early stopping, patience 2)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel, one thread each")
+    p.add_argument("--runs", type=Path, default=Path("runs/zoo"), help="run directories (existing runs are reused)")
+    p.add_argument("--out", type=Path, default=Path("results/zoo"), help="where zoo.md/json/png go")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from existing runs")
 
     p = sub.add_parser("export", help="run the ad tower over every ad and publish an index version")
     p.add_argument("artifact", type=Path, help="model artifact directory")
@@ -124,6 +138,16 @@ def _export(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep)
     print(f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}")
+
+
+def _zoo(args: argparse.Namespace) -> None:
+    from models.registry import MODELS
+    from offline.zoo import run_zoo, zoo_report
+
+    if not args.report_only:
+        models = args.models or list(MODELS)
+        run_zoo(args.data_dir, args.runs, models, args.protocols, args.seeds, args.epochs, args.jobs, args.dataset)
+    print(f"wrote {zoo_report(args.runs, args.out)}")
 
 
 def _quant_auc(args: argparse.Namespace) -> None:
@@ -196,6 +220,7 @@ def _download(args: argparse.Namespace) -> None:
 COMMANDS = {
     "train": _train,
     "export": _export,
+    "zoo": _zoo,
     "quant-auc": _quant_auc,
     "versions": _versions,
     "rollback": _rollback,

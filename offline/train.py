@@ -18,8 +18,6 @@ from tqdm import tqdm
 
 from models.artifact import save_artifact, write_json
 from models.base import PrerankModel
-from models.hit import HIT
-from models.losses import hit_generation_loss
 from models.provenance import code_version
 from models.registry import build_model, config_from_dict
 from offline.data import Dataset, Split
@@ -84,9 +82,8 @@ def _loss(model: PrerankModel, feats: dict[str, Any], labels: torch.Tensor, l2: 
     loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
     if l2:
         loss = loss + l2 * model.regularizer()
-    if isinstance(model, HIT) and aux:
-        weight = model.config.gen_loss_weight
-        loss = loss + weight * hit_generation_loss(aux, labels, model.config.gen_loss)
+    if aux:
+        loss = loss + model.auxiliary_loss(aux, labels)
     return loss
 
 

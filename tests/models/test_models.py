@@ -29,7 +29,8 @@ def test_forward_equals_composition(tiny, batch, name: str) -> None:
         one_user = {k: (v[:1] if isinstance(v, torch.Tensor) else v) for k, v in feats.items()}
         user_only = tiny.users.take(tiny.train.user_rows[:1])
         broadcast = model.score(model.encode_user(user_only), model.encode_ad(feats))
-        paired = model.score(model.encode_user(user_only).expand(64, -1, -1), model.encode_ad(feats))
+        one = model.encode_user(user_only)
+        paired = model.score(one.expand(64, *one.shape[1:]), model.encode_ad(feats))
     assert direct.shape == (64,)
     torch.testing.assert_close(direct, composed, rtol=0, atol=1e-6)
     torch.testing.assert_close(broadcast, paired, rtol=0, atol=1e-6)

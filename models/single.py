@@ -1,0 +1,232 @@
+"""Single-tower CTR models: COLD (the pre-ranking latency reference) and the ranking references
+LR, DeepFM and DCN.
+
+None of them can precompute an ad representation: user and ad fields meet in the first layer.
+They still fit the shared interface. `encode_user` and `encode_ad` return each side's *embedded
+features* (field embeddings, dense values and the side's partial linear logit, flattened) and
+`score` runs the whole network on every (user, ad) pair. The index therefore stores each ad's
+embedded features (the embedding lookups done once, offline), and serving pays one full network
+forward per candidate. That is the cost these models are the reference for.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.base import AdBatch, ModelConfig, PrerankModel
+from models.features import Features, FeatureSchema
+from models.layers import MLP, FieldEmbedding, FieldLinear
+
+__all__ = ["COLD", "DCN", "LR", "COLDConfig", "DCNConfig", "DeepFM", "DeepFMConfig", "LRConfig", "SingleTower"]
+
+
+@dataclass(frozen=True)
+class SingleTowerConfig(ModelConfig):
+    """Shared settings; hidden widths follow the reference code's DNNs (300, 300, 128).
+
+    Args:
+        linear: add the LR part (one weight per id) to the logit.
+    """
+
+    hidden: tuple[int, ...] = (300, 300, 128)
+    linear: bool = True
+
+
+class SingleTower(PrerankModel):
+    """Embeds each side separately; `head` combines all fields of a pair into a logit."""
+
+    precomputes_ads = False
+    uses_embeddings: bool = True
+
+    def __init__(self, schema: FeatureSchema, config: SingleTowerConfig) -> None:
+        super().__init__(schema, config)
+        self.config: SingleTowerConfig = config
+        dim = config.embedding_dim
+        self.user_embedding = FieldEmbedding(schema.user_fields, schema, dim)
+        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, dim)
+        self.user_linear = FieldLinear(schema.user_fields, schema) if config.linear else None
+        self.ad_linear = FieldLinear(schema.ad_fields, schema) if config.linear else None
+        self.n_fields = len(self.user_embedding.embedded) + len(self.ad_embedding.embedded)
+        self.n_dense = len(self.user_embedding.dense) + len(self.ad_embedding.dense)
+
+    def _side(self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features) -> torch.Tensor:
+        parts = (embedding.embed(features) if self.uses_embeddings else []) + embedding.dense_values(features)
+        if linear is not None:
+            parts.append(linear(features))
+        return torch.cat(parts, -1).unsqueeze(1)
+
+    def encode_user(self, features: Features) -> torch.Tensor:
+        """(B, 1, m_u * D + n_dense_u [+ 1]): the user's embedded fields, dense values, linear part."""
+        return self._side(self.user_embedding, self.user_linear, features)
+
+    def encode_ad(self, features: Features) -> torch.Tensor:
+        """(N, 1, m_a * D + n_dense_a [+ 1]): the ad's embedded fields, dense values, linear part."""
+        return self._side(self.ad_embedding, self.ad_linear, features)
+
+    def _split(self, rows: torch.Tensor, embedding: FieldEmbedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.config.embedding_dim if self.uses_embeddings else 0
+        m, nd = len(embedding.embedded), len(embedding.dense)
+        fields = rows[:, : m * d].view(len(rows), m, d)
+        dense = rows[:, m * d : m * d + nd]
+        linear = rows[:, m * d + nd :].sum(-1)
+        return fields, dense, linear
+
+    def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
+        """The network on every (user, ad) pair, (N,)."""
+        assert isinstance(ads, torch.Tensor)
+        n = ads.shape[0]
+        a = ads.reshape(n, -1).float()
+        u = user.reshape(user.shape[0], -1).float().expand(n, -1)
+        uf, ud, ul = self._split(u, self.user_embedding)
+        af, ad, al = self._split(a, self.ad_embedding)
+        return self.head(torch.cat([uf, af], 1), torch.cat([ud, ad], 1)) + ul + al
+
+    @abstractmethod
+    def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """Logit (N,) from all field embeddings (N, m, D) and dense values (N, n_dense)."""
+
+    def regularizer(self) -> torch.Tensor:
+        total = self.user_embedding.l2() + self.ad_embedding.l2()
+        for linear in (self.user_linear, self.ad_linear):
+            if linear is not None:
+                total = total + linear.l2()
+        return total
+
+
+@dataclass(frozen=True)
+class LRConfig(SingleTowerConfig):
+    """Logistic regression: the linear part alone."""
+
+
+class LR(SingleTower):
+    """Logistic regression over every id and dense value (the stored ad row is one number)."""
+
+    name = "lr"
+    config_class = LRConfig
+    stage = "ranking"
+    uses_embeddings = False
+
+    def __init__(self, schema: FeatureSchema, config: LRConfig) -> None:
+        if not config.linear:
+            raise ValueError("LR is the linear part; linear must be true")
+        super().__init__(schema, config)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def _side(self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features) -> torch.Tensor:
+        assert linear is not None
+        return linear(features).unsqueeze(1)
+
+    def _split(self, rows: torch.Tensor, embedding: FieldEmbedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        empty = rows[:, :0]
+        return empty.view(len(rows), 0, 0), empty, rows.sum(-1)
+
+    def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(fields))
+
+    def regularizer(self) -> torch.Tensor:
+        assert self.user_linear is not None and self.ad_linear is not None
+        return self.user_linear.l2() + self.ad_linear.l2()
+
+
+@dataclass(frozen=True)
+class COLDConfig(SingleTowerConfig):
+    """COLD settings: the reference code's DNN without BatchNorm.
+
+    Args:
+        se: SE feature gating, s_i = sigmoid(w_i . e_i + b_i) per field group (the paper's block).
+    """
+
+    batch_norm: bool = False
+    se: bool = True
+
+
+class COLD(SingleTower):
+    """GwEN-style single tower with SE gating of each field group (Alibaba, 2020).
+
+    The SE block gives every field group a scalar importance from its own embedding and scales
+    the group by it; the paper ranks groups by that importance to pick the served feature set.
+    `field_importance` returns the mean gates for that purpose.
+    """
+
+    name = "cold"
+    config_class = COLDConfig
+
+    def __init__(self, schema: FeatureSchema, config: COLDConfig) -> None:
+        super().__init__(schema, config)
+        self.config: COLDConfig = config
+        d = config.embedding_dim
+        self.gate_weight = nn.Parameter(torch.zeros(self.n_fields, d))
+        self.gate_bias = nn.Parameter(torch.zeros(self.n_fields))
+        self.dnn = MLP(self.n_fields * d + self.n_dense, config.hidden, config.dropout, config.batch_norm)
+        self.out = nn.Linear(self.dnn.out_dim, 1)
+
+    def gates(self, fields: torch.Tensor) -> torch.Tensor:
+        """(N, m) importance of each field group."""
+        return torch.sigmoid((fields * self.gate_weight).sum(-1) + self.gate_bias)
+
+    def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        if self.config.se:
+            fields = fields * self.gates(fields).unsqueeze(-1)
+        return self.out(self.dnn(torch.cat([fields.flatten(1), dense], 1))).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class DeepFMConfig(SingleTowerConfig):
+    """DeepFM: LR + factorisation machine over the field embeddings + DNN."""
+
+
+class DeepFM(SingleTower):
+    """DeepFM (Guo et al., 2017): linear part, pairwise FM interactions and a DNN, summed."""
+
+    name = "deepfm"
+    config_class = DeepFMConfig
+    stage = "ranking"
+
+    def __init__(self, schema: FeatureSchema, config: DeepFMConfig) -> None:
+        super().__init__(schema, config)
+        d = config.embedding_dim
+        self.dnn = MLP(self.n_fields * d + self.n_dense, config.hidden, config.dropout, config.batch_norm)
+        self.out = nn.Linear(self.dnn.out_dim, 1)
+
+    def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        fm = 0.5 * (fields.sum(1).pow(2) - fields.pow(2).sum(1)).sum(-1)
+        deep = self.out(self.dnn(torch.cat([fields.flatten(1), dense], 1))).squeeze(-1)
+        return fm + deep
+
+
+@dataclass(frozen=True)
+class DCNConfig(SingleTowerConfig):
+    """DCN settings.
+
+    Args:
+        cross_layers: depth of the cross network.
+    """
+
+    cross_layers: int = 3
+
+
+class DCN(SingleTower):
+    """Deep & Cross Network (Wang et al., 2017): x_{l+1} = x_0 (w_l . x_l) + b_l + x_l beside a DNN."""
+
+    name = "dcn"
+    config_class = DCNConfig
+    stage = "ranking"
+
+    def __init__(self, schema: FeatureSchema, config: DCNConfig) -> None:
+        super().__init__(schema, config)
+        width = self.n_fields * config.embedding_dim + self.n_dense
+        self.cross_w = nn.Parameter(torch.randn(config.cross_layers, width) * width**-0.5)
+        self.cross_b = nn.Parameter(torch.zeros(config.cross_layers, width))
+        self.dnn = MLP(width, config.hidden, config.dropout, config.batch_norm)
+        self.out = nn.Linear(width + self.dnn.out_dim, 1)
+
+    def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        x0 = torch.cat([fields.flatten(1), dense], 1)
+        x = x0
+        for w, b in zip(self.cross_w, self.cross_b, strict=True):
+            x = x0 * (x @ w).unsqueeze(-1) + b + x
+        return self.out(torch.cat([x, self.dnn(x0)], 1)).squeeze(-1)
