@@ -11,6 +11,7 @@ A model artifact is a directory::
 An index version is a directory::
 
     index.safetensors   ad_ids int64 (N,), vectors (N, ...), bids float32 (N,) [, scales (N,)]
+                        [, routes int64 (N,): the row of the user output each ad is scored against]
     users.safetensors   user feature table (user/…) for requests that send only a user id
     user_ids.json       user keys, row order of the user table
     ads.faiss           HNSW index over the ad heads for max inner product (id = row * H_a + head)
@@ -158,6 +159,7 @@ class IndexData:
     scales: torch.Tensor | None  # float32 (N,) for int8 vectors
     user_ids: list[str]
     users: FeatureTable
+    routes: torch.Tensor | None = None  # int64 (N,) for routed models (FIT)
 
 
 def quantize(vectors: torch.Tensor, dtype: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -184,6 +186,7 @@ def save_index(
     user_ids: list[str],
     users: FeatureTable,
     manifest: dict[str, Any],
+    routes: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Writes one index version into `directory` (which must be new) and returns its manifest."""
     directory.mkdir(parents=True)
@@ -195,6 +198,8 @@ def save_index(
     }
     if scales is not None:
         tensors["scales"] = scales
+    if routes is not None:
+        tensors["routes"] = routes.to(torch.int64).contiguous()
     save_file(tensors, str(directory / "index.safetensors"))
     save_file(users.to_tensors("user"), str(directory / "users.safetensors"))
     write_json(directory / "user_ids.json", user_ids)
@@ -229,6 +234,9 @@ def load_index(directory: Path) -> IndexData:
             f"index {manifest.get('version')}: vectors {tuple(vectors.shape)} {vectors.dtype} "
             f"do not match the manifest {manifest['shape']} {manifest['dtype']}"
         )
+    routes = tensors.get("routes")
+    if routes is not None and routes.shape != (vectors.shape[0],):
+        raise ArtifactError(f"index {manifest.get('version')}: {tuple(routes.shape)} routes for {len(vectors)} ads")
     user_ids = _read_json(directory / "user_ids.json")
     users = FeatureTable.from_tensors(load_file(str(directory / "users.safetensors")), "user", len(user_ids))
     return IndexData(
@@ -239,6 +247,7 @@ def load_index(directory: Path) -> IndexData:
         scales=tensors.get("scales"),
         user_ids=user_ids,
         users=users,
+        routes=routes,
     )
 
 

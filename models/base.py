@@ -16,7 +16,7 @@ from torch import nn
 
 from models.features import Features, FeatureSchema
 
-__all__ = ["AdBatch", "ModelConfig", "PrerankModel", "Routed"]
+__all__ = ["AdBatch", "ModelConfig", "PrerankModel", "Routed", "join_ads", "split_ads"]
 
 
 class Routed(NamedTuple):
@@ -32,6 +32,16 @@ class Routed(NamedTuple):
 
 #: What `encode_ad` returns and `score` takes: plain rows, or rows with routes.
 AdBatch = torch.Tensor | Routed
+
+
+def split_ads(ads: AdBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(vectors, routes or None) of an ad batch."""
+    return (ads.vectors, ads.routes) if isinstance(ads, Routed) else (ads, None)
+
+
+def join_ads(vectors: torch.Tensor, routes: torch.Tensor | None) -> AdBatch:
+    """Inverse of `split_ads`."""
+    return vectors if routes is None else Routed(vectors, routes)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from models.artifact import (
     save_index,
     write_json,
 )
+from models.base import PrerankModel, split_ads
 from models.provenance import code_version
 from models.tables import FeatureTable
 from offline.ann import build_ann
@@ -40,15 +41,19 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def encode_ads(bundle: Bundle, ads: FeatureTable, batch_size: int = 8192) -> torch.Tensor:
-    """The ad tower over every row of `ads`, in eval mode: (N, ...) float32."""
-    model = bundle.model.eval()
-    table = ads.select(bundle.schema.ad_fields)
-    parts = [
-        model.encode_ad(table.take(np.arange(s, min(s + batch_size, ads.n_rows)))).float()
-        for s in range(0, ads.n_rows, batch_size)
-    ]
-    return torch.cat(parts)
+def encode_ads(
+    model: PrerankModel, ads: FeatureTable, batch_size: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ad side over every row of `ads`, in eval mode: (N, ...) float32 rows and routes (or None)."""
+    model.eval()
+    table = ads.select(model.schema.ad_fields)
+    vectors, routes = [], []
+    for s in range(0, ads.n_rows, batch_size):
+        v, r = split_ads(model.encode_ad(table.take(np.arange(s, min(s + batch_size, ads.n_rows)))))
+        vectors.append(v.float())
+        if r is not None:
+            routes.append(r)
+    return torch.cat(vectors), (torch.cat(routes) if routes else None)
 
 
 def _check_schema(bundle: Bundle, dataset: Dataset) -> None:
@@ -77,7 +82,7 @@ def export(
     bundle = load_artifact(Path(artifact))
     _check_schema(bundle, dataset)
     t0 = time.perf_counter()
-    vectors = encode_ads(bundle, dataset.ads)
+    vectors, routes = encode_ads(bundle.model, dataset.ads)
     log.info("encoded %d ads in %.2fs -> %s", len(vectors), time.perf_counter() - t0, tuple(vectors.shape))
     manifest = {
         "model_version": bundle.version,
@@ -95,6 +100,7 @@ def export(
         "dtype": dtype,
         "user_ids": dataset.user_keys,
         "users": dataset.users.select(bundle.schema.user_fields),
+        "routes": routes,
     }
     publisher = open_publisher(store_url, keep)
     staged = publisher.staging_dir()
@@ -104,7 +110,7 @@ def export(
         for name in os.listdir(staged / "index"):
             os.replace(staged / "index" / name, staged / name)
         (staged / "index").rmdir()
-        if bundle.model.precomputes_ads:
+        if bundle.model.ann_searchable:
             (staged / ANN_FILE).write_bytes(build_ann(vectors).tobytes())
             checksums = json.loads((staged / "manifest.json").read_text())
             checksums["checksums"][ANN_FILE] = file_sha256(staged / ANN_FILE)

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from models.artifact import load_artifact, quantize
+from models.base import join_ads
 from offline.data import Dataset
+from offline.export import encode_ads
 from offline.metrics import auc, logloss
 
 __all__ = ["quantized_auc"]
@@ -28,12 +30,7 @@ def quantized_auc(
     bundle = load_artifact(artifact)
     model = bundle.model.eval()
     split = dataset.test
-    ads_fp32 = torch.cat(
-        [
-            model.encode_ad(split.ads.take(np.arange(s, min(s + batch_size, split.ads.n_rows)))).float()
-            for s in range(0, split.ads.n_rows, batch_size)
-        ]
-    )
+    ads_fp32, routes = encode_ads(model, split.ads, batch_size)
     out: dict[str, Any] = {"model_version": bundle.version, "rows": len(split), "dtypes": {}}
     for dtype in dtypes:
         stored, scales = quantize(ads_fp32, dtype)
@@ -44,8 +41,9 @@ def quantized_auc(
             rows = torch.from_numpy(split.ad_rows[idx])
             ads = stored.index_select(0, rows)
             if scales is not None:
-                ads = ads.float() * scales.index_select(0, rows)[:, None, None]
-            probs.append(torch.sigmoid(model.score(user, ads)).float().numpy())
+                ads = ads.float() * scales.index_select(0, rows).view(-1, *([1] * (ads.dim() - 1)))
+            batch = join_ads(ads, None if routes is None else routes.index_select(0, rows))
+            probs.append(torch.sigmoid(model.score(user, batch)).float().numpy())
         p = np.concatenate(probs)
         out["dtypes"][dtype] = {"auc": auc(split.labels, p), "logloss": logloss(split.labels, p)}
     base = out["dtypes"]["float32"]["auc"] if "float32" in out["dtypes"] else None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.base import AdBatch, join_ads
 from models.features import Features, FeatureSpec, Jagged, Kind, default_features
 from service.schemas import PrerankRequest, RetrieveRequest, UserInput
 from service.store import ServingVersion
@@ -138,14 +139,15 @@ class Scorer:
             feats[name] = _encode_value(fields[name], value, version)
         return feats, known
 
-    def gather(self, version: ServingVersion, rows: np.ndarray) -> torch.Tensor:
-        """Candidate rows of the ad matrix as float32/bfloat16 (int8 rows are dequantised)."""
+    def gather(self, version: ServingVersion, rows: np.ndarray) -> AdBatch:
+        """Candidate rows of the ad matrix as float32/bfloat16 (int8 rows are dequantised), with
+        their routes for routed models."""
         index = torch.from_numpy(rows).to(version.vectors.device)
         ads = version.vectors.index_select(0, index)
         if version.scales is not None:
             scales = version.scales.index_select(0, index)
             ads = ads.float() * scales.view(-1, *([1] * (ads.dim() - 1)))
-        return ads
+        return join_ads(ads, None if version.routes is None else version.routes.index_select(0, index))
 
     def _rank(
         self,

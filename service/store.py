@@ -30,6 +30,7 @@ from models.artifact import (
     load_index,
     parse_store_url,
 )
+from models.base import join_ads, split_ads
 from models.features import default_features
 
 __all__ = ["LocalStore", "RedisStore", "ServingVersion", "Store", "build_version", "load_version", "open_store"]
@@ -46,6 +47,7 @@ class ServingVersion:
     index: IndexData
     vectors: torch.Tensor  # (N, ...) on the serving device
     scales: torch.Tensor | None
+    routes: torch.Tensor | None  # (N,) int64 on the serving device, for routed models
     sorted_ids: np.ndarray = field(repr=False)  # ad ids, ascending
     sorted_rows: np.ndarray = field(repr=False)  # row of each sorted id
     user_rows: dict[str, int] = field(repr=False)
@@ -105,6 +107,7 @@ def build_version(
         index=index,
         vectors=index.vectors.to(device),
         scales=index.scales.to(device) if index.scales is not None else None,
+        routes=index.routes.to(device) if index.routes is not None else None,
         sorted_ids=sorted_ids,
         sorted_rows=order.astype(np.int64),
         user_rows={k: i for i, k in enumerate(index.user_ids)},
@@ -121,21 +124,21 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
     if users.n_rows == 0 or index.vectors.shape[0] == 0:
         raise ArtifactError(f"version {version}: empty index or user store")
     with torch.inference_mode():
-        if bundle.model.precomputes_ads:
-            expected = tuple(bundle.model.encode_ad(default_features(bundle.schema.ad_fields)).shape[1:])
-            if expected != tuple(index.vectors.shape[1:]):
-                raise ArtifactError(
-                    f"version {version}: the model encodes ads as {expected} but the index stores "
-                    f"{tuple(index.vectors.shape[1:])}"
-                )
+        vectors, routes = split_ads(bundle.model.encode_ad(default_features(bundle.schema.ad_fields)))
+        expected = tuple(vectors.shape[1:])
+        if expected != tuple(index.vectors.shape[1:]):
+            raise ArtifactError(
+                f"version {version}: the model encodes ads as {expected} but the index stores "
+                f"{tuple(index.vectors.shape[1:])}"
+            )
+        if (routes is None) != (index.routes is None):
+            raise ArtifactError(f"version {version}: the model and the index disagree on ad routes")
         user = bundle.model.encode_user(users.take(np.zeros(1, np.int64)))
-        ads = (
-            index.vectors[:1].float()
-            if index.scales is None
-            else index.vectors[:1].float() * index.scales[:1, None, None]
-        )
+        first = index.vectors[:1].float()
+        if index.scales is not None:
+            first = first * index.scales[:1].view(-1, *([1] * (first.dim() - 1)))
         try:
-            out = bundle.model.score(user, ads)
+            out = bundle.model.score(user, join_ads(first, None if index.routes is None else index.routes[:1]))
         except RuntimeError as exc:
             raise ArtifactError(
                 f"version {version}: model output {tuple(user.shape)} cannot score index rows "

@@ -119,3 +119,59 @@ def test_feature_table_take_gathers_jagged_rows() -> None:
     assert back.take(np.array([0]))["s"].values.tolist() == [1, 2]
     with pytest.raises(ValueError, match="expected 3"):
         FeatureTable(3, sparse={"a": np.array([1])})
+
+
+def test_dat_mimic_loss_trains_only_the_augmented_vectors(tiny) -> None:  # type: ignore[no-untyped-def]
+    model = build_model("dat", tiny.schema, {}).train()
+    feats, labels = tiny.train.batch(np.arange(256))
+    labels = torch.ones_like(labels)  # every row positive: the loss is non-zero
+    _, aux = model.forward_train(feats)
+    loss = model.auxiliary_loss(aux, labels)
+    assert float(loss) > 0
+    loss.backward()
+    learned = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert learned == {"user_aug.weight", "ad_aug.weight"}
+    # negatives contribute nothing
+    assert float(model.auxiliary_loss(aux, torch.zeros_like(labels))) == 0.0
+
+
+def test_inttower_cir_is_infonce_over_positive_rows() -> None:
+    schema = FeatureSchema(
+        (FeatureSpec("u", Side.USER, Kind.SPARSE, "u"), FeatureSpec("a", Side.AD, Kind.SPARSE, "a")), {"u": 3, "a": 3}
+    )
+    model = build_model("inttower", schema, {"cir_weight": 1.0, "cir_temperature": 1.0, "user_heads": 1, "ad_heads": 1})
+    user = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    ad = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, -1.0]])
+    labels = torch.tensor([1.0, 1.0, 0.0])  # the third row is negative and drops out
+    loss = model.auxiliary_loss({"user_repr": user, "ad_repr": ad}, labels)
+    # cosines: diagonal 1, off-diagonal 0 -> each positive row: -log(e / (e + 1))
+    assert float(loss) == pytest.approx(2 * -np.log(np.e / (np.e + 1)), rel=1e-6)
+
+
+def test_fit_routes_each_ad_to_its_meta_row_and_scores_with_that_user_row(tiny) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model("fit", tiny.schema, {"meta_rows": 4}).eval()
+    feats, _ = tiny.train.batch(np.arange(32))
+    with torch.no_grad():
+        for p in model.parameters():  # away from the near-zero init, so every part moves the score
+            p.normal_(std=0.3)
+        ads = model.encode_ad(feats)
+        user = model.encode_user(feats)  # (32, K, H_u, p)
+        routes = (model.ad_embedding(feats) @ model.meta.T).argmax(-1)
+        assert torch.equal(ads.routes, routes)
+        assert user.shape == (32, 4, 4, 16)
+        # re-routing every ad to another meta row changes the score: the route is used
+        other = model.score(user, type(ads)(ads.vectors, (ads.routes + 1) % 4))
+        assert not torch.allclose(other, model.score(user, ads))
+
+
+def test_single_towers_store_embedded_features(tiny) -> None:  # type: ignore[no-untyped-def]
+    feats, _ = tiny.train.batch(np.arange(8))
+    n_ad_fields = len([f for f in tiny.schema.ad_fields if f.kind is not Kind.DENSE])
+    lr = build_model("lr", tiny.schema, {})
+    assert lr.encode_ad(feats).shape == (8, 1, 1)  # LR: the ad's partial linear logit, one number
+    cold = build_model("cold", tiny.schema, {"embedding_dim": 8})
+    assert cold.encode_ad(feats).shape == (8, 1, n_ad_fields * 8 + 1)
+    assert not cold.precomputes_ads and not cold.ann_searchable
+    fields = torch.randn(8, cold.n_fields, 8)
+    assert cold.gates(fields).shape == (8, cold.n_fields)

@@ -1,0 +1,39 @@
+"""The accuracy-table runner: trains missing runs, reuses existing ones, reports means and costs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from offline.cli import main
+from offline.zoo import zoo_summary
+
+
+def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = ["zoo", "--dataset", "synthetic", "--models", "dssm", "fit", "--protocols", "paper", "--seeds", "1", "2"]
+    argv += ["--epochs", "1", "--jobs", "1", "--runs", str(runs), "--out", str(out)]
+    assert main(argv) == 0
+    metrics = sorted(runs.glob("*/*/metrics.json"))
+    assert len(metrics) == 4
+    stamp = {p: p.stat().st_mtime_ns for p in metrics}
+    assert main(argv) == 0  # resumes: nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in metrics} == stamp
+
+    rows = {r["model"]: r for r in zoo_summary(runs)}
+    fit_aucs = [json.loads(p.read_text())["test_auc"] for p in metrics if p.parent.name.startswith("fit")]
+    assert rows["fit"]["auc_mean"] == pytest.approx(sum(fit_aucs) / 2)
+    assert rows["fit"]["seeds"] == [1, 2] and rows["dssm"]["rela_impr_pct"] == pytest.approx(0.0)
+    assert rows["fit"]["ints_per_ad"] == 1 and rows["fit"]["floats_per_ad"] == 4 * 16
+    assert rows["dssm"]["floats_per_ad"] == 32 and rows["dssm"]["ints_per_ad"] == 0
+    assert rows["fit"]["user_params"] > rows["fit"]["candidate_params"] > 0
+    md = (out / "zoo.md").read_text()
+    assert "| synthetic | fit | prerank | 2 |" in md and (out / "zoo.png").stat().st_size > 0
+    assert json.loads((out / "zoo.json").read_text())["rows"][0]["data_sha256"]
+
+
+def test_zoo_rejects_unknown_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["zoo", "--dataset", "synthetic", "--models", "nope", "--runs", str(tmp_path)]) == 2
+    assert "unknown models ['nope']" in capsys.readouterr().err
