@@ -30,10 +30,14 @@ def _json_arg(text: str) -> dict[str, object]:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--dataset", default="synthetic", help="movielens-1m or synthetic (default; demo: MovieLens when found)"
+        "--dataset",
+        default="synthetic",
+        help="movielens-1m, synthetic (default; demo: MovieLens when found) or a schema file (.toml/.json)",
     )
     p.add_argument("--protocol", default="paper", choices=["paper", "clean"], help="MovieLens protocol")
-    p.add_argument("--data-dir", type=Path, help="dataset folder (default: $PRERANK_DATA_DIR/<dataset>)")
+    p.add_argument(
+        "--data-dir", type=Path, help="dataset folder (default: $PRERANK_DATA_DIR/<dataset>; schema file: its folder)"
+    )
     p.add_argument("--split-seed", type=int, default=1023, help="seed of the 80/20 split (reference: 1023)")
 
 

@@ -1,4 +1,4 @@
-"""Dataset loaders: MovieLens-1M (paper and clean protocols) and a synthetic set."""
+"""Dataset loaders: MovieLens-1M (paper and clean protocols), schema-file datasets and a synthetic set."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from offline.data.dataset import Dataset, Split
 from offline.data.movielens import PROTOCOLS, load_movielens
 from offline.data.synthetic import make_synthetic
+from offline.data.tabular import SCHEMA_SUFFIXES, load_tabular
 
 __all__ = ["DATASETS", "DATA_DIR_ENV", "Dataset", "Split", "load_dataset", "resolve_data_dir"]
 
@@ -24,7 +25,13 @@ def resolve_data_dir(data_dir: Path | str | None, dataset: str) -> Path:
 
 
 def load_dataset(name: str, protocol: str = "paper", data_dir: Path | str | None = None, seed: int = 1023) -> Dataset:
-    """Loads a dataset by name. `protocol` applies to MovieLens ("paper" or "clean")."""
+    """Loads a dataset by name, or from a schema file (a path ending in .toml or .json).
+
+    `protocol` applies to MovieLens ("paper" or "clean"); for a schema file, `data_dir` is where
+    its data files are (default: beside the schema file) and `seed` seeds the split.
+    """
+    if name.endswith(SCHEMA_SUFFIXES):
+        return load_tabular(Path(name), Path(data_dir) if data_dir is not None else None, seed)
     if name == "synthetic":
         return make_synthetic()
     if name == "movielens-1m":
