@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
 
     p = sub.add_parser("zoo", help="train every model on MovieLens-1M (both protocols, several seeds) and report")
     p.add_argument("--data-dir", type=Path, help="MovieLens folder (default: $PRERANK_DATA_DIR/movielens-1m)")
@@ -126,8 +127,11 @@ def _train(args: argparse.Namespace) -> None:
         patience=args.patience,
         seed=args.seed,
         progress=not args.no_progress,
+        device=args.device,
     )
     result = train(dataset, args.model, args.model_config, cfg, args.out, baseline)
+    if result.artifact is None:  # a non-zero torchrun rank: rank 0 reports
+        return
     m = result.metrics
     line = f"{args.model} test AUC {m['test_auc']:.4f} LogLoss {m['test_logloss']:.4f}"
     if "rela_impr_pct" in m:

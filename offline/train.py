@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from models.artifact import save_artifact, write_json
@@ -41,6 +43,7 @@ class TrainConfig:
         seed: seeds model init and batch order.
         eval_batch_size: rows per inference batch.
         progress: show a progress bar.
+        device: "cpu" or "cuda" (under torchrun: "cuda" means cuda:LOCAL_RANK).
     """
 
     epochs: int = 30
@@ -51,6 +54,7 @@ class TrainConfig:
     seed: int = 42
     eval_batch_size: int = 32768
     progress: bool = True
+    device: str = "cpu"
 
 
 @dataclass
@@ -63,12 +67,13 @@ class TrainResult:
 
 @torch.inference_mode()
 def predict(model: PrerankModel, split: Split, batch_size: int = 32768) -> np.ndarray:
-    """pCTR for every row of a split (model in eval mode)."""
+    """pCTR for every row of a split (model in eval mode, on the model's device)."""
     model.eval()
+    device = str(next(model.parameters()).device)
     out = []
     for start in range(0, len(split), batch_size):
-        feats, _ = split.batch(np.arange(start, min(start + batch_size, len(split))))
-        out.append(torch.sigmoid(model(feats)).numpy())
+        feats, _ = split.batch(np.arange(start, min(start + batch_size, len(split))), device)
+        out.append(torch.sigmoid(model(feats)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -77,14 +82,49 @@ def evaluate(model: PrerankModel, split: Split, batch_size: int = 32768) -> dict
     return {"auc": auc(split.labels, probs), "logloss": logloss(split.labels, probs)}
 
 
-def _loss(model: PrerankModel, feats: dict[str, Any], labels: torch.Tensor, l2: float) -> torch.Tensor:
-    logits, aux = model.forward_train(feats)
-    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-    if l2:
-        loss = loss + l2 * model.regularizer()
-    if aux:
-        loss = loss + model.auxiliary_loss(aux, labels)
-    return loss
+class _TrainStep(nn.Module):
+    """The training loss as a module's forward, so DistributedDataParallel can wrap it.
+
+    Under DDP each rank holds 1/world of every batch and DDP averages gradients over ranks; the
+    loss is scaled by `world` so the averaged gradient equals the single-process gradient of the
+    summed loss over the whole batch.
+    """
+
+    def __init__(self, model: PrerankModel, l2: float, world: int = 1) -> None:
+        super().__init__()
+        self.model, self.l2, self.world = model, l2, world
+
+    def forward(self, feats: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+        logits, aux = self.model.forward_train(feats)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        if aux:
+            loss = loss + self.model.auxiliary_loss(aux, labels)
+        if self.l2:  # the regulariser is not split across ranks: each adds 1/world of it
+            loss = loss + self.l2 * self.model.regularizer().to(loss.device) / self.world
+        return loss * self.world
+
+
+@dataclass(frozen=True)
+class _Distributed:
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+
+def _distributed(device: str) -> _Distributed:
+    """Joins the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Distributed(device=device)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return _Distributed(dist.get_rank(), dist.get_world_size(), device)
 
 
 def train(
@@ -110,10 +150,16 @@ def train(
     """
     cfg = config or TrainConfig()
     version_of_code = code_version()  # at the start: the code that trains, not what is edited meanwhile
-    torch.manual_seed(cfg.seed)
+    ddp = _distributed(cfg.device)
+    torch.manual_seed(cfg.seed)  # every rank builds the same initial model and batch order
     rng = np.random.default_rng(cfg.seed)
     model_cfg = config_from_dict(model_name, model_config or {})
-    model = build_model(model_name, dataset.schema, model_cfg)
+    model = build_model(model_name, dataset.schema, model_cfg).to(ddp.device)
+    step: nn.Module = _TrainStep(model, cfg.l2, ddp.world)
+    if ddp.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step = DistributedDataParallel(step, find_unused_parameters=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     best_auc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
     history: list[dict[str, float]] = []
@@ -123,15 +169,19 @@ def train(
         model.train()
         order = rng.permutation(len(dataset.train))
         batches = range(0, len(order), cfg.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False, file=sys.stderr)
+        quiet = not cfg.progress or ddp.rank != 0
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False, file=sys.stderr)
         total = 0.0
         for start in bar:
-            feats, labels = dataset.train.batch(order[start : start + cfg.batch_size])
-            loss = _loss(model, feats, labels, cfg.l2)
+            rows = order[start : start + cfg.batch_size]
+            if len(rows) < ddp.world:  # a tail too small to give every rank a row
+                continue
+            feats, labels = dataset.train.batch(rows[ddp.rank :: ddp.world], ddp.device)
+            loss = step(feats, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total += loss.item() / ddp.world
         train_seconds = time.perf_counter() - t0
         val = evaluate(model, dataset.valid, cfg.eval_batch_size)
         history.append(
@@ -158,6 +208,7 @@ def train(
             if bad >= cfg.patience:
                 break
     model.load_state_dict(best_state)
+    model.to("cpu")  # artifacts and test metrics are device-independent
     test = evaluate(model, dataset.test, cfg.eval_batch_size)
     metrics: dict[str, Any] = {
         "model": model_name,
@@ -176,13 +227,19 @@ def train(
         **dataset.describe(),
         "code_version": version_of_code,
         "torch": torch.__version__,
+        "world_size": ddp.world,
     }
     if baseline is not None:
         metrics["baseline"] = {"model": baseline.get("model"), "test_auc": baseline["test_auc"]}
         metrics["rela_impr_pct"] = rela_impr(test["auc"], float(baseline["test_auc"]))
     log.info("test auc %.4f  logloss %.4f  (best epoch %d)", test["auc"], test["logloss"], best_epoch)
     result = TrainResult(model, metrics, history=history)
-    if out_dir is not None:
+    if ddp.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    if out_dir is not None and ddp.rank == 0:
         version = save_artifact(out_dir, model, dataset.vocabs, {k: v for k, v in metrics.items() if k != "history"})
         metrics["model_version"] = version
         write_json(out_dir / "metrics.json", metrics)
