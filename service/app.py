@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,18 @@ from service.scorer import NotReadyError, RequestError, Scorer
 from service.store import open_store
 
 __all__ = ["create_app"]
+
+_UNION_TAGS = ("str", "int", "float", "bool", "none")
+
+
+def _field_path(loc: Sequence[int | str]) -> str:
+    """`candidates.ad_ids.0` from a pydantic error location, without union-branch tags such as
+    `list[constrained-int]`."""
+    parts = [
+        p for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p or p.startswith("constrained")))
+    ]
+    return ".".join(str(p) for p in parts)
+
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = exc.errors()[0]
         if first["type"] == "json_invalid":
             return json_response({"detail": f"body is not valid JSON: {first['msg']}"}, 400)
-        where = ".".join(str(p) for p in first["loc"]) or "body"
+        where = _field_path(first["loc"]) or "body"
         return json_response({"detail": f"{where}: {first['msg']}"}, 422)
 
     @app.exception_handler(NotReadyError)
@@ -79,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
+        where = _field_path(first["loc"])
         return json_response({"detail": f"{where}: {first['msg']}"}, 422)
 
     def openapi() -> dict[str, Any]:

@@ -67,7 +67,7 @@ async def prerank(request: Request) -> Response:
     t0 = time.perf_counter()
     parsed = PrerankRequest.model_validate_json(body)
     parse_ms = (time.perf_counter() - t0) * 1e3
-    n = len(parsed.candidates.ad_ids)
+    n = len(parsed.candidates.ids)
     if n > settings.max_candidates:
         raise RequestError(422, "candidates.ad_ids", f"{n} candidates exceeds the limit of {settings.max_candidates}")
     result = await run_in_threadpool(scorer.prerank, parsed)

@@ -216,11 +216,11 @@ class Scorer:
         version = self._version()
         t0 = time.perf_counter()
         feats, user_known = self.user_features(request.user, request.unknown_user, version)
-        ad_ids = np.asarray(request.candidates.ad_ids, dtype=np.int64)
+        ad_ids = request.candidates.ids
         rows, known = version.lookup(ad_ids)
-        bids = None
-        if request.candidates.bids is not None:
-            bids = np.asarray(request.candidates.bids, dtype=np.float32)[known]
+        bids = request.candidates.bid_array
+        if bids is not None:
+            bids = bids[known]
         t1 = time.perf_counter()
         user = self.encode_user(version, feats)
         timings = {"features": (t1 - t0) * 1e3, "user_tower": (time.perf_counter() - t1) * 1e3}

@@ -207,3 +207,39 @@ def test_chunked_gather_and_score_equals_one_pass(client: TestClient, monkeypatc
 def test_non_finite_numbers_are_refused(client: TestClient, raw: bytes) -> None:
     r = client.post("/prerank", content=raw, headers={"content-type": "application/json"})
     assert r.status_code in (400, 422), r.text
+
+
+def _b64(values: list[float] | list[int], dtype: str) -> str:
+    import base64
+
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode()
+
+
+def test_base64_columns_rank_exactly_like_json_arrays(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
+    ads = [int(a) for a in tiny.ad_ids[:50]] + [10**12]  # one unknown id
+    bids = [float(b) for b in np.linspace(0.25, 4.0, 51, dtype=np.float32)]
+    lists = client.post("/prerank", json={"user": {"id": "3"}, "candidates": {"ad_ids": ads, "bids": bids}})
+    packed = {"ad_ids": _b64(ads, "<i8"), "bids": _b64(bids, "<f4")}
+    binary = client.post("/prerank", json={"user": {"id": "3"}, "candidates": packed, "top_k": 51})
+    assert lists.status_code == binary.status_code == 200, binary.text
+    a, b = lists.json(), binary.json()
+    assert a["ad_ids"] == b["ad_ids"] and a["unknown_ad_ids"] == b["unknown_ad_ids"] == [10**12]
+    np.testing.assert_allclose(a["ecpm"], b["ecpm"], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("candidates", "needle"),
+    [
+        ({"ad_ids": "not base64!"}, "candidates.ad_ids is a string but not valid base64"),
+        ({"ad_ids": _b64([1, 2], "<i4")[:-4]}, "not a whole number of 8-byte values"),
+        ({"ad_ids": _b64([1, -2], "<i8")}, "candidates.ad_ids[1] is negative"),
+        ({"ad_ids": _b64([5, 5], "<i8")}, "duplicate"),
+        ({"ad_ids": _b64([1, 2], "<i8"), "bids": _b64([1.0], "<f4")}, "candidates.bids has 1 values"),
+        ({"ad_ids": _b64([1, 2], "<i8"), "bids": _b64([1.0, float("nan")], "<f4")}, "candidates.bids[1]"),
+        ({"ad_ids": ""}, "candidates.ad_ids"),
+    ],
+)
+def test_bad_base64_columns_name_the_field(client: TestClient, candidates: dict, needle: str) -> None:
+    r = client.post("/prerank", json={"user": {"id": "1"}, "candidates": candidates})
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]
