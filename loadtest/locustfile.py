@@ -4,10 +4,15 @@ Ad ids and user ids come from the live index (`GET /sample`), fetched once per t
 Candidate counts follow a mix (weights in CANDIDATE_MIX; override with PRERANK_CANDIDATES="1000"
 to pin one count). Each response is validated: status, one version pair, ranked ads all from
 the request, eCPM sorted, pCTR in [0, 1].
+
+PRERANK_ENCODING=base64 sends the candidate columns as base64 binary (int64 ids, float32 bids)
+instead of JSON arrays. PRERANK_RAW_TIMINGS=FILE writes every successful request's response time
+(ms, unrounded) to FILE when the test stops: Locust's own percentiles are rounded to whole ms.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -15,10 +20,26 @@ import random
 import urllib.request
 from typing import Any
 
+import numpy as np
 from locust import FastHttpUser, constant_throughput, events, task
 
 CANDIDATE_MIX = {100: 3, 1000: 3, 5000: 2, 10000: 1}
 SAMPLE: dict[str, Any] = {}
+TIMINGS: list[float] = []
+
+
+@events.request.add_listener
+def record(response_time: float, exception: Exception | None, **_: Any) -> None:
+    if exception is None:
+        TIMINGS.append(response_time)
+
+
+@events.test_stop.add_listener
+def dump_timings(**_: Any) -> None:
+    path = os.environ.get("PRERANK_RAW_TIMINGS")
+    if path:
+        with open(path, "w") as fh:
+            fh.write("\n".join(f"{t:.4f}" for t in TIMINGS) + "\n")
 
 
 def candidate_mix() -> dict[int, int]:
@@ -63,11 +84,14 @@ class PrerankUser(FastHttpUser):
         mix = candidate_mix()
         n = random.choices(list(mix), weights=list(mix.values()))[0]
         ads = random.sample(SAMPLE["ad_ids"], min(n, len(SAMPLE["ad_ids"])))
-        body = {
-            "user": {"id": random.choice(SAMPLE["user_ids"])},
-            "candidates": {"ad_ids": ads, "bids": [round(random.uniform(0.2, 3.0), 3) for _ in ads]},
-            "top_k": 200,
-        }
+        bids = [round(random.uniform(0.2, 3.0), 3) for _ in ads]
+        columns: dict[str, Any] = {"ad_ids": ads, "bids": bids}
+        if os.environ.get("PRERANK_ENCODING") == "base64":
+            columns = {
+                "ad_ids": base64.b64encode(np.asarray(ads, "<i8").tobytes()).decode(),
+                "bids": base64.b64encode(np.asarray(bids, "<f4").tobytes()).decode(),
+            }
+        body = {"user": {"id": random.choice(SAMPLE["user_ids"])}, "candidates": columns, "top_k": 200}
         with self.client.post("/prerank", json=body, name=f"/prerank n={n}", catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"status {resp.status_code}: {resp.text[:200]}")

@@ -92,16 +92,29 @@ def locust_command(url: str, users: int, seconds: int, csv_prefix: Path, cpus: s
     ]
 
 
-def locust_step(url: str, candidates: int, users: int, seconds: int, prefix: Path) -> dict[str, Any]:
-    """One headless Locust run at a fixed candidate count; returns the aggregated row."""
+def locust_step(
+    url: str, candidates: int, users: int, seconds: int, prefix: Path, encoding: str = "json"
+) -> dict[str, Any]:
+    """One headless Locust run at a fixed candidate count; returns the aggregated row.
+
+    Percentiles come from the raw response times (Locust's CSV rounds them to whole ms); the
+    CSV's own values are kept beside them.
+    """
     cmd = locust_command(url, users, seconds, prefix, f"1-{max(1, (os.cpu_count() or 2) - 1)}")
-    env = {**os.environ, "PRERANK_CANDIDATES": str(candidates)}
+    raw = Path(f"{prefix}_raw_ms.txt")
+    raw.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PRERANK_CANDIDATES": str(candidates),
+        "PRERANK_ENCODING": encoding,
+        "PRERANK_RAW_TIMINGS": str(raw),
+    }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
     stats = Path(f"{prefix}_stats.csv")
     if not stats.exists():
         raise RuntimeError(f"locust wrote no stats: {proc.stderr[-1000:]}")
     row = next(r for r in csv.DictReader(stats.open()) if r["Name"] == "Aggregated")
-    return {
+    step = {
         "candidates": candidates,
         "requests": int(row["Request Count"]),
         "failures": int(row["Failure Count"]),
@@ -109,13 +122,30 @@ def locust_step(url: str, candidates: int, users: int, seconds: int, prefix: Pat
         "p50_ms": float(row["50%"]),
         "p95_ms": float(row["95%"]),
         "p99_ms": float(row["99%"]),
+        "percentiles_from": "locust csv (whole ms)",
         "locust_exit": proc.returncode,
     }
+    if raw.exists():
+        times = sorted(float(t) for t in raw.read_text().split())
+        if times:
+            step.update({f"p{q}_ms": _percentile(times, q) for q in (50, 95, 99)})
+            step["timed_requests"] = len(times)
+            step["percentiles_from"] = "raw response times"
+    return step
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile of an ascending list."""
+    pos = (len(sorted_values) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"Machine: {report['machine']}; {report['users']} Locust users per step, {report['seconds']} s per step.",
+        f"Machine: {report['machine']}; {report['users']} Locust users per step, {report['seconds']} s per step; "
+        f"candidate columns sent as {report.get('encoding', 'json')}; percentiles from raw response times.",
         "",
         "| model | candidates | requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|",
@@ -127,12 +157,15 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} |"
             )
     names = list(report["models"])
-    if len(names) > 1:
-        base = names[-1]
-        lines += ["", f"p99 ratios against {base} (same run):", ""]
-        for name in names[:-1]:
-            for a, b in zip(report["models"][name], report["models"][base], strict=True):
-                lines.append(f"- {name}/{base} at {a['candidates']} candidates: {a['p99_ms'] / b['p99_ms']:.2f}")
+    pairs = report.get("ratios") or [(name, names[-1]) for name in names[:-1]]
+    if pairs:
+        lines += ["", "End-to-end latency ratios (same run):", ""]
+    for top, bottom in pairs:
+        for a, b in zip(report["models"][top], report["models"][bottom], strict=True):
+            lines.append(
+                f"- {top}/{bottom} at {a['candidates']} candidates: p99 {a['p99_ms'] / b['p99_ms']:.2f}, "
+                f"p50 {a['p50_ms'] / b['p50_ms']:.2f}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -177,14 +210,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("results/loadtest"))
+    parser.add_argument("--encoding", choices=["json", "base64"], default="json", help="candidate column format")
+    parser.add_argument("--ratio", action="append", default=[], help="A/B: report A's latency over B's (repeatable)")
     args = parser.parse_args(argv)
     if not args.target and not args.url:
         parser.error("give --target NAME=STORE or --url URL")
+    names = [t.partition("=")[0] for t in args.target] or ["server"]
+    ratios = [tuple(r.split("/", 1)) for r in args.ratio]
+    bad = [r for r in args.ratio if "/" not in r or not set(r.split("/", 1)) <= set(names)]
+    if bad:
+        parser.error(f"--ratio {bad[0]}: give A/B with A and B among {names}")
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"machine": _machine(), "users": args.users, "seconds": args.seconds, "models": {}}
+    report: dict[str, Any] = {
+        "machine": _machine(),
+        "users": args.users,
+        "seconds": args.seconds,
+        "encoding": args.encoding,
+        "ratios": ratios,
+        "models": {},
+    }
 
     def steps(url: str, name: str) -> list[dict[str, Any]]:
-        return [locust_step(url, n, args.users, args.seconds, args.out / f"{name}-{n}") for n in args.candidates]
+        return [
+            locust_step(url, n, args.users, args.seconds, args.out / f"{name}-{n}", args.encoding)
+            for n in args.candidates
+        ]
 
     if args.url:
         report["models"]["server"] = steps(args.url, "server")

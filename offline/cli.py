@@ -32,7 +32,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         default="synthetic",
-        help="movielens-1m, synthetic (default; demo: MovieLens when found) or a schema file (.toml/.json)",
+        help="movielens-1m, synthetic (default; demo: MovieLens when found), synthetic:N_ADS or a schema file "
+        "(.toml/.json)",
     )
     p.add_argument("--protocol", default="paper", choices=["paper", "clean"], help="MovieLens protocol")
     p.add_argument(

@@ -116,6 +116,10 @@ def test_loadtest_runner_reports_percentiles_per_model(tiny, tiny_hit, tiny_dssm
             "2",
             "--seconds",
             "3",
+            "--encoding",
+            "base64",
+            "--ratio",
+            "hit/dssm",
             "--out",
             str(out),
         ]
@@ -128,4 +132,10 @@ def test_loadtest_runner_reports_percentiles_per_model(tiny, tiny_hit, tiny_dssm
         steps = report["models"][name]
         assert [s["candidates"] for s in steps] == [10, 100]
         assert all(s["requests"] > 0 and s["failures"] == 0 and s["p50_ms"] <= s["p99_ms"] for s in steps)
-    assert "hit/dssm at 100 candidates" in (out / "report.md").read_text() and (out / "latency.png").exists()
+        # percentiles come from every raw response time, not Locust's whole-ms rounding
+        assert all(s["percentiles_from"] == "raw response times" for s in steps)
+        raw = sorted(float(t) for t in (out / f"{name}-100_raw_ms.txt").read_text().split())
+        assert len(raw) == steps[1]["timed_requests"] and any(t != round(t) for t in raw)
+        assert raw[0] <= steps[1]["p50_ms"] <= steps[1]["p99_ms"] <= raw[-1]
+    assert report["encoding"] == "base64"
+    assert "hit/dssm at 100 candidates: p99" in (out / "report.md").read_text() and (out / "latency.png").exists()

@@ -34,6 +34,14 @@ def load_dataset(name: str, protocol: str = "paper", data_dir: Path | str | None
         return load_tabular(Path(name), Path(data_dir) if data_dir is not None else None, seed)
     if name == "synthetic":
         return make_synthetic()
+    if name.startswith("synthetic:"):  # synthetic:N -> N ads (serving benchmarks need a large corpus)
+        try:
+            n_ads = int(name.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"dataset {name!r}: write synthetic:N with N the number of ads") from None
+        if n_ads < 1:
+            raise ValueError(f"dataset {name!r}: N must be positive")
+        return make_synthetic(n_users=5000, n_ads=n_ads, n_rows=max(100_000, 4 * n_ads))
     if name == "movielens-1m":
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
