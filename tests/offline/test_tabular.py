@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from models.registry import MODELS
 from offline.cli import main
 from offline.data import load_dataset
 from offline.export import export
@@ -133,3 +134,11 @@ def test_bad_schema_files_are_one_line_cli_errors(
     assert main(["train", "--dataset", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_trains_on_a_schema_file_dataset(model: str, tmp_path: Path) -> None:
+    ds = load_dataset(str(SCHEMAS / "taobao-display-ad.toml"), data_dir=_need(TAOBAO))
+    result = train(ds, model, {}, TrainConfig(epochs=1, batch_size=512, progress=False), tmp_path / model)
+    assert np.isfinite(result.metrics["test_logloss"]) and result.metrics["dataset"] == "taobao-display-ad"
+    assert (tmp_path / model / "weights.safetensors").exists()
