@@ -68,6 +68,20 @@ PUBLISHED: dict[str, tuple[float, str]] = {
 }
 
 
+#: Every published MovieLens-1M AUC per model: IntTower paper Table 2, HIT paper Table 2, FIT slides.
+PUBLISHED_BY_SOURCE: dict[str, tuple[float | None, float | None, float | None]] = {
+    "lr": (0.8501, None, None),
+    "dssm": (0.8697, 0.8697, 0.8695),
+    "dat": (0.8712, 0.8712, 0.8784),
+    "cold": (0.8836, 0.8836, 0.9009),
+    "deepfm": (0.8920, 0.8920, None),
+    "dcn": (0.8964, 0.8964, None),
+    "inttower": (0.8974, 0.8974, 0.9036),
+    "hit": (None, 0.9048, None),
+    "fit": (None, None, 0.9225),
+}
+
+
 def _count(model: PrerankModel, output: torch.Tensor) -> int:
     """Parameters that `output` depends on (those a backward pass reaches)."""
     model.zero_grad(set_to_none=True)
@@ -219,6 +233,16 @@ def zoo_report(runs: Path, out: Path) -> Path:
             f"{r['best_epochs']} | {r['seconds_per_epoch']:.0f} | {r['user_params']:,} | "
             f"{r['candidate_params']:,} | {stored} |"
         )
+    lines += [
+        "",
+        "Published MovieLens-1M test AUC (MODELS.md §10.1; the HIT paper reuses the IntTower rows):",
+        "",
+        "| model | IntTower paper | HIT paper | FIT slides |",
+        "|---|---|---|---|",
+    ]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by_source = PUBLISHED_BY_SOURCE.get(model, (None, None, None))
+        lines.append(f"| {model} | " + " | ".join(_fmt(v, ".4f") for v in by_source) + " |")
     codes = sorted({c for r in rows for c in r["code_versions"]})
     lines += [
         "",
