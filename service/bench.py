@@ -70,19 +70,22 @@ SCHEMA = FeatureSchema(
 )
 
 
-def copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+def copy_bandwidth(megabytes: int = 512, repeats: int = 5, device: str = "cpu") -> float:
     """Best-of-N `Tensor.copy_` rate in bytes copied per second (each byte read once, written once)."""
     n = megabytes * 1024 * 1024 // 4
-    src, dst = torch.ones(n), torch.empty(n)
+    src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         dst.copy_(src)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return src.numel() * 4 / best
 
 
-def _version(cfg: BenchConfig, n_ads: int, dtype: str, seed: int = 0) -> ServingVersion:
+def _version(cfg: BenchConfig, n_ads: int, dtype: str, seed: int = 0, device: str = "cpu") -> ServingVersion:
     torch.manual_seed(seed)
     model = build_model(cfg.model, SCHEMA, cfg.overrides).eval()
     bundle = Bundle(
@@ -110,7 +113,8 @@ def _version(cfg: BenchConfig, n_ads: int, dtype: str, seed: int = 0) -> Serving
         users=users,
         routes=routes,
     )
-    return build_version(bundle, index)
+    model.to(device)
+    return build_version(bundle, index, device)
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -124,15 +128,17 @@ def run_bench(
     configs: tuple[BenchConfig, ...] = CONFIGS,
     candidates: tuple[int, ...] = CANDIDATES,
     dtypes: tuple[str, ...] = DTYPES,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Runs every (config, dtype, candidate count) cell; returns the results document."""
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(device=device)
     rng = np.random.default_rng(0)
-    scorer = Scorer()
+    scorer = Scorer(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     cells = []
     for cfg in configs:
         for dtype in dtypes:
-            version = _version(cfg, n_ads, dtype)
+            version = _version(cfg, n_ads, dtype, device=device)
             scorer.swap(version)
             user = scorer.encode_user(version, version.index.users.take(np.array([0])))
             per_row = int(version.vectors[0].numel() * version.vectors.element_size())
@@ -152,6 +158,7 @@ def run_bench(
                     split: dict[str, float] = {}
                     t0 = time.perf_counter()
                     scorer.score_rows(version, user, r, split)
+                    sync()
                     t1 = time.perf_counter()
                     scorer.prerank(requests[i % len(requests)])
                     t2 = time.perf_counter()
@@ -186,13 +193,15 @@ def run_bench(
         "n_ads": n_ads,
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
+        "device": device if device == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "cells": cells,
     }
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"Machine: {result['machine']}; torch threads {result['torch_threads']}; corpus {result['n_ads']:,} ads; "
+        f"Machine: {result['machine']}; device {result.get('device', 'cpu')}; torch threads {result['torch_threads']}; "
+        f"corpus {result['n_ads']:,} ads; "
         f"{result['repeats']} timed repeats per cell; copy bandwidth {result['copy_bandwidth_gb_s']:.1f} GB/s.",
         "",
         "| config | dtype | candidates | score p50 ms | score p99 ms | gather / compute p50 ms | path p50 ms "
@@ -248,14 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", help="only these models (default: every configuration)")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--candidates", nargs="+", type=int, default=list(CANDIDATES))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     configs = tuple(c for c in CONFIGS if not args.models or c.model in args.models)
     if not configs:
         parser.error(
             f"--models: none of {args.models} is benchmarked; choose from {sorted({c.model for c in CONFIGS})}"
         )
-    result = run_bench(args.ads, args.repeats, configs, tuple(args.candidates), tuple(args.dtypes))
+    result = run_bench(args.ads, args.repeats, configs, tuple(args.candidates), tuple(args.dtypes), args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "bench.md").write_text(markdown(result))

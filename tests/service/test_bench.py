@@ -31,3 +31,10 @@ def test_bench_cli_writes_results_and_rejects_unknown_models(tmp_path: Path) -> 
         assert exc.code == 2
     else:
         raise AssertionError("unknown model accepted")
+    if not __import__("torch").cuda.is_available():
+        try:
+            main([*argv, "--device", "cuda"])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError("--device cuda accepted without CUDA")
