@@ -164,14 +164,39 @@ class COLD(SingleTower):
         self.dnn = MLP(self.n_fields * d + self.n_dense, config.hidden, config.dropout, config.batch_norm)
         self.out = nn.Linear(self.dnn.out_dim, 1)
 
-    def gates(self, fields: torch.Tensor) -> torch.Tensor:
-        """(N, m) importance of each field group."""
-        return torch.sigmoid((fields * self.gate_weight).sum(-1) + self.gate_bias)
+    def gates(self, fields: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """(N, m) importance of each field group (fields `first` .. `first + m` of the schema)."""
+        m = fields.shape[1]
+        weight, bias = self.gate_weight[first : first + m], self.gate_bias[first : first + m]
+        return torch.sigmoid((fields * weight).sum(-1) + bias)
+
+    def _gated(self, fields: torch.Tensor, first: int = 0) -> torch.Tensor:
+        return fields * self.gates(fields, first).unsqueeze(-1) if self.config.se else fields
 
     def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        if self.config.se:
-            fields = fields * self.gates(fields).unsqueeze(-1)
-        return self.out(self.dnn(torch.cat([fields.flatten(1), dense], 1))).squeeze(-1)
+        return self.out(self.dnn(torch.cat([self._gated(fields).flatten(1), dense], 1))).squeeze(-1)
+
+    def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
+        """One user against N ads is computed column-wise, as COLD serves it: the SE gate is per
+        field group, so the user's share of the first layer (W_user u + b) is computed once and
+        broadcast, and only the ad columns and the layers above run per candidate."""
+        assert isinstance(ads, torch.Tensor)
+        n = ads.shape[0]
+        if user.shape[0] != 1 or n == 1:
+            return super().score(user, ads)
+        uf, ud, ul = self._split(user.reshape(1, -1).float(), self.user_embedding)
+        af, ad, al = self._split(ads.reshape(n, -1).float(), self.ad_embedding)
+        mu, d = uf.shape[1], self.config.embedding_dim
+        m, ndu = self.n_fields, ud.shape[1]
+        first = self.dnn[0]
+        assert isinstance(first, nn.Linear)
+        w = first.weight
+        user_part = self._gated(uf).flatten(1) @ w[:, : mu * d].T + ud @ w[:, m * d : m * d + ndu].T + first.bias
+        ad_part = self._gated(af, mu).flatten(1) @ w[:, mu * d : m * d].T + ad @ w[:, m * d + ndu :].T
+        hidden = ad_part + user_part
+        for layer in list(self.dnn)[1:]:
+            hidden = layer(hidden)
+        return self.out(hidden).squeeze(-1) + ul + al
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,23 @@ def test_single_towers_store_embedded_features(tiny) -> None:  # type: ignore[no
     assert not cold.precomputes_ads and not cold.ann_searchable
     fields = torch.randn(8, cold.n_fields, 8)
     assert cold.gates(fields).shape == (8, cold.n_fields)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_composition_and_broadcast_with_large_weights(tiny, batch, name: str) -> None:  # type: ignore[no-untyped-def]
+    """The near-zero initialisation hides mistakes; with O(1) weights every term moves the logit."""
+    torch.manual_seed(1)
+    model = build_model(name, tiny.schema, {}).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.2)
+        feats, _ = batch
+        direct = model(feats)
+        torch.testing.assert_close(direct, model.score(model.encode_user(feats), model.encode_ad(feats)))
+        user_only = tiny.users.take(tiny.train.user_rows[:1])
+        one = model.encode_user(user_only)
+        ads = model.encode_ad(feats)
+        broadcast = model.score(one, ads)
+        paired = model.score(one.expand(64, *one.shape[1:]), ads)
+    assert direct.std() > 1e-3, "the logit does not depend on the input"
+    torch.testing.assert_close(broadcast, paired, rtol=1e-4, atol=1e-4)
