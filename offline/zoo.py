@@ -201,7 +201,10 @@ def zoo_summary(runs: Path) -> list[dict[str, Any]]:
                     "published_source": published[1] if published else None,
                     "gap_to_published": mean - published[0] if published else None,
                     "best_epochs": [m["best_epoch"] for m in ms],
-                    "seconds_per_epoch": statistics.mean(m["seconds_per_epoch"] for m in ms),
+                    # median epoch of each run (robust to an epoch slowed by other work), mean over seeds
+                    "seconds_per_epoch": statistics.mean(
+                        statistics.median(h["train_seconds"] for h in m["history"]) for m in ms
+                    ),
                     **{k: cost.get(k) for k in ("user_params", "candidate_params", "floats_per_ad", "ints_per_ad")},
                     "code_versions": sorted({m["code_version"] for m in ms}),
                     "data_sha256": ms[0]["data_sha256"],

@@ -53,9 +53,12 @@ CONFIGS = (
     BenchConfig("inttower 6x2x64", "inttower", {}),
     BenchConfig("fit K32 4x4x16", "fit", {}),
     BenchConfig("cold 300-300-128", "cold", {}),
+    BenchConfig("lr", "lr", {}),
+    BenchConfig("deepfm 300-300-128", "deepfm", {}),
+    BenchConfig("dcn 3 cross + 300-300-128", "dcn", {}),
 )
 #: A cell stops early once its timed calls add up to this many seconds (slow models, e.g. COLD).
-CELL_BUDGET_S = 8.0
+CELL_BUDGET_S = 4.0
 MIN_REPEATS = 30
 
 SCHEMA = FeatureSchema(
