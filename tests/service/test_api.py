@@ -243,3 +243,19 @@ def test_bad_base64_columns_name_the_field(client: TestClient, candidates: dict,
     r = client.post("/prerank", json={"user": {"id": "1"}, "candidates": candidates})
     assert r.status_code == 422, r.text
     assert needle in r.json()["detail"]
+
+
+@pytest.mark.parametrize("offset", [0, 2**62])  # dense ids: direct table; huge ids: sorted binary search
+def test_id_lookup_both_paths(store: Path, offset: int) -> None:
+    from service.store import build_version, load_version
+
+    live = load_version(store / "versions" / "v000001")
+    index = live.index
+    index.ad_ids = index.ad_ids + offset
+    version = build_version(live.bundle, index)
+    assert (version.id_table is None) == (offset > 0)
+    rng = np.random.default_rng(0)
+    asked = np.concatenate([index.ad_ids[rng.permutation(len(index.ad_ids))[:50]], [offset + 10**9, offset + 123457]])
+    rows, known = version.lookup(asked)
+    assert known.tolist() == [True] * 50 + [False, False]
+    np.testing.assert_array_equal(index.ad_ids[rows], asked[:50])
