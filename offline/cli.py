@@ -155,7 +155,9 @@ def _zoo(args: argparse.Namespace) -> None:
 
     if not args.report_only:
         models = args.models or list(MODELS)
-        run_zoo(args.data_dir, args.runs, models, args.protocols, args.seeds, args.epochs, args.jobs, args.dataset)
+        run_zoo(
+            args.data_dir, args.runs, models, args.protocols, args.seeds, args.epochs, args.jobs, args.dataset, args.out
+        )
     print(f"wrote {zoo_report(args.runs, args.out)}")
 
 

@@ -134,8 +134,13 @@ def run_zoo(
     epochs: int = 10,
     jobs: int = 2,
     dataset: str = "movielens-1m",
+    results: Path | None = None,
 ) -> list[Path]:
-    """Trains every missing (protocol, model, seed) run, `jobs` at a time (one thread each)."""
+    """Trains every missing (protocol, model, seed) run, `jobs` at a time (one thread each).
+
+    A run is present when `runs/<protocol>/<model>-s<seed>/metrics.json` exists, or its copy in
+    `results/runs/` (committed with the report, so a fresh clone resumes the table too).
+    """
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {sorted(MODELS)}")
@@ -144,7 +149,8 @@ def run_zoo(
         for seed in seeds:
             for model in models:
                 out = runs / protocol / f"{model}-s{seed}"
-                if not (out / "metrics.json").exists():
+                kept = results is not None and (results / "runs" / protocol / f"{model}-s{seed}.json").exists()
+                if not (out / "metrics.json").exists() and not kept:
                     todo.append((dataset, str(data_dir) if data_dir else None, protocol, model, seed, epochs, str(out)))
     log.info("%d runs to train", len(todo))
     started = time.perf_counter()
@@ -160,19 +166,30 @@ def run_zoo(
     return sorted(runs.glob("*/*/metrics.json"))
 
 
-def _load(runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def collect(runs: Path, results: Path) -> list[Path]:
+    """Copies each run's metrics.json (without its per-batch bulk) to results/runs/<protocol>/<run>.json."""
+    copied = []
     for path in sorted(runs.glob("*/*/metrics.json")):
+        target = results / "runs" / path.parent.parent.name / f"{path.parent.name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+        copied.append(target)
+    return copied
+
+
+def _load(results_runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted(results_runs.glob("*/*.json")):
         m = json.loads(path.read_text())
         groups.setdefault((m["protocol"], m["model"]), []).append(m)
     if not groups:
-        raise FileNotFoundError(f"no <protocol>/<run>/metrics.json under {runs}")
+        raise FileNotFoundError(f"no runs under {results_runs}")
     return groups
 
 
-def zoo_summary(runs: Path) -> list[dict[str, Any]]:
-    """One row per (protocol, model): means over seeds plus cost, in table order."""
-    groups = _load(runs)
+def zoo_summary(results_runs: Path) -> list[dict[str, Any]]:
+    """One row per (protocol, model) of the runs under `results_runs`: means over seeds plus cost."""
+    groups = _load(results_runs)
     order = [m for m in MODELS if any(k[1] == m for k in groups)]
     rows = []
     found = {k[0] for k in groups}
@@ -218,9 +235,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def zoo_report(runs: Path, out: Path) -> Path:
-    """Writes OUT/zoo.md, zoo.json and zoo.png from the runs; returns the markdown path."""
-    rows = zoo_summary(runs)
+    """Collects the runs' metrics into OUT/runs/, writes OUT/zoo.md, zoo.json and zoo.png; returns
+    the markdown path."""
     out.mkdir(parents=True, exist_ok=True)
+    collect(runs, out)
+    rows = zoo_summary(out / "runs")
     header = (
         "| protocol | model | stage | seeds | test AUC mean ± std | LogLoss | RelaImpr vs DSSM | published best "
         "(source) | gap | best epochs | s/epoch | user-side params | per-candidate params | stored per ad |"

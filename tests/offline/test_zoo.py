@@ -22,7 +22,18 @@ def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert main(argv) == 0  # resumes: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in metrics} == stamp
 
-    rows = {r["model"]: r for r in zoo_summary(runs)}
+    rows = {r["model"]: r for r in zoo_summary(out / "runs")}
+    assert sorted(p.name for p in (out / "runs" / "paper").iterdir()) == [
+        "dssm-s1.json",
+        "dssm-s2.json",
+        "fit-s1.json",
+        "fit-s2.json",
+    ]
+    # the committed copies alone let a fresh clone resume: nothing is retrained without runs/
+    import shutil
+
+    shutil.rmtree(runs)
+    assert main(argv) == 0 and not runs.exists()
     fit_aucs = [json.loads(p.read_text())["test_auc"] for p in metrics if p.parent.name.startswith("fit")]
     assert rows["fit"]["auc_mean"] == pytest.approx(sum(fit_aucs) / 2)
     assert rows["fit"]["seeds"] == [1, 2] and rows["dssm"]["rela_impr_pct"] == pytest.approx(0.0)
