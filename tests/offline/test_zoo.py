@@ -22,6 +22,7 @@ def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert main(argv) == 0  # resumes: nothing retrained
     assert {p: p.stat().st_mtime_ns for p in metrics} == stamp
 
+    fit_aucs = [json.loads(p.read_text())["test_auc"] for p in metrics if p.parent.name.startswith("fit")]
     rows = {r["model"]: r for r in zoo_summary(out / "runs")}
     assert sorted(p.name for p in (out / "runs" / "paper").iterdir()) == [
         "dssm-s1.json",
@@ -34,7 +35,6 @@ def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
 
     shutil.rmtree(runs)
     assert main(argv) == 0 and not runs.exists()
-    fit_aucs = [json.loads(p.read_text())["test_auc"] for p in metrics if p.parent.name.startswith("fit")]
     assert rows["fit"]["auc_mean"] == pytest.approx(sum(fit_aucs) / 2)
     assert rows["fit"]["seeds"] == [1, 2] and rows["dssm"]["rela_impr_pct"] == pytest.approx(0.0)
     assert rows["fit"]["ints_per_ad"] == 1 and rows["fit"]["floats_per_ad"] == 4 * 16
