@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
+    p.add_argument("--drop-features", nargs="+", default=[], help="leave these fields out (ablations)")
 
     p = sub.add_parser("zoo", help="train every model on MovieLens-1M (both protocols, several seeds) and report")
     p.add_argument("--data-dir", type=Path, help="MovieLens folder (default: $PRERANK_DATA_DIR/movielens-1m)")
@@ -121,6 +122,8 @@ def _train(args: argparse.Namespace) -> None:
 
     baseline = load_baseline(args.baseline) if args.baseline else None
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+    if args.drop_features:
+        dataset = dataset.without(args.drop_features)
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,6 +64,19 @@ class Dataset:
     ad_bids: np.ndarray
     checksum: str
     info: dict[str, Any] = field(default_factory=dict)
+
+    def without(self, names: Iterable[str]) -> Dataset:
+        """The same data with the named fields left out of the schema (for feature ablations)."""
+        drop = set(names)
+        unknown = drop - {f.name for f in self.schema.features}
+        if unknown:
+            raise ValueError(f"cannot drop {sorted(unknown)}: not fields of {self.name}")
+        kept = tuple(f for f in self.schema.features if f.name not in drop)
+        used = {f.vocab for f in kept if f.vocab}
+        schema = FeatureSchema(kept, {k: v for k, v in self.schema.vocab_sizes.items() if k in used})
+        info = {**self.info, "dropped_features": sorted(drop)}
+        vocabs = {k: v for k, v in self.vocabs.items() if k in used}
+        return dataclasses.replace(self, schema=schema, vocabs=vocabs, info=info)
 
     def describe(self) -> dict[str, Any]:
         """What goes into artifact and results metadata."""

@@ -133,3 +133,15 @@ def test_concurrent_local_publishers_get_distinct_intact_versions(tiny, tiny_hit
         assert load_index(root / "versions" / v).manifest["version"] == v
     assert (root / "CURRENT").read_text().strip() in results
     assert not [p for p in (root / "versions").iterdir() if p.name.startswith(".staging")]
+
+
+def test_dropping_a_feature_removes_it_from_the_model(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from offline.cli import main
+
+    ablated = tiny.without(["preferred_categories"])
+    assert "preferred_categories" not in {f.name for f in ablated.schema.features}
+    assert "category" in ablated.schema.vocab_sizes  # still used by the ad's category field
+    result = train(ablated, "hit", {}, TrainConfig(epochs=1, batch_size=256, progress=False), tmp_path / "a")
+    assert result.metrics["dropped_features"] == ["preferred_categories"]
+    assert "user_tower.embedding.tables.preferred_categories.weight" not in result.model.state_dict()
+    assert main(["train", "--drop-features", "nope", "--out", str(tmp_path / "b")]) == 2
