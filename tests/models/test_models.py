@@ -127,7 +127,7 @@ def test_dat_mimic_loss_trains_only_the_augmented_vectors(tiny) -> None:  # type
     labels = torch.ones_like(labels)  # every row positive: the loss is non-zero
     _, aux = model.forward_train(feats)
     loss = model.auxiliary_loss(aux, labels)
-    assert float(loss) > 0
+    assert float(loss.detach()) > 0
     loss.backward()
     learned = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert learned == {"user_aug.weight", "ad_aug.weight"}
