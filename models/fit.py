@@ -101,9 +101,15 @@ class FIT(PrerankModel):
         hard = F.one_hot(routes, self.config.meta_rows).to(soft.dtype)
         return routes, hard + soft - soft.detach()
 
-    def _user_heads(self, features: Features, queries: torch.Tensor, per_user: int) -> torch.Tensor:
-        """User heads for `per_user` queries per user: queries (B * per_user, meta_dim) -> (B * per_user, H_u, p)."""
-        base = self.user_embedding(features)  # (B, F)
+    def _user_heads(
+        self, features: Features, queries: torch.Tensor, per_user: int, base: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """User heads for `per_user` queries per user: queries (B * per_user, meta_dim) -> (B * per_user, H_u, p).
+
+        `base` is the user's embedded fields (B, F) when the caller has them already.
+        """
+        if base is None:
+            base = self.user_embedding(features)
         b = base.shape[0]
         q = self.query(queries)  # (B * Q, D)
         parts = [base.repeat_interleave(per_user, 0), q]
@@ -126,8 +132,9 @@ class FIT(PrerankModel):
     def encode_user(self, features: Features) -> torch.Tensor:
         """(B, K, H_u, p): the user side against every meta row."""
         k = self.config.meta_rows
-        b = self.user_embedding(features).shape[0]
-        heads = self._user_heads(features, self.meta.repeat(b, 1), k)
+        base = self.user_embedding(features)
+        b = base.shape[0]
+        heads = self._user_heads(features, self.meta.repeat(b, 1), k, base)
         return heads.view(b, k, self.config.user_heads, self.config.head_dim)
 
     def _ad(self, features: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
