@@ -40,7 +40,6 @@ class SingleTower(PrerankModel):
     """Embeds each side separately; `head` combines all fields of a pair into a logit."""
 
     precomputes_ads = False
-    uses_embeddings: bool = True
 
     def __init__(self, schema: FeatureSchema, config: SingleTowerConfig) -> None:
         super().__init__(schema, config)
@@ -54,7 +53,7 @@ class SingleTower(PrerankModel):
         self.n_dense = len(self.user_embedding.dense) + len(self.ad_embedding.dense)
 
     def _side(self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features) -> torch.Tensor:
-        parts = (embedding.embed(features) if self.uses_embeddings else []) + embedding.dense_values(features)
+        parts = embedding.embed(features) + embedding.dense_values(features)
         if linear is not None:
             parts.append(linear(features))
         return torch.cat(parts, -1).unsqueeze(1)
@@ -68,12 +67,17 @@ class SingleTower(PrerankModel):
         return self._side(self.ad_embedding, self.ad_linear, features)
 
     def _split(self, rows: torch.Tensor, embedding: FieldEmbedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = self.config.embedding_dim if self.uses_embeddings else 0
+        d = self.config.embedding_dim
         m, nd = len(embedding.embedded), len(embedding.dense)
         fields = rows[:, : m * d].view(len(rows), m, d)
         dense = rows[:, m * d : m * d + nd]
         linear = rows[:, m * d + nd :].sum(-1)
         return fields, dense, linear
+
+    @property
+    def deep_width(self) -> int:
+        """Width of the flattened pair input: every field embedding and dense value."""
+        return self.n_fields * self.config.embedding_dim + self.n_dense
 
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
         """The network on every (user, ad) pair, (N,)."""
@@ -108,7 +112,6 @@ class LR(SingleTower):
     name = "lr"
     config_class = LRConfig
     stage = "ranking"
-    uses_embeddings = False
 
     def __init__(self, schema: FeatureSchema, config: LRConfig) -> None:
         if not config.linear:
@@ -161,7 +164,7 @@ class COLD(SingleTower):
         d = config.embedding_dim
         self.gate_weight = nn.Parameter(torch.zeros(self.n_fields, d))
         self.gate_bias = nn.Parameter(torch.zeros(self.n_fields))
-        self.dnn = MLP(self.n_fields * d + self.n_dense, config.hidden, config.dropout, config.batch_norm)
+        self.dnn = MLP(self.deep_width, config.hidden, config.dropout, config.batch_norm)
         self.out = nn.Linear(self.dnn.out_dim, 1)
 
     def gates(self, fields: torch.Tensor, first: int = 0) -> torch.Tensor:
@@ -213,8 +216,7 @@ class DeepFM(SingleTower):
 
     def __init__(self, schema: FeatureSchema, config: DeepFMConfig) -> None:
         super().__init__(schema, config)
-        d = config.embedding_dim
-        self.dnn = MLP(self.n_fields * d + self.n_dense, config.hidden, config.dropout, config.batch_norm)
+        self.dnn = MLP(self.deep_width, config.hidden, config.dropout, config.batch_norm)
         self.out = nn.Linear(self.dnn.out_dim, 1)
 
     def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -243,7 +245,7 @@ class DCN(SingleTower):
 
     def __init__(self, schema: FeatureSchema, config: DCNConfig) -> None:
         super().__init__(schema, config)
-        width = self.n_fields * config.embedding_dim + self.n_dense
+        width = self.deep_width
         self.cross_w = nn.Parameter(torch.randn(config.cross_layers, width) * width**-0.5)
         self.cross_b = nn.Parameter(torch.zeros(config.cross_layers, width))
         self.dnn = MLP(width, config.hidden, config.dropout, config.batch_norm)
