@@ -5,7 +5,9 @@ the candidate ad inside the user tower. Each ad is assigned to its most similar 
 k*(v) = argmax_k softmax(e_v Q^T / sqrt(d)). That row, projected to the sequence-embedding
 width, is the target of a DIN attention over the user's behaviour sequence. The attended
 history, the query and the user's own fields feed the user MLP. Training uses the hard choice
-in the forward pass and the softmax's gradient in the backward pass (straight-through). At
+in the forward pass and the softmax's gradient in the backward pass (straight-through), or, as
+an option, a softmax mixture of the rows whose temperature anneals from 1 to `anneal_to` over
+`anneal_steps` training batches, so that training ends on the hard choice. At
 serving the user side runs once for every meta row, giving K user representations, and each ad
 picks its row by the meta index stored beside its vectors.
 
@@ -41,6 +43,11 @@ class FITConfig(ModelConfig):
         behaviour: user sequence field attended by DIN ("" = the first user sequence field).
         max_behaviour: ids of the sequence attended per user (the first ones).
         attention_hidden: width of DIN's attention MLP.
+        anneal_steps: 0 = straight-through hard assignment in training; > 0 = a softmax
+            mixture of meta rows whose temperature falls geometrically from 1 to `anneal_to`
+            over this many training batches, then stays there. Evaluation and serving always
+            use the hard choice.
+        anneal_to: final temperature of the annealed mixture.
     """
 
     hidden: tuple[int, ...] = (300, 300, 128)
@@ -53,6 +60,8 @@ class FITConfig(ModelConfig):
     behaviour: str = ""
     max_behaviour: int = 50
     attention_hidden: int = 32
+    anneal_steps: int = 0
+    anneal_to: float = 1e-3
 
 
 class FIT(PrerankModel):
@@ -60,6 +69,7 @@ class FIT(PrerankModel):
 
     name = "fit"
     config_class = FITConfig
+    anneal_step: torch.Tensor
 
     def __init__(self, schema: FeatureSchema, config: FITConfig) -> None:
         super().__init__(schema, config)
@@ -91,13 +101,27 @@ class FIT(PrerankModel):
         self.row_fc = nn.Linear(config.ad_heads, config.row_width)
         self.col_fc = nn.Linear(config.user_heads, config.col_width)
         self.out = nn.Linear(config.row_width * config.col_width, 1)
+        # Training batches seen, for the annealed assignment; not saved, since evaluation and
+        # serving use the hard choice whatever the schedule.
+        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long), persistent=False)
 
     # --- meta query -------------------------------------------------------------------------
+    def temperature(self) -> float:
+        """The annealed mixture's current temperature (1 at the first batch, `anneal_to` at the end)."""
+        progress = min(1.0, int(self.anneal_step) / max(1, self.config.anneal_steps))
+        return float(self.config.anneal_to**progress)
+
     def assign(self, ad_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Meta rows of ads: (N,) hard indices and (N, K) straight-through selection weights."""
+        """Meta rows of ads: (N,) hard indices and (N, K) selection weights.
+
+        The weights are one-hot in the forward pass (straight-through softmax gradient), except in
+        training with `anneal_steps` > 0, where they are the tempered softmax itself.
+        """
         logits = ad_input @ self.meta.T / math.sqrt(self.meta.shape[1])
-        soft = torch.softmax(logits, -1)
         routes = logits.argmax(-1)
+        if self.training and self.config.anneal_steps > 0:
+            return routes, torch.softmax(logits / self.temperature(), -1)
+        soft = torch.softmax(logits, -1)
         hard = F.one_hot(routes, self.config.meta_rows).to(soft.dtype)
         return routes, hard + soft - soft.detach()
 
@@ -172,6 +196,8 @@ class FIT(PrerankModel):
 
     def forward_train(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ads, _, select = self._ad(features)
+        if self.training:
+            self.anneal_step.add_(1)
         user = self._user_heads(features, select @ self.meta, 1)
         return self.lss(user, ads), {}
 

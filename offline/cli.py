@@ -72,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", help="default: every registered model")
     p.add_argument("--protocols", nargs="+", default=["paper", "clean"], choices=["paper", "clean"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--epochs", type=int, default=10, help="maximum epochs per run (early stopping, patience 2)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=40,
+        help="maximum epochs per run (early stopping, patience 2; runs that hit a smaller cap are retrained)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel, one thread each")
     p.add_argument("--runs", type=Path, default=Path("runs/zoo"), help="run directories (existing runs are reused)")
     p.add_argument("--out", type=Path, default=Path("results/zoo"), help="where zoo.md/json/png go")

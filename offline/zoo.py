@@ -32,7 +32,7 @@ from offline.data import Dataset, load_dataset
 from offline.metrics import rela_impr
 from offline.train import TrainConfig, train
 
-__all__ = ["PUBLISHED", "RECIPES", "Recipe", "model_cost", "run_zoo", "zoo_report"]
+__all__ = ["PUBLISHED", "RECIPES", "Recipe", "model_cost", "reusable", "run_zoo", "zoo_report"]
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,24 @@ def _train_one(
     return metrics
 
 
+def reusable(metrics: dict[str, Any], epochs: int) -> bool:
+    """Whether a finished run is the run an `epochs` cap would train.
+
+    It is when it had the same cap, or when early stopping ended it before its own cap and no later
+    than this one: training is deterministic, so any cap from its last epoch up gives the same run.
+    A run that hit a smaller cap is not: it might have gone on improving.
+    """
+    cap, ran = int(metrics["train_config"]["epochs"]), int(metrics["epochs"])
+    return cap == epochs or (ran < cap and ran <= epochs)
+
+
 def run_zoo(
     data_dir: Path | None,
     runs: Path,
     models: Sequence[str],
     protocols: Sequence[str] = ("paper", "clean"),
     seeds: Sequence[int] = (1, 2, 3),
-    epochs: int = 10,
+    epochs: int = 40,
     jobs: int = 2,
     dataset: str = "movielens-1m",
     results: Path | None = None,
@@ -139,7 +150,8 @@ def run_zoo(
     """Trains every missing (protocol, model, seed) run, `jobs` at a time (one thread each).
 
     A run is present when `runs/<protocol>/<model>-s<seed>/metrics.json` exists, or its copy in
-    `results/runs/` (committed with the report, so a fresh clone resumes the table too).
+    `results/runs/` (committed with the report, so a fresh clone resumes the table too), and it
+    answers for this epoch cap (`reusable`).
     """
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
@@ -149,8 +161,10 @@ def run_zoo(
         for seed in seeds:
             for model in models:
                 out = runs / protocol / f"{model}-s{seed}"
-                kept = results is not None and (results / "runs" / protocol / f"{model}-s{seed}.json").exists()
-                if not (out / "metrics.json").exists() and not kept:
+                found = [out / "metrics.json"]
+                if results is not None:
+                    found.append(results / "runs" / protocol / f"{model}-s{seed}.json")
+                if not any(path.exists() and reusable(json.loads(path.read_text()), epochs) for path in found):
                     todo.append((dataset, str(data_dir) if data_dir else None, protocol, model, seed, epochs, str(out)))
     log.info("%d runs to train", len(todo))
     started = time.perf_counter()

@@ -165,6 +165,35 @@ def test_fit_routes_each_ad_to_its_meta_row_and_scores_with_that_user_row(tiny) 
         assert not torch.allclose(other, model.score(user, ads))
 
 
+def test_fit_annealed_assignment_is_soft_in_training_then_hard(tiny) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model("fit", tiny.schema, {"meta_rows": 4, "anneal_steps": 10, "anneal_to": 1e-3})
+    feats, labels = tiny.train.batch(np.arange(32))
+    with torch.no_grad():
+        model.meta.normal_(std=1.0)
+    ad_input = model.ad_embedding(feats)
+    assert model.temperature() == pytest.approx(1.0)
+    _, soft = model.assign(ad_input)
+    assert torch.allclose(soft.sum(-1), torch.ones(32))
+    assert float(soft.detach().max(-1).values.min()) < 0.99  # a real mixture at temperature 1
+    # the gradient of the score reaches every meta row through the mixture
+    logits, _ = model.forward_train(feats)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
+    assert model.meta.grad is not None and bool((model.meta.grad.abs().sum(-1) > 0).all())
+    assert int(model.anneal_step) == 1
+    model.anneal_step.fill_(5)
+    assert model.temperature() == pytest.approx(1e-3**0.5)
+    model.anneal_step.fill_(25)  # past the schedule: the final temperature, a near-hard choice
+    assert model.temperature() == pytest.approx(1e-3)
+    routes, late = model.assign(ad_input)
+    agree = late.argmax(-1) == routes
+    assert bool(agree.all())
+    model.eval()  # evaluation is exactly hard, whatever the schedule
+    routes, hard = model.assign(ad_input)
+    torch.testing.assert_close(hard.detach(), torch.nn.functional.one_hot(routes, 4).float(), rtol=0, atol=1e-6)
+    assert "anneal_step" not in model.state_dict()
+
+
 def test_single_towers_store_embedded_features(tiny) -> None:  # type: ignore[no-untyped-def]
     feats, _ = tiny.train.batch(np.arange(8))
     n_ad_fields = len([f for f in tiny.schema.ad_fields if f.kind is not Kind.DENSE])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from offline.cli import main
-from offline.zoo import zoo_summary
+from offline.zoo import reusable, zoo_summary
 
 
 def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
@@ -48,3 +48,18 @@ def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
 def test_zoo_rejects_unknown_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["zoo", "--dataset", "synthetic", "--models", "nope", "--runs", str(tmp_path)]) == 2
     assert "unknown models ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("cap", "ran", "asked", "reused"),
+    [
+        (10, 10, 10, True),  # same cap
+        (10, 6, 40, True),  # stopped early at 6: a cap of 40 trains the same run
+        (10, 10, 40, False),  # hit its cap of 10: it might have gone on improving
+        (40, 19, 40, True),
+        (40, 19, 10, False),  # a cap of 10 would have stopped it at 10, with another best epoch
+        (40, 8, 10, True),
+    ],
+)
+def test_runs_are_reused_only_when_the_cap_cannot_change_them(cap: int, ran: int, asked: int, reused: bool) -> None:
+    assert reusable({"train_config": {"epochs": cap}, "epochs": ran}, asked) is reused
