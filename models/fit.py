@@ -43,6 +43,8 @@ class FITConfig(ModelConfig):
         behaviour: user sequence field attended by DIN ("" = the first user sequence field).
         max_behaviour: ids of the sequence attended per user (the first ones).
         attention_hidden: width of DIN's attention MLP.
+        behaviour_pooling: "mean" divides DIN's weighted sum by the history length; "sum" keeps
+            it, as the DIN paper does (so the pooled vector also grows with the history).
         anneal_steps: 0 = straight-through hard assignment in training; > 0 = a softmax
             mixture of meta rows whose temperature falls geometrically from 1 to `anneal_to`
             over this many training batches, then stays there. Evaluation and serving always
@@ -60,6 +62,7 @@ class FITConfig(ModelConfig):
     behaviour: str = ""
     max_behaviour: int = 50
     attention_hidden: int = 32
+    behaviour_pooling: str = "mean"
     anneal_steps: int = 0
     anneal_to: float = 1e-3
 
@@ -86,6 +89,8 @@ class FIT(PrerankModel):
         if config.behaviour and not chosen:
             raise ValueError(f"FIT behaviour field {config.behaviour!r} is not a user sequence field")
         self.behaviour = chosen[0] if chosen else None
+        if config.behaviour_pooling not in ("mean", "sum"):
+            raise ValueError(f"FIT behaviour_pooling must be 'mean' or 'sum', got {config.behaviour_pooling!r}")
         extra = d  # the projected query
         if self.behaviour is not None:
             self.behaviour_table = nn.Embedding(schema.vocab_sizes[self.behaviour.vocab or ""] + 1, d)
@@ -147,7 +152,9 @@ class FIT(PrerankModel):
             target = q.unsqueeze(1).expand_as(items)
             weights = self.attention(torch.cat([items, target, items - target, items * target], -1)).squeeze(-1)
             weights = weights.masked_fill(~mask, 0.0)
-            pooled = (weights.unsqueeze(-1) * items).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+            pooled = (weights.unsqueeze(-1) * items).sum(1)
+            if self.config.behaviour_pooling == "mean":
+                pooled = pooled / mask.sum(1, keepdim=True).clamp_min(1)
             parts.append(pooled)
         heads = self.user_heads(self.user_tower(torch.cat(parts, -1)))
         return heads.view(-1, self.config.user_heads, self.config.head_dim)

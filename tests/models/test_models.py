@@ -194,6 +194,28 @@ def test_fit_annealed_assignment_is_soft_in_training_then_hard(tiny) -> None:  #
     assert "anneal_step" not in model.state_dict()
 
 
+def test_fit_behaviour_pooling_sum_is_mean_times_history_length(tiny) -> None:  # type: ignore[no-untyped-def]
+    feats, _ = tiny.train.batch(np.arange(16))
+    pooled = {}
+    for pooling in ("mean", "sum"):
+        torch.manual_seed(0)
+        model = build_model("fit", tiny.schema, {"meta_rows": 4, "behaviour_pooling": pooling}).eval()
+        captured: list[torch.Tensor] = []
+        hook = model.user_tower.register_forward_pre_hook(lambda _m, args, out=captured: out.append(args[0]))
+        with torch.no_grad():
+            model(feats)
+        hook.remove()
+        pooled[pooling] = captured[0][:, -model.config.embedding_dim :]  # DIN's output is the last block
+    seq = feats[model.behaviour.name]
+    assert isinstance(seq, Jagged)
+    ends = torch.cat([seq.offsets[1:], torch.tensor([len(seq.values)])])
+    lengths = (ends - seq.offsets).clamp(max=model.config.max_behaviour).clamp_min(1)
+    torch.testing.assert_close(pooled["sum"], pooled["mean"] * lengths.unsqueeze(-1).float())
+    assert bool((lengths > 1).any())
+    with pytest.raises(ValueError, match="behaviour_pooling"):
+        build_model("fit", tiny.schema, {"behaviour_pooling": "max"})
+
+
 def test_single_towers_store_embedded_features(tiny) -> None:  # type: ignore[no-untyped-def]
     feats, _ = tiny.train.batch(np.arange(8))
     n_ad_fields = len([f for f in tiny.schema.ad_fields if f.kind is not Kind.DENSE])
