@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from models.artifact import save_artifact, write_json
 from models.base import PrerankModel
-from models.provenance import code_version
+from models.provenance import code_version, machine
 from models.registry import build_model, config_from_dict
 from offline.data import Dataset, Split
 from offline.metrics import auc, logloss, rela_impr
@@ -226,6 +226,7 @@ def train(
         "model_config": asdict(model_cfg),
         **dataset.describe(),
         "code_version": version_of_code,
+        "machine": machine(),
         "torch": torch.__version__,
         "world_size": ddp.world,
     }

@@ -129,8 +129,8 @@ def reusable(metrics: dict[str, Any], epochs: int) -> bool:
     """Whether a finished run is the run an `epochs` cap would train.
 
     It is when it had the same cap, or when early stopping ended it before its own cap and no later
-    than this one: training is deterministic, so any cap from its last epoch up gives the same run.
-    A run that hit a smaller cap is not: it might have gone on improving.
+    than this one: a larger cap would not have changed where it stopped. A run that hit a smaller
+    cap is not: it might have gone on improving.
     """
     cap, ran = int(metrics["train_config"]["epochs"]), int(metrics["epochs"])
     return cap == epochs or (ran < cap and ran <= epochs)
@@ -238,6 +238,7 @@ def zoo_summary(results_runs: Path) -> list[dict[str, Any]]:
                     ),
                     **{k: cost.get(k) for k in ("user_params", "candidate_params", "floats_per_ad", "ints_per_ad")},
                     "code_versions": sorted({m["code_version"] for m in ms}),
+                    "machines": sorted({m.get("machine", "not recorded") for m in ms}),
                     "data_sha256": ms[0]["data_sha256"],
                 }
             )
@@ -283,7 +284,8 @@ def zoo_report(runs: Path, out: Path) -> Path:
     lines += [
         "",
         f"Data: sha256 `{rows[0]['data_sha256'][:16]}…`, split seed 1023. Code {codes}.",
-        f"Machine: {machine()}; one thread per run.",
+        f"Machines (as each run recorded it): {sorted({m for r in rows for m in r['machines']})}; one thread per run.",
+        f"Report written on: {machine()}.",
     ]
     table = "\n".join(lines) + "\n"
     md = out / "zoo.md"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from models.provenance import machine
 from offline.cli import main
 from offline.zoo import reusable, zoo_summary
 
@@ -40,6 +41,7 @@ def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert rows["fit"]["ints_per_ad"] == 1 and rows["fit"]["floats_per_ad"] == 4 * 16
     assert rows["dssm"]["floats_per_ad"] == 32 and rows["dssm"]["ints_per_ad"] == 0
     assert rows["fit"]["user_params"] > rows["fit"]["candidate_params"] > 0
+    assert rows["fit"]["machines"] == [machine()]  # each run records where it trained
     md = (out / "zoo.md").read_text()
     assert "| synthetic | fit | prerank | 2 |" in md and (out / "zoo.png").stat().st_size > 0
     assert json.loads((out / "zoo.json").read_text())["rows"][0]["data_sha256"]
