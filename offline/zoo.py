@@ -114,6 +114,9 @@ def model_cost(model: PrerankModel, dataset: Dataset) -> dict[str, Any]:
 def _train_one(
     dataset_name: str, data_dir: str | None, protocol: str, model: str, seed: int, epochs: int, out: str
 ) -> dict[str, Any]:
+    done = Path(out) / "metrics.json"
+    if done.exists() and reusable(previous := json.loads(done.read_text()), epochs):
+        return dict(previous)  # another `prerank zoo` on the same runs trained it meanwhile
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dataset = load_dataset(dataset_name, protocol, Path(data_dir) if data_dir else None, 1023)
     recipe = RECIPES.get(model, Recipe({}))

@@ -9,7 +9,7 @@ import pytest
 
 from models.provenance import machine
 from offline.cli import main
-from offline.zoo import reusable, zoo_summary
+from offline.zoo import _train_one, reusable, zoo_summary
 
 
 def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
@@ -21,6 +21,11 @@ def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert len(metrics) == 4
     stamp = {p: p.stat().st_mtime_ns for p in metrics}
     assert main(argv) == 0  # resumes: nothing retrained
+    assert {p: p.stat().st_mtime_ns for p in metrics} == stamp
+    # a job whose run another zoo process finished meanwhile is not trained again
+    fit_run = runs / "paper" / "fit-s1"
+    again = _train_one("synthetic", None, "paper", "fit", 1, 1, str(fit_run))
+    assert again["test_auc"] == json.loads((fit_run / "metrics.json").read_text())["test_auc"]
     assert {p: p.stat().st_mtime_ns for p in metrics} == stamp
 
     fit_aucs = [json.loads(p.read_text())["test_auc"] for p in metrics if p.parent.name.startswith("fit")]
