@@ -9,6 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+#: MovieLens protocols (offline.data.movielens.PROTOCOLS; repeated so `--help` needs no pandas).
+PROTOCOLS = ("paper", "clean", "paper-neutral")
+
 __all__ = ["main"]
 
 log = logging.getLogger("prerank")
@@ -35,7 +38,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="movielens-1m, synthetic (default; demo: MovieLens when found), synthetic:N_ADS or a schema file "
         "(.toml/.json)",
     )
-    p.add_argument("--protocol", default="paper", choices=["paper", "clean"], help="MovieLens protocol")
+    p.add_argument("--protocol", default="paper", choices=PROTOCOLS, help="MovieLens protocol")
     p.add_argument(
         "--data-dir", type=Path, help="dataset folder (default: $PRERANK_DATA_DIR/<dataset>; schema file: its folder)"
     )
@@ -70,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="MovieLens folder (default: $PRERANK_DATA_DIR/movielens-1m)")
     p.add_argument("--dataset", default="movielens-1m", help=argparse.SUPPRESS)
     p.add_argument("--models", nargs="+", help="default: every registered model")
-    p.add_argument("--protocols", nargs="+", default=["paper", "clean"], choices=["paper", "clean"])
+    p.add_argument("--protocols", nargs="+", default=["paper", "clean"], choices=PROTOCOLS)
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument(
         "--epochs",

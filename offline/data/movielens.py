@@ -2,9 +2,11 @@
 
 `paper` reproduces the IntTower/HIT reference preprocessing (MODELS.md §11.1): ratings of 3
 dropped, label = rating >= 4, random 80/20 split, and per-split aggregates and positive history
-that include each row's own label. `clean` keeps the label rule and the split but computes every
-aggregate and history from training rows only, out-of-fold for the training rows themselves,
-with encoders fitted on training rows and an out-of-vocabulary id for the rest.
+that include each row's own label. `paper-neutral` is `paper` with the ratings of 3 kept as
+negatives (a reading of other pipelines' numbers, used by results/zoo). `clean` keeps the label
+rule and the split but computes every aggregate and history from training rows only,
+out-of-fold for the training rows themselves, with encoders fitted on training rows and an
+out-of-vocabulary id for the rest.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ __all__ = ["OFFICIAL_URL", "PROTOCOLS", "build_movielens", "load_movielens", "re
 log = logging.getLogger(__name__)
 
 OFFICIAL_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
-PROTOCOLS = ("paper", "clean")
+PROTOCOLS = ("paper", "clean", "paper-neutral")
 CLEAN_FOLDS = 5
 
 SCHEMA_FIELDS = (
@@ -174,7 +176,8 @@ def build_movielens(frame: pd.DataFrame, checksum: str, protocol: str = "paper",
     """Applies a protocol to a joined ratings frame (see `read_movielens`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    frame = frame[frame["rating"] != 3].reset_index(drop=True)
+    if protocol != "paper-neutral":
+        frame = frame[frame["rating"] != 3].reset_index(drop=True)
     frame["label"] = (frame["rating"] >= 4).astype(np.int64)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))
@@ -185,7 +188,7 @@ def build_movielens(frame: pd.DataFrame, checksum: str, protocol: str = "paper",
     profiles = frame.drop_duplicates("user_id")[["user_id", "gender", "age", "occupation"]]
     n_fit = round(0.8 * len(train_rows))
 
-    if protocol == "paper":
+    if protocol in ("paper", "paper-neutral"):
         vocabs = _fit_vocabs(frame, movies)
         enc = _Encoder(profiles, movies, vocabs)
         train_all, train_users, train_ads = _paper_split(train_rows, enc)

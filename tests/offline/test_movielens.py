@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline.data.movielens import build_movielens, read_movielens
+from offline import cli
+from offline.data.movielens import PROTOCOLS, build_movielens, read_movielens
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,19 @@ def test_paper_protocol_sizes_and_labels(frame: tuple[pd.DataFrame, str]) -> Non
     assert len(data.test) / total == pytest.approx(0.2, abs=0.005)
     assert data.train.labels.mean() == pytest.approx(0.778, abs=0.01)
     assert data.describe()["protocol"] == "paper" and data.describe()["data_sha256"] == checksum
+
+
+def test_paper_neutral_keeps_threes_as_negatives(small: pd.DataFrame) -> None:
+    paper, neutral = build_movielens(small, "x", "paper"), build_movielens(small, "x", "paper-neutral")
+    n_threes = int((small["rating"] == 3).sum())
+    rows = {name: len(d.train) + len(d.valid) + len(d.test) for name, d in (("paper", paper), ("neutral", neutral))}
+    assert rows["neutral"] - rows["paper"] == pytest.approx(n_threes, abs=20)  # users without a positive drop out
+    positives = {
+        name: sum(float(s.labels.sum()) for s in (d.train, d.valid, d.test))
+        for name, d in (("paper", paper), ("neutral", neutral))
+    }
+    assert positives["neutral"] == positives["paper"]  # a 3 is never a positive
+    assert cli.PROTOCOLS == PROTOCOLS
 
 
 def _row_features(data, split_name: str, i: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
