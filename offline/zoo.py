@@ -114,9 +114,9 @@ def model_cost(model: PrerankModel, dataset: Dataset) -> dict[str, Any]:
 def _train_one(
     dataset_name: str, data_dir: str | None, protocol: str, model: str, seed: int, epochs: int, out: str
 ) -> dict[str, Any]:
-    done = Path(out) / "metrics.json"
-    if done.exists() and reusable(previous := json.loads(done.read_text()), epochs):
-        return dict(previous)  # another `prerank zoo` on the same runs trained it meanwhile
+    previous = _finished(Path(out) / "metrics.json", epochs)
+    if previous is not None:
+        return previous  # another `prerank zoo` on the same runs trained it meanwhile
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dataset = load_dataset(dataset_name, protocol, Path(data_dir) if data_dir else None, 1023)
     recipe = RECIPES.get(model, Recipe({}))
@@ -137,6 +137,14 @@ def reusable(metrics: dict[str, Any], epochs: int) -> bool:
     """
     cap, ran = int(metrics["train_config"]["epochs"]), int(metrics["epochs"])
     return cap == epochs or (ran < cap and ran <= epochs)
+
+
+def _finished(path: Path, epochs: int) -> dict[str, Any] | None:
+    """The metrics at `path` when that run exists and is `reusable` for this cap, else None."""
+    if not path.exists():
+        return None
+    metrics: dict[str, Any] = json.loads(path.read_text())
+    return metrics if reusable(metrics, epochs) else None
 
 
 def run_zoo(
@@ -167,7 +175,7 @@ def run_zoo(
                 found = [out / "metrics.json"]
                 if results is not None:
                     found.append(results / "runs" / protocol / f"{model}-s{seed}.json")
-                if not any(path.exists() and reusable(json.loads(path.read_text()), epochs) for path in found):
+                if all(_finished(path, epochs) is None for path in found):
                     todo.append((dataset, str(data_dir) if data_dir else None, protocol, model, seed, epochs, str(out)))
     log.info("%d runs to train", len(todo))
     started = time.perf_counter()
