@@ -6,9 +6,9 @@ to the other CPUs) for `--seconds`, reads Locust's CSV and records p50/p95/p99, 
 failures. Writes report.json, report.md and latency.png to --out.
 
 Usage:
-  python -m loadtest.run --target hit=local:runs/store-hit --target dssm=local:runs/store-dssm \\
+  prerank loadtest --target hit=local:runs/store-hit --target dssm=local:runs/store-dssm \\
       --candidates 100 1000 5000 10000 --users 4 --seconds 30 --out results/loadtest
-  python -m loadtest.run --url http://127.0.0.1:8000 ...   # an already running server
+  prerank loadtest --url http://127.0.0.1:8000 ...   # an already running server
 """
 
 from __future__ import annotations
@@ -18,23 +18,17 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from tools.plotting import pyplot
+from tools.procs import free_port, wait_until_ready
+
 HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pin(cpus: str) -> list[str]:
@@ -44,23 +38,13 @@ def _pin(cpus: str) -> list[str]:
 @contextmanager
 def server(store: str) -> Iterator[str]:
     """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [*_pin("0"), sys.executable, "-m", "offline.cli", "serve", "--store", store, "--port", str(port)]
+    cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server for {store} did not become ready")
-            time.sleep(0.3)
+        wait_until_ready(url, proc, timeout=120)
         yield url
     finally:
         proc.terminate()
@@ -170,11 +154,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, steps in report["models"].items():
         xs = [s["candidates"] for s in steps]
@@ -200,9 +180,9 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores; server pinned to CPU 0, Locust to the others"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="prerank loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--target", action="append", default=[], help="NAME=STORE_URL (server started per target)")
     parser.add_argument("--url", help="an already running server (instead of --target)")
@@ -212,14 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/loadtest"))
     parser.add_argument("--encoding", choices=["json", "base64"], default="json", help="candidate column format")
     parser.add_argument("--ratio", action="append", default=[], help="A/B: report A's latency over B's (repeatable)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
     if not args.target and not args.url:
-        parser.error("give --target NAME=STORE or --url URL")
+        parser_.error("give --target NAME=STORE or --url URL")
     names = [t.partition("=")[0] for t in args.target] or ["server"]
     ratios = [tuple(r.split("/", 1)) for r in args.ratio]
     bad = [r for r in args.ratio if "/" not in r or not set(r.split("/", 1)) <= set(names)]
     if bad:
-        parser.error(f"--ratio {bad[0]}: give A/B with A and B among {names}")
+        parser_.error(f"--ratio {bad[0]}: give A/B with A and B among {names}")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "machine": _machine(),

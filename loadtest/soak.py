@@ -7,7 +7,7 @@ number of versions served, and p99 in the first and last minute (Locust's window
 from the stats history). Writes soak.json and soak.md to --out.
 
 Usage:
-  python -m loadtest.soak --store local:runs/soak-store --artifact runs/movielens/hit-paper \\
+  prerank soak --store local:runs/soak-store --artifact runs/movielens/hit-paper \\
       --export-args "--dataset movielens-1m --data-dir DATA --protocol paper" \\
       --minutes 10 --users 5 --user-rps 50 --candidates 1000 --out results/soak
 """
@@ -40,7 +40,7 @@ def _publisher(
                 *_pin("1"),
                 sys.executable,
                 "-m",
-                "offline.cli",
+                "prerank",
                 "export",
                 artifact,
                 "--store",
@@ -69,9 +69,9 @@ def _window_p99(history: Path, since: float, until: float) -> dict[str, float] |
     return {"median": vals[len(vals) // 2], "max": vals[-1]} if vals else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="prerank soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--store", required=True)
     parser.add_argument("--artifact", required=True, help="model artifact re-published every --publish-every s")
@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--publish-every", type=float, default=60)
     parser.add_argument("--out", type=Path, default=Path("results/soak"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = int(args.minutes * 60)
     published: list[dict[str, Any]] = []

@@ -17,6 +17,8 @@ An index version is a directory::
     ads.faiss           HNSW index over the ad heads for max inner product (id = row * H_a + head)
     manifest.json       version, model version, shape, dtype, checksums, created time
     model/              the model artifact the vectors were computed with
+
+How versions are kept and named in a store (local directory or Redis) is `storage/`'s business.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,33 +37,31 @@ from safetensors.torch import load_file, save_file
 from models.base import PrerankModel
 from models.features import FeatureSchema, Vocabulary
 from models.registry import build_model
+from models.rows import VECTOR_DTYPES, AdRows
 from models.tables import FeatureTable
 
 __all__ = [
+    "ANN_FILE",
     "FORMAT_VERSION",
+    "MODEL_SUBDIR",
+    "VECTOR_DTYPES",
     "ArtifactError",
     "Bundle",
     "IndexData",
     "file_sha256",
     "load_artifact",
     "load_index",
-    "quantize",
     "save_artifact",
     "save_index",
     "write_json",
-    "ANN_FILE",
-    "CURRENT_POINTER",
-    "MODEL_SUBDIR",
-    "VERSIONS_DIR",
-    "parse_store_url",
-    "version_sort_key",
-    "REDIS_CHUNK_BYTES",
-    "RedisKeys",
-    "fetch_redis_version",
 ]
 
 FORMAT_VERSION = 1
-VECTOR_DTYPES = ("float32", "bfloat16", "int8")
+#: FAISS index over the ad heads for maximum inner product: L2 HNSW over [a, sqrt(M^2 - |a|^2)],
+#: queried with [u, 0]; FAISS id = ad row * H_a + head.
+ANN_FILE = "ads.faiss"
+#: The model artifact inside an index version directory.
+MODEL_SUBDIR = "model"
 
 
 class ArtifactError(ValueError):
@@ -154,52 +153,37 @@ class IndexData:
 
     manifest: dict[str, Any]
     ad_ids: np.ndarray  # int64 (N,)
-    vectors: torch.Tensor  # (N, ...) float32 / bfloat16 / int8
+    rows: AdRows  # (N, ...) in the stored dtype, with scales (int8) and routes (FIT)
     bids: np.ndarray  # float32 (N,)
-    scales: torch.Tensor | None  # float32 (N,) for int8 vectors
     user_ids: list[str]
     users: FeatureTable
-    routes: torch.Tensor | None = None  # int64 (N,) for routed models (FIT)
-
-
-def quantize(vectors: torch.Tensor, dtype: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Casts fp32 ad vectors to the stored dtype; int8 uses one symmetric scale per ad row."""
-    if dtype == "float32":
-        return vectors.float().contiguous(), None
-    if dtype == "bfloat16":
-        return vectors.to(torch.bfloat16).contiguous(), None
-    if dtype == "int8":
-        flat = vectors.reshape(len(vectors), -1).float()
-        scales = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        q = torch.round(flat / scales[:, None]).clamp(-127, 127).to(torch.int8)
-        return q.view_as(vectors).contiguous(), scales
-    raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {dtype!r}")
 
 
 def save_index(
     directory: Path,
     *,
     ad_ids: np.ndarray,
-    vectors: torch.Tensor,
+    rows: AdRows,
     bids: np.ndarray,
-    dtype: str,
     user_ids: list[str],
     users: FeatureTable,
     manifest: dict[str, Any],
-    routes: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Writes one index version into `directory` (which must be new) and returns its manifest."""
+    """Writes one index version into `directory` (which must be new) and returns its manifest.
+
+    Args:
+        rows: the ad rows already in their stored dtype (`AdRows.quantize`).
+    """
     directory.mkdir(parents=True)
-    stored, scales = quantize(vectors, dtype)
     tensors = {
         "ad_ids": torch.from_numpy(np.ascontiguousarray(ad_ids, dtype=np.int64)),
-        "vectors": stored,
+        "vectors": rows.vectors.contiguous(),
         "bids": torch.from_numpy(np.ascontiguousarray(bids, dtype=np.float32)),
     }
-    if scales is not None:
-        tensors["scales"] = scales
-    if routes is not None:
-        tensors["routes"] = routes.to(torch.int64).contiguous()
+    if rows.scales is not None:
+        tensors["scales"] = rows.scales.contiguous()
+    if rows.routes is not None:
+        tensors["routes"] = rows.routes.to(torch.int64).contiguous()
     save_file(tensors, str(directory / "index.safetensors"))
     save_file(users.to_tensors("user"), str(directory / "users.safetensors"))
     write_json(directory / "user_ids.json", user_ids)
@@ -208,8 +192,8 @@ def save_index(
         "format_version": FORMAT_VERSION,
         "n_ads": len(ad_ids),
         "n_users": len(user_ids),
-        "shape": list(stored.shape),
-        "dtype": dtype,
+        "shape": list(rows.vectors.shape),
+        "dtype": rows.dtype,
         "checksums": {
             name: file_sha256(directory / name) for name in ("index.safetensors", "users.safetensors", "user_ids.json")
         },
@@ -239,111 +223,14 @@ def load_index(directory: Path) -> IndexData:
         raise ArtifactError(f"index {manifest.get('version')}: {tuple(routes.shape)} routes for {len(vectors)} ads")
     user_ids = _read_json(directory / "user_ids.json")
     users = FeatureTable.from_tensors(load_file(str(directory / "users.safetensors")), "user", len(user_ids))
+    scales = tensors.get("scales")
+    if (scales is None) != (manifest["dtype"] != "int8") or (scales is not None and scales.shape != (len(vectors),)):
+        raise ArtifactError(f"index {manifest.get('version')}: int8 rows need one scale per row, other dtypes none")
     return IndexData(
         manifest=manifest,
         ad_ids=tensors["ad_ids"].numpy(),
-        vectors=vectors,
+        rows=AdRows(vectors, scales, routes),
         bids=tensors["bids"].numpy(),
-        scales=tensors.get("scales"),
         user_ids=user_ids,
         users=users,
-        routes=routes,
     )
-
-
-# -- Store layout shared by the publisher (offline) and the follower (service) ---------------
-
-CURRENT_POINTER = "CURRENT"
-#: FAISS index over the ad heads for maximum inner product: L2 HNSW over [a, sqrt(M^2 - |a|^2)],
-#: queried with [u, 0]; FAISS id = ad row * H_a + head.
-ANN_FILE = "ads.faiss"
-VERSIONS_DIR = "versions"
-MODEL_SUBDIR = "model"
-
-
-def parse_store_url(url: str) -> tuple[str, str]:
-    """Splits a store URL into (scheme, location): `local:DIR` or `redis://host:port/db`."""
-    if url.startswith("local:"):
-        location = url.removeprefix("local:")
-        if not location:
-            raise ValueError("store URL 'local:' needs a directory, e.g. local:./store")
-        return "local", location
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return "redis", url
-    raise ValueError(f"store URL must be local:DIR or redis://..., got {url!r}")
-
-
-def version_sort_key(version: str) -> int:
-    """Index versions are 'v' + a decimal sequence number; they sort by that number."""
-    if not version.startswith("v") or not version[1:].isdigit():
-        raise ValueError(f"not an index version name: {version!r}")
-    return int(version[1:])
-
-
-# -- Redis key scheme (the clients live in offline/ and service/) ------------------------------
-
-REDIS_PREFIX = "prerank"
-REDIS_CHUNK_BYTES = 4 * 1024 * 1024
-
-
-class RedisKeys:
-    """Names of every key a published store uses under one prefix."""
-
-    def __init__(self, prefix: str = REDIS_PREFIX) -> None:
-        self.prefix = prefix
-        self.current = f"{prefix}:current"
-        self.seq = f"{prefix}:seq"
-        self.versions = f"{prefix}:versions"  # sorted set: version -> sequence number
-        self.events = f"{prefix}:events"  # pub/sub channel: the new current version
-        self.lock = f"{prefix}:publish-lock"
-
-    def manifest(self, version: str) -> str:
-        return f"{self.prefix}:version:{version}:manifest"
-
-    def chunk(self, version: str, path: str, index: int) -> str:
-        return f"{self.prefix}:version:{version}:file:{path}:{index}"
-
-    def version_pattern(self, version: str) -> str:
-        return f"{self.prefix}:version:{version}:*"
-
-
-def fetch_redis_version(
-    get_many: Callable[[list[str]], list[bytes | None]], keys: RedisKeys, version: str, dest: Path
-) -> dict[str, Any]:
-    """Downloads one published version into `dest` (a new directory) and verifies every file.
-
-    Args:
-        get_many: a Redis MGET (the caller owns the client).
-        keys: the store's key scheme.
-        version: e.g. "v000003".
-        dest: where the files are written.
-
-    Returns:
-        The manifest.
-
-    Raises:
-        ArtifactError: missing manifest or chunk, size or checksum mismatch.
-    """
-    raw = get_many([keys.manifest(version)])[0]
-    if raw is None:
-        raise ArtifactError(f"version {version}: no manifest in the store")
-    try:
-        manifest: dict[str, Any] = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"version {version}: manifest is not JSON: {exc}") from None
-    dest.mkdir(parents=True)
-    for entry in manifest.get("files", []):
-        rel = str(entry["path"])
-        if rel.startswith("/") or ".." in Path(rel).parts:
-            raise ArtifactError(f"version {version}: unsafe file path {rel!r}")
-        chunks = get_many([keys.chunk(version, rel, i) for i in range(int(entry["chunks"]))])
-        if any(c is None for c in chunks):
-            raise ArtifactError(f"version {version}: {rel} is incomplete in the store")
-        data = b"".join(c for c in chunks if c is not None)
-        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ArtifactError(f"version {version}: checksum mismatch in {rel}")
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    write_json(dest / "manifest.json", {k: v for k, v in manifest.items() if k not in ("files", "published")})
-    return manifest

@@ -98,10 +98,6 @@ class PrerankModel(nn.Module, ABC):
         """Logits plus the intermediates that model-specific losses need (none by default)."""
         return self.forward(features), {}
 
-    def auxiliary_loss(self, aux: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """Model-specific loss terms (already weighted) added to the summed BCE; none by default."""
-        return torch.zeros((), device=labels.device)
-
     def regularizer(self) -> torch.Tensor:
         """Sum of squared embedding entries (weighted by the training config)."""
         return torch.zeros(())

@@ -107,19 +107,6 @@ class DAT(PrerankModel):
         logits = (user * ad).sum(-1) * self.config.temperature + self.bias
         return logits, {"user_repr": user, "ad_repr": ad, "user_aug": user_aug, "ad_aug": ad_aug}
 
-    def auxiliary_loss(self, aux: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """AMM: sum over positive rows of ||normalise(a_u) - sg(p_v)||^2 (and the ad-side mirror).
-
-        Summed like the BCE it is added to; the targets are detached, so only the augmented
-        vectors learn from it.
-        """
-        pos = labels.float()
-        user_gap = (F.normalize(aux["user_aug"], dim=-1) - aux["ad_repr"].detach()).pow(2).sum(-1)
-        ad_gap = (F.normalize(aux["ad_aug"], dim=-1) - aux["user_repr"].detach()).pow(2).sum(-1)
-        return (
-            self.config.user_mimic_weight * (pos * user_gap).sum() + self.config.ad_mimic_weight * (pos * ad_gap).sum()
-        )
-
     def regularizer(self) -> torch.Tensor:
         aug = self.user_aug.weight.pow(2).sum() + self.ad_aug.weight.pow(2).sum()
         return self.user_embedding.l2() + self.ad_embedding.l2() + aug

@@ -19,7 +19,6 @@ from torch import nn
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema, FeatureSpec
 from models.layers import MLP, FieldEmbedding
-from models.losses import hit_generation_loss
 from models.scoring import maxsim
 
 __all__ = ["HIT", "HITConfig", "HITTower"]
@@ -127,9 +126,6 @@ class HIT(PrerankModel):
         if ad_mimic is not None:
             aux["ad_mimic"] = ad_mimic
         return self.score(user, ad), aux
-
-    def auxiliary_loss(self, aux: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        return self.config.gen_loss_weight * hit_generation_loss(aux, labels, self.config.gen_loss)
 
     def regularizer(self) -> torch.Tensor:
         return self.user_tower.embedding.l2() + self.ad_tower.embedding.l2()

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
@@ -112,19 +111,6 @@ class IntTower(PrerankModel):
         user, ad = self.encode_user(features), self.encode_ad(features)
         last_block = user[:, -self.config.user_heads :].flatten(1)
         return self.score(user, ad), {"user_repr": last_block, "ad_repr": ad.flatten(1)}
-
-    def auxiliary_loss(self, aux: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """CIR: InfoNCE over positive rows, cosine / tau, in-batch positives' ads as negatives (summed)."""
-        if self.config.cir_weight == 0:
-            return torch.zeros((), device=labels.device)
-        pos = labels > 0.5
-        if int(pos.sum()) < 2:
-            return torch.zeros((), device=labels.device)
-        user = F.normalize(aux["user_repr"][pos], dim=-1)
-        ad = F.normalize(aux["ad_repr"][pos], dim=-1)
-        logits = user @ ad.T / self.config.cir_temperature
-        target = torch.arange(len(user), device=labels.device)
-        return self.config.cir_weight * F.cross_entropy(logits, target, reduction="sum")
 
     def regularizer(self) -> torch.Tensor:
         return self.user_tower.embedding.l2() + self.ad_tower.embedding.l2()

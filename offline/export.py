@@ -24,16 +24,17 @@ from models.artifact import (
     Bundle,
     file_sha256,
     load_artifact,
-    parse_store_url,
     save_index,
     write_json,
 )
-from models.base import PrerankModel, split_ads
+from models.base import PrerankModel, join_ads, split_ads
 from models.provenance import code_version
+from models.rows import AdRows
 from models.tables import FeatureTable
 from offline.ann import build_ann
 from offline.data import Dataset
 from offline.publish import KEEP_VERSIONS, open_publisher
+from storage import parse_store_url
 
 __all__ = ["encode_ads", "export"]
 
@@ -95,12 +96,10 @@ def export(
     }
     payload: dict[str, Any] = {
         "ad_ids": dataset.ad_ids,
-        "vectors": vectors,
+        "rows": AdRows.quantize(join_ads(vectors, routes), dtype),
         "bids": dataset.ad_bids,
-        "dtype": dtype,
         "user_ids": dataset.user_keys,
         "users": dataset.users.select(bundle.schema.user_fields),
-        "routes": routes,
     }
     publisher = open_publisher(store_url, keep)
     staged = publisher.staging_dir()

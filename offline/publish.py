@@ -19,19 +19,16 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from models.artifact import (
+from models.artifact import MODEL_SUBDIR, ArtifactError, load_artifact, load_index, write_json
+from storage import (
     CURRENT_POINTER,
-    MODEL_SUBDIR,
     REDIS_CHUNK_BYTES,
     VERSIONS_DIR,
-    ArtifactError,
     RedisKeys,
     fetch_redis_version,
-    load_artifact,
-    load_index,
     parse_store_url,
+    read_pointer,
     version_sort_key,
-    write_json,
 )
 
 __all__ = ["KEEP_VERSIONS", "LocalPublisher", "Publisher", "RedisPublisher", "open_publisher"]
@@ -83,10 +80,7 @@ class LocalPublisher:
         return sorted(names, key=version_sort_key)
 
     def current(self) -> str | None:
-        try:
-            return (self.root / CURRENT_POINTER).read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        return read_pointer(self.root)
 
     def _point(self, version: str) -> None:
         tmp = self.root / f".{CURRENT_POINTER}.{uuid.uuid4().hex}"

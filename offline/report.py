@@ -1,22 +1,26 @@
 """Builds a markdown results table from the metrics.json files of training runs.
 
-Usage: python -m offline.report movielens RUNS_DIR OUT.md
+Usage: prerank report movielens RUNS_DIR OUT.md
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 from models.provenance import machine
 from offline.metrics import rela_impr
+from offline.published import published_in
+from tools.markdown import splice
 
-__all__ = ["movielens_report", "seeds_report"]
+__all__ = ["REPORTS", "movielens_report", "seeds_report", "write_report"]
 
-PUBLISHED = {"hit": 0.9048, "dssm": 0.8697}  # HIT paper Table 2, MovieLens-1M (mean of 10 runs)
+
+def _hit_paper(model: str) -> float | None:
+    """HIT paper Table 2, MovieLens-1M (mean of 10 runs)."""
+    return published_in("HIT paper", model)
 
 
 def _row(name: str, m: dict[str, Any], base: dict[str, Any] | None) -> str:
@@ -27,7 +31,7 @@ def _row(name: str, m: dict[str, Any], base: dict[str, Any] | None) -> str:
     elif m["model"] == "dssm":
         variant = f"temperature={cfg.get('temperature')}"
     relaimpr = "base" if base is None or base is m else f"{rela_impr(m['test_auc'], base['test_auc']):+.2f}%"
-    published = PUBLISHED.get(m["model"]) if m["protocol"] == "paper" else None
+    published = _hit_paper(m["model"]) if m["protocol"] == "paper" else None
     pub = f"{published:.4f}" if published and (m["model"] != "dssm" or cfg.get("temperature") == 1.0) else "-"
     return (
         f"| {name} | {m['protocol']} | {m['model']} ({variant}) | {m['test_auc']:.4f} | {m['test_logloss']:.4f} | "
@@ -67,7 +71,7 @@ def seeds_report(runs: Path) -> str:
     ]
     for name, ms in groups.items():
         aucs = [m["test_auc"] for m in ms]
-        pub = PUBLISHED.get(ms[0]["model"])
+        pub = _hit_paper(ms[0]["model"])
         lines.append(
             f"| {name} | {sorted(m['seed'] for m in ms)} | {statistics.mean(aucs):.4f} | "
             f"{statistics.stdev(aucs) if len(aucs) > 1 else 0.0:.4f} | {min(aucs):.4f} | {max(aucs):.4f} | "
@@ -78,28 +82,11 @@ def seeds_report(runs: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _splice(out: Path, name: str, table: str) -> None:
-    """Replaces the block between <!-- NAME --> and <!-- /NAME --> in `out` (appends it if absent)."""
-    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    text = out.read_text() if out.exists() else ""
-    if start in text and end in text:
-        head, _, rest = text.partition(start)
-        text = f"{head}{start}\n{table}{end}{rest.split(end, 1)[1]}"
-    else:
-        text = f"{text}{start}\n{table}{end}\n"
-    out.write_text(text)
+#: Report kind -> (marker name in the markdown file, builder).
+REPORTS = {"movielens": ("results-table", movielens_report), "seeds": ("seeds-table", seeds_report)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    builders = {"movielens": ("results-table", movielens_report), "seeds": ("seeds-table", seeds_report)}
-    if len(args) != 3 or args[0] not in builders:
-        print("usage: python -m offline.report {movielens|seeds} RUNS_DIR OUT.md", file=sys.stderr)  # noqa: T201
-        return 2
-    block, build = builders[args[0]]
-    _splice(Path(args[2]), block, build(Path(args[1])))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_report(kind: str, runs: Path, out: Path) -> None:
+    """Rebuilds the `kind` table from the runs under `runs` inside the markdown file `out`."""
+    block, build = REPORTS[kind]
+    splice(out, block, build(runs))

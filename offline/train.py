@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from models.artifact import save_artifact, write_json
 from models.base import PrerankModel
+from models.losses import auxiliary_loss
 from models.provenance import code_version, machine
 from models.registry import build_model, config_from_dict
 from offline.data import Dataset, Split
@@ -98,7 +99,7 @@ class _TrainStep(nn.Module):
         logits, aux = self.model.forward_train(feats)
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
         if aux:
-            loss = loss + self.model.auxiliary_loss(aux, labels)
+            loss = loss + auxiliary_loss(self.model, aux, labels)
         if self.l2:  # the regulariser is not split across ranks: each adds 1/world of it
             loss = loss + self.l2 * self.model.regularizer().to(loss.device) / self.world
         return loss * self.world

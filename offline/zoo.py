@@ -30,7 +30,10 @@ from models.provenance import code_version, machine
 from models.registry import MODELS
 from offline.data import Dataset, load_dataset
 from offline.metrics import rela_impr
+from offline.published import BEST_PUBLISHED, PUBLISHED_BY_SOURCE
 from offline.train import TrainConfig, train
+from tools.markdown import splice
+from tools.plotting import pyplot
 
 __all__ = ["PUBLISHED", "RECIPES", "Recipe", "model_cost", "reusable", "run_zoo", "zoo_report"]
 
@@ -47,39 +50,15 @@ class Recipe:
 
 
 #: DSSM and DAT train in DSSM's reference configuration (cosine, temperature 1), where batch 256
-#: without dropout reproduces the published DSSM number (results/movielens.md); the rest use the
+#: without dropout reproduces the published DSSM number (results/movielens/movielens.md); the rest use the
 #: reference scripts' batch 2048 and dropout 0.3.
 RECIPES: dict[str, Recipe] = {
     "dssm": Recipe({"dropout": 0.0}, batch_size=256),
     "dat": Recipe({"dropout": 0.0}, batch_size=256),
 }
 
-#: Best published MovieLens-1M test AUC per model and its source (MODELS.md §10.1).
-PUBLISHED: dict[str, tuple[float, str]] = {
-    "lr": (0.8501, "IntTower paper"),
-    "dssm": (0.8697, "IntTower paper"),
-    "dat": (0.8784, "FIT slides"),
-    "cold": (0.9009, "FIT slides"),
-    "deepfm": (0.8920, "IntTower paper"),
-    "dcn": (0.8964, "IntTower paper"),
-    "inttower": (0.9036, "FIT slides"),
-    "hit": (0.9048, "HIT paper"),
-    "fit": (0.9225, "FIT slides"),
-}
-
-
-#: Every published MovieLens-1M AUC per model: IntTower paper Table 2, HIT paper Table 2, FIT slides.
-PUBLISHED_BY_SOURCE: dict[str, tuple[float | None, float | None, float | None]] = {
-    "lr": (0.8501, None, None),
-    "dssm": (0.8697, 0.8697, 0.8695),
-    "dat": (0.8712, 0.8712, 0.8784),
-    "cold": (0.8836, 0.8836, 0.9009),
-    "deepfm": (0.8920, 0.8920, None),
-    "dcn": (0.8964, 0.8964, None),
-    "inttower": (0.8974, 0.8974, 0.9036),
-    "hit": (None, 0.9048, None),
-    "fit": (None, None, 0.9225),
-}
+#: Best published MovieLens-1M test AUC per model and its source (offline.published).
+PUBLISHED = BEST_PUBLISHED
 
 
 def _count(model: PrerankModel, output: torch.Tensor) -> int:
@@ -300,10 +279,7 @@ def zoo_report(runs: Path, out: Path) -> Path:
     ]
     table = "\n".join(lines) + "\n"
     md = out / "zoo.md"
-    text = md.read_text() if md.exists() else "# Model zoo on MovieLens-1M\n\n<!-- zoo-table -->\n<!-- /zoo-table -->\n"
-    start, end = "<!-- zoo-table -->", "<!-- /zoo-table -->"
-    head, _, rest = text.partition(start)
-    md.write_text(f"{head}{start}\n{table}{end}{rest.split(end, 1)[1] if end in rest else ''}")
+    splice(md, "zoo-table", table, title="Model zoo on MovieLens-1M")
     (out / "zoo.json").write_text(
         json.dumps({"rows": rows, "machine": machine(), "code_version": code_version()}, indent=2) + "\n"
     )
@@ -312,11 +288,7 @@ def zoo_report(runs: Path, out: Path) -> Path:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     protocols = list(dict.fromkeys(r["protocol"] for r in rows))
     fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4), squeeze=False)
     for ax, protocol in zip(axes[0], protocols, strict=True):

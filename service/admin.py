@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.artifact import ArtifactError
 from service.config import Settings
+from service.errors import AdminDisabled, MissingCredentials, VersionUnavailable, WrongCredentials
 from service.follower import Follower
 from service.schemas import ErrorResponse
-from service.scorer import RequestError
 
 __all__ = ["router"]
 
@@ -21,13 +21,13 @@ def require_admin(request: Request) -> None:
     """403 when admin is disabled or the token is wrong; 401 when it is missing."""
     settings: Settings = request.app.state.settings
     if settings.admin_token is None:
-        raise RequestError(403, "authorization", "admin operations are disabled (set PRERANK_ADMIN_TOKEN)")
+        raise AdminDisabled(("header", "authorization"), "admin operations are disabled (set PRERANK_ADMIN_TOKEN)")
     header = request.headers.get("authorization", "")
     if not header.startswith("Bearer "):
-        raise RequestError(401, "authorization", "missing 'Authorization: Bearer <token>' header")
+        raise MissingCredentials(("header", "authorization"), "missing 'Authorization: Bearer <token>' header")
     token = settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(header.removeprefix("Bearer ").encode(), token):
-        raise RequestError(403, "authorization", "invalid admin token")
+        raise WrongCredentials(("header", "authorization"), "invalid admin token")
 
 
 _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -62,7 +62,7 @@ async def pin(request: Request, body: PinRequest) -> dict[str, Any]:
     try:
         await _follower(request).pin(body.version)
     except (ArtifactError, OSError, ValueError) as exc:
-        raise RequestError(409, "version", f"cannot serve {body.version}: {exc}") from None
+        raise VersionUnavailable(("body", "version"), f"cannot serve {body.version}: {exc}") from None
     return _follower(request).status.as_dict()
 
 

@@ -5,41 +5,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Response
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from pydantic import ValidationError
+from fastapi.staticfiles import StaticFiles
 
 from models.artifact import load_artifact
 from service.admin import router as admin_router
 from service.config import Settings
 from service.follower import Follower
+from service.http_errors import install_error_handlers
 from service.metrics import MetricsMiddleware
-from service.routes import json_response, router
+from service.routes import router
 from service.schemas import PrerankRequest, RetrieveRequest
-from service.scorer import NotReadyError, RequestError, Scorer
+from service.scorer import Scorer
 from service.store import open_store
 
 __all__ = ["create_app"]
 
-_UNION_TAGS = ("str", "int", "float", "bool", "none")
-
-
-def _field_path(loc: Sequence[int | str]) -> str:
-    """`candidates.ad_ids.0` from a pydantic error location, without union-branch tags such as
-    `list[constrained-int]`."""
-    parts = [
-        p for p in loc if not (isinstance(p, str) and (p in _UNION_TAGS or "[" in p or p.startswith("constrained")))
-    ]
-    return ".".join(str(p) for p in parts)
-
-
 log = logging.getLogger(__name__)
+
+
+def _swagger_assets() -> Path | None:
+    """Swagger UI's files from the swagger-ui-bundle package, so /docs works without a network."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return Path(swagger_ui_path)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings, app.state.scorer, app.state.follower = settings, scorer, follower
         await follower.check()
         task = asyncio.create_task(follower.run(settings.poll_seconds))
+        follower.watch(task)
         try:
             yield
         finally:
@@ -62,37 +61,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    assets = _swagger_assets()
     app = FastAPI(
         title="HIT pre-ranking service",
         version="0.1.0",
         description="Scores recall candidates for one user with a two-tower model and returns them by eCPM.",
         lifespan=lifespan,
+        docs_url=None if assets else "/docs",
     )
     app.include_router(router)
     app.include_router(admin_router)
     app.add_middleware(MetricsMiddleware)
+    install_error_handlers(app)
 
-    @app.exception_handler(RequestError)
-    async def _request_error(_: Request, exc: RequestError) -> Response:
-        return json_response({"detail": str(exc)}, exc.status)
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
-    @app.exception_handler(ValidationError)
-    async def _body_error(_: Request, exc: ValidationError) -> Response:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            return json_response({"detail": f"body is not valid JSON: {first['msg']}"}, 400)
-        where = _field_path(first["loc"]) or "body"
-        return json_response({"detail": f"{where}: {first['msg']}"}, 422)
-
-    @app.exception_handler(NotReadyError)
-    async def _not_ready(_: Request, exc: NotReadyError) -> Response:
-        return json_response({"detail": str(exc)}, 503)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-        where = _field_path(first["loc"])
-        return json_response({"detail": f"{where}: {first['msg']}"}, 422)
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> Response:
+            return get_swagger_ui_html(
+                openapi_url=app.openapi_url or "/openapi.json",
+                title=f"{app.title} - docs",
+                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                swagger_css_url="/docs-assets/swagger-ui.css",
+                swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

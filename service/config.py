@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage import parse_store_url
 
 __all__ = ["Settings"]
 
@@ -17,7 +19,7 @@ class Settings(BaseSettings):
         "local:store", description="index store: local:DIR, redis://[:password@]host:port/db, rediss:// for TLS"
     )
     artifact: str | None = Field(None, description="optional model artifact that must match the live index")
-    device: str = Field("cpu", description="cpu or cuda")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
     torch_threads: int = Field(1, ge=1, description="intra-op threads for scoring")
     max_candidates: int = Field(20_000, ge=1, description="most candidate ads in one request")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
@@ -26,3 +28,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /admin/* (reload, pin, unpin); admin is disabled when unset"
     )
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        parse_store_url(value)  # ValueError naming the accepted forms
+        return value

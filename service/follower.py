@@ -13,7 +13,7 @@ import anyio.to_thread
 import torch
 
 from models.artifact import ArtifactError
-from service.metrics import REFUSED, STORE_ERRORS, SWAPS, record_version
+from service.metrics import FOLLOW_ERRORS, REFUSED, STORE_ERRORS, SWAPS, record_version
 from service.scorer import Scorer
 from service.store import ServingVersion, Store
 
@@ -33,10 +33,15 @@ class FollowerStatus:
     store_error: str | None = None
     swaps: int = 0
     pinned: str | None = None
+    follow_error: str | None = None  # the last unexpected failure of a check (the loop goes on)
+    follower_stopped: str | None = None  # why the follow loop ended, if it ever did
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "store_ok": self.store_error is None,
+            "follower_alive": self.follower_stopped is None,
+            "follower_stopped": self.follower_stopped,
+            "follow_error": self.follow_error,
             "live_version": self.live_version,
             "live_model": self.live_model,
             "loaded_at": self.loaded_at,
@@ -73,7 +78,7 @@ class Follower:
         with torch.inference_mode():  # warm-up: first calls allocate and pick kernels
             users = loaded.index.users
             user = loaded.bundle.model.encode_user(users.take(torch.zeros(1, dtype=torch.int64).numpy(), self.device))
-            rows = torch.arange(min(len(loaded.vectors), 1024)).numpy()
+            rows = torch.arange(min(len(loaded.rows), 1024)).numpy()
             for _ in range(3):
                 loaded.bundle.model.score(user, self.scorer.gather(loaded, rows))
         return loaded
@@ -140,19 +145,42 @@ class Follower:
         log.info("serving %s (%s), loaded in %.2fs", loaded.version, loaded.model_version, elapsed)
 
     async def run(self, interval: float) -> None:
-        """Checks on every pub/sub event, and every `interval` seconds regardless (cancelled at shutdown)."""
+        """Checks on every pub/sub event, and every `interval` seconds regardless (cancelled at shutdown).
+
+        An unexpected failure of one check (a bug, not a store outage) is logged with its
+        traceback, counted and shown by /readyz (`follow_error`); the loop goes on.
+        """
         listener = asyncio.create_task(self._listen()) if self.store.events_channel else None
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=interval)
                 self._wake.clear()
-                await self.check()
+                try:
+                    await self.check()
+                    self.status.follow_error = None
+                except Exception as exc:
+                    FOLLOW_ERRORS.inc()
+                    self.status.follow_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("version check failed")
         finally:
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+
+    def watch(self, task: asyncio.Task[None]) -> None:
+        """Records in the status, for /readyz, if the follow loop `task` ever ends other than by
+        cancellation at shutdown: a replica that stopped following must not look healthy."""
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                return
+            exc = t.exception()
+            self.status.follower_stopped = f"{type(exc).__name__}: {exc}" if exc else "the follow loop returned"
+            log.error("the version follower stopped: %s", self.status.follower_stopped, exc_info=exc)
+
+        task.add_done_callback(done)
 
     async def _listen(self) -> None:
         """Subscribes to the store's events channel, reconnecting after failures."""

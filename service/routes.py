@@ -11,10 +11,11 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.config import Settings
+from service.errors import InvalidInput, NotReady, PayloadTooLarge, UnsupportedMediaType
 from service.follower import Follower
 from service.metrics import metrics_payload, observe_result
 from service.schemas import ErrorResponse, PrerankRequest, PrerankResponse, RetrieveRequest
-from service.scorer import RequestError, Scorer, ScoreResult
+from service.scorer import Scorer, ScoreResult
 
 __all__ = ["router"]
 
@@ -69,7 +70,9 @@ async def prerank(request: Request) -> Response:
     parse_ms = (time.perf_counter() - t0) * 1e3
     n = len(parsed.candidates.ids)
     if n > settings.max_candidates:
-        raise RequestError(422, "candidates.ad_ids", f"{n} candidates exceeds the limit of {settings.max_candidates}")
+        raise InvalidInput(
+            ("body", "candidates", "ad_ids"), f"{n} candidates exceeds the limit of {settings.max_candidates}"
+        )
     result = await run_in_threadpool(scorer.prerank, parsed)
     result.timings_ms["parse"] = parse_ms
     observe_result(result.timings_ms, n, len(result.unknown_ad_ids), result.user_known)
@@ -96,13 +99,15 @@ async def _body(request: Request, settings: Settings) -> bytes:
     """The raw body after content-type and size checks (parsed by pydantic straight from bytes)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("application/json"):
-        raise RequestError(415, "content-type", f"must be application/json, got {content_type or 'nothing'!r}")
+        raise UnsupportedMediaType(
+            ("header", "content-type"), f"must be application/json, got {content_type or 'nothing'!r}"
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise RequestError(413, "body", f"{declared} bytes exceeds the limit of {settings.max_body_bytes}")
+        raise PayloadTooLarge(("body",), f"{declared} bytes exceeds the limit of {settings.max_body_bytes}")
     body = await request.body()
     if len(body) > settings.max_body_bytes:
-        raise RequestError(413, "body", f"{len(body)} bytes exceeds the limit of {settings.max_body_bytes}")
+        raise PayloadTooLarge(("body",), f"{len(body)} bytes exceeds the limit of {settings.max_body_bytes}")
     return body
 
 
@@ -124,7 +129,7 @@ async def sample(
     """Up to `ads` ad ids and `users` user ids of the live index, sampled without replacement."""
     version = request.app.state.scorer.live
     if version is None:
-        raise RequestError(503, "version", "no model/index version is loaded")
+        raise NotReady("version", "no model/index version is loaded")
     rng = np.random.default_rng()
     ad_ids = version.index.ad_ids
     user_ids = version.index.user_ids
@@ -148,9 +153,12 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Response:
     follower: Follower = request.app.state.follower
     status = follower.status.as_dict()
-    ready = request.app.state.scorer.live is not None
-    if not ready:
+    if request.app.state.scorer.live is None:
         status["status"] = "not_ready"
-    else:  # degraded: serving from memory while the store is unreachable
-        status["status"] = "ready" if status["store_ok"] else "degraded"
-    return json_response(status, 200 if ready else 503)
+    elif not status["follower_alive"]:  # serving, but would never see another version
+        status["status"] = "follower_stopped"
+    elif not status["store_ok"] or status["follow_error"]:  # serving from memory
+        status["status"] = "degraded"
+    else:
+        status["status"] = "ready"
+    return json_response(status, 200 if status["status"] in ("ready", "degraded") else 503)

@@ -9,7 +9,15 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-__all__ = ["Candidates", "ErrorResponse", "PrerankRequest", "PrerankResponse", "RetrieveRequest", "UserInput"]
+__all__ = [
+    "Candidates",
+    "ErrorItem",
+    "ErrorResponse",
+    "PrerankRequest",
+    "PrerankResponse",
+    "RetrieveRequest",
+    "UserInput",
+]
 
 FeatureValue = str | int | float | list[str | int]
 AdId = Annotated[int, Field(ge=0, le=2**63 - 1)]
@@ -164,7 +172,15 @@ class PrerankResponse(BaseModel):
     unknown_ad_ids: list[int] = Field(..., description="candidate ids absent from the index (not ranked)")
 
 
-class ErrorResponse(BaseModel):
-    """Every 4xx/5xx body."""
+class ErrorItem(BaseModel):
+    """One problem with a request (FastAPI's validation-error item)."""
 
-    detail: str = Field(..., description="what was wrong, naming the field")
+    loc: list[str | int] = Field(..., description="where: e.g. ['body', 'candidates', 'ad_ids', 3]")
+    msg: str = Field(..., description="what is wrong")
+    type: str = Field(..., description="machine-readable kind, e.g. value_error, json_invalid, not_ready")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: all the problems found, not only the first."""
+
+    detail: list[ErrorItem] = Field(..., description="every problem, each naming its field")

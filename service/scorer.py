@@ -10,17 +10,18 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from models.base import AdBatch, join_ads
+from models.base import AdBatch
 from models.features import Features, FeatureSpec, Jagged, Kind, default_features
+from service.errors import InvalidInput, NotReady, Problem, UnknownUser, VersionUnavailable
 from service.schemas import PrerankRequest, RetrieveRequest, UserInput
 from service.store import ServingVersion
 
-__all__ = ["NotReadyError", "RequestError", "ScoreResult", "Scorer"]
+__all__ = ["ScoreResult", "Scorer"]
 
 
 #: Hits fetched per user head = ANN_OVERSAMPLE * k * H_a, then rescored exactly (sum-of-max is not
@@ -31,19 +32,6 @@ CHUNK_BYTES = 1 << 20
 MIN_CHUNK_ROWS = 256
 #: Below this many ad heads, /retrieve scores the whole corpus instead of searching FAISS.
 EXACT_BELOW = 200_000
-
-
-class RequestError(ValueError):
-    """A request the service understands but cannot serve; maps to a 4xx naming the field."""
-
-    def __init__(self, status: int, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.status = status
-        self.field = field
-
-
-class NotReadyError(RuntimeError):
-    """No version is loaded yet (maps to 503)."""
 
 
 @dataclass
@@ -72,21 +60,26 @@ class ScoreResult:
         }
 
 
-def _encode_value(spec: FeatureSpec, value: object, version: ServingVersion) -> torch.Tensor | Jagged:
-    where = f"user.features.{spec.name}"
+def _user_loc(*rest: str) -> tuple[str, ...]:
+    return ("body", "user", *rest)
+
+
+def _encode_value(spec: FeatureSpec, value: object, version: ServingVersion) -> torch.Tensor | Jagged | Problem:
+    """The encoded feature, or the Problem with the value."""
+    where = _user_loc("features", spec.name)
     if spec.kind is Kind.DENSE:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise RequestError(422, where, f"must be a finite number, got {value!r}")
+            return Problem(where, f"must be a finite number, got {value!r}", "value_error")
         return torch.tensor([float(value)])
     vocab = version.bundle.vocabs[spec.vocab or ""]
     if spec.kind is Kind.SEQUENCE:
         if not isinstance(value, list):
-            raise RequestError(422, where, f"must be a list of ids, got {type(value).__name__}")
+            return Problem(where, f"must be a list of ids, got {type(value).__name__}", "value_error")
         ids = torch.from_numpy(vocab.encode(value))
         ids = ids[ids > 0]  # unknown tokens carry no information in a mean pool
         return Jagged(ids, torch.zeros(1, dtype=torch.int64))
     if isinstance(value, list | float):
-        raise RequestError(422, where, f"must be a single id (string or integer), got {value!r}")
+        return Problem(where, f"must be a single id (string or integer), got {value!r}", "value_error")
     return torch.tensor([vocab.encode_one(value)])
 
 
@@ -115,39 +108,36 @@ class Scorer:
     def _version(self) -> ServingVersion:
         version = self._live
         if version is None:
-            raise NotReadyError("no model/index version is loaded")
+            raise NotReady("version", "no model/index version is loaded")
         return version
 
     def user_features(self, user: UserInput, unknown_user: str, version: ServingVersion) -> tuple[Features, bool]:
         """Stored features of the user (if known), overridden by the request's raw features."""
         schema = version.bundle.schema
         fields = {f.name: f for f in schema.user_fields}
-        unknown = sorted(set(user.features) - set(fields))
-        if unknown:
-            raise RequestError(
-                422, f"user.features.{unknown[0]}", f"not a user feature of this model; known: {sorted(fields)}"
-            )
+        problems = [
+            Problem(_user_loc("features", name), f"not a user feature of this model; known: {sorted(fields)}", "extra")
+            for name in sorted(set(user.features) - set(fields))
+        ]
+        encoded = {name: _encode_value(fields[name], v, version) for name, v in user.features.items() if name in fields}
+        problems += [p for p in encoded.values() if isinstance(p, Problem)]
+        if problems:
+            raise InvalidInput.of(problems)
         row = version.user_rows.get(str(user.id)) if user.id is not None else None
         known = row is not None or bool(user.features)
         if row is None and not user.features and unknown_user == "reject":
-            raise RequestError(404, "user.id", f"user {user.id!r} is not in the user feature store")
+            raise UnknownUser(_user_loc("id"), f"user {user.id!r} is not in the user feature store")
         if row is not None:
             feats = version.index.users.take(np.array([row], dtype=np.int64), self.device)
         else:
             feats = default_features(schema.user_fields)
-        for name, value in user.features.items():
-            feats[name] = _encode_value(fields[name], value, version)
+        for name, value in encoded.items():
+            feats[name] = cast(torch.Tensor | Jagged, value)
         return feats, known
 
     def gather(self, version: ServingVersion, rows: np.ndarray) -> AdBatch:
-        """Candidate rows of the ad matrix as float32/bfloat16 (int8 rows are dequantised), with
-        their routes for routed models."""
-        index = torch.from_numpy(rows).to(version.vectors.device)
-        ads = version.vectors.index_select(0, index)
-        if version.scales is not None:
-            scales = version.scales.index_select(0, index)
-            ads = ads.float() * scales.view(-1, *([1] * (ads.dim() - 1)))
-        return join_ads(ads, None if version.routes is None else version.routes.index_select(0, index))
+        """Candidate rows of the ad matrix as the model scores them (`AdRows.take`)."""
+        return version.rows.take(torch.from_numpy(rows).to(version.rows.device))
 
     def _rank(
         self,
@@ -184,8 +174,7 @@ class Scorer:
         still in cache, so the ad bytes cross the memory bus once instead of three times
         (gather read, gather write, score read). Gather and score times add up in `timings`.
         """
-        row_bytes = version.vectors[0].numel() * version.vectors.element_size()
-        chunk = max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(row_bytes, 1))
+        chunk = max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(version.rows.row_bytes, 1))
         model = version.bundle.model
         gather_s = score_s = 0.0
         parts = []
@@ -203,7 +192,7 @@ class Scorer:
 
     def encode_user(self, version: ServingVersion, feats: Features) -> torch.Tensor:
         """The user tower on the serving device, (1, H_u, p)."""
-        device = version.vectors.device
+        device = version.rows.device
         moved: Features = {
             k: Jagged(v.values.to(device), v.offsets.to(device)) if isinstance(v, Jagged) else v.to(device)
             for k, v in feats.items()
@@ -236,21 +225,23 @@ class Scorer:
                 head and rescores the union exactly; "auto" is exact below EXACT_BELOW ad heads
                 (a brute-force pass is faster there) and ANN above.
         """
-        n_ads = version.vectors.shape[0]
-        heads_total = n_ads * version.vectors.shape[1]
+        n_ads, heads = int(version.rows.vectors.shape[0]), int(version.rows.vectors.shape[1])
+        heads_total = n_ads * heads
         if mode == "auto":
             mode = "exact" if version.ann is None or heads_total <= EXACT_BELOW else "ann"
         if mode == "exact":
             rows = np.arange(n_ads)
         else:
             if version.ann is None:
-                raise RequestError(409, "mode", f"version {version.version} has no FAISS index")
-            heads = version.vectors.shape[1]
+                raise VersionUnavailable("mode", f"version {version.version} has no FAISS index")
+            import faiss
+
             queries = user.float().reshape(-1, user.shape[-1]).cpu().numpy()  # (H_u, p)
             queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])  # MIPS -> L2: [u, 0]
             per_head = min(version.ann.ntotal, ANN_OVERSAMPLE * k * heads)
-            version.ann.hnsw.efSearch = max(64, per_head)
-            _, hits = version.ann.search(queries, per_head)
+            # Per-call search parameters: the shared index is never mutated by request threads.
+            params = faiss.SearchParametersHNSW(efSearch=max(64, per_head))  # type: ignore[attr-defined]
+            _, hits = version.ann.search(queries, per_head, params=params)
             rows = np.unique(hits[hits >= 0] // heads)
         with torch.inference_mode():
             logits = version.bundle.model.score(user, self.gather(version, rows)).cpu().numpy()

@@ -16,22 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from models.artifact import (
-    ANN_FILE,
-    CURRENT_POINTER,
-    MODEL_SUBDIR,
-    VERSIONS_DIR,
-    ArtifactError,
-    Bundle,
-    IndexData,
-    RedisKeys,
-    fetch_redis_version,
-    load_artifact,
-    load_index,
-    parse_store_url,
-)
-from models.base import join_ads, split_ads
+from models.artifact import ANN_FILE, MODEL_SUBDIR, ArtifactError, Bundle, IndexData, load_artifact, load_index
+from models.base import split_ads
 from models.features import default_features
+from models.rows import AdRows
+from storage import VERSIONS_DIR, RedisKeys, fetch_redis_version, parse_store_url, read_pointer
 
 __all__ = ["LocalStore", "RedisStore", "ServingVersion", "Store", "build_version", "load_version", "open_store"]
 
@@ -50,9 +39,7 @@ class ServingVersion:
     version: str
     bundle: Bundle
     index: IndexData
-    vectors: torch.Tensor  # (N, ...) on the serving device
-    scales: torch.Tensor | None
-    routes: torch.Tensor | None  # (N,) int64 on the serving device, for routed models
+    rows: AdRows  # the stored ad rows on the serving device
     sorted_ids: np.ndarray = field(repr=False)  # ad ids, ascending
     sorted_rows: np.ndarray = field(repr=False)  # row of each sorted id
     user_rows: dict[str, int] = field(repr=False)
@@ -118,7 +105,7 @@ def build_version(
     if len(sorted_ids) and np.any(sorted_ids[1:] == sorted_ids[:-1]):
         raise ArtifactError(f"version {version}: duplicate ad ids in the index")
     _check_shapes(bundle, index, version)
-    if ann is not None and ann.ntotal != int(np.prod(index.vectors.shape[:2])):
+    if ann is not None and ann.ntotal != int(np.prod(index.rows.vectors.shape[:2])):
         raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
     id_table = None
     if len(sorted_ids) and sorted_ids[0] >= 0 and sorted_ids[-1] < max(DENSE_ID_FACTOR * len(ids), DENSE_ID_MIN):
@@ -128,9 +115,7 @@ def build_version(
         version=version,
         bundle=bundle,
         index=index,
-        vectors=index.vectors.to(device),
-        scales=index.scales.to(device) if index.scales is not None else None,
-        routes=index.routes.to(device) if index.routes is not None else None,
+        rows=index.rows.to(device),
         sorted_ids=sorted_ids,
         sorted_rows=order.astype(np.int64),
         user_rows={k: i for i, k in enumerate(index.user_ids)},
@@ -145,28 +130,26 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
     missing = {f.name for f in bundle.schema.user_fields} - set(users.sparse) - set(users.dense) - set(users.sequences)
     if missing:
         raise ArtifactError(f"version {version}: user feature store lacks {sorted(missing)}")
-    if users.n_rows == 0 or index.vectors.shape[0] == 0:
+    stored = index.rows
+    if users.n_rows == 0 or len(stored) == 0:
         raise ArtifactError(f"version {version}: empty index or user store")
     with torch.inference_mode():
         vectors, routes = split_ads(bundle.model.encode_ad(default_features(bundle.schema.ad_fields)))
         expected = tuple(vectors.shape[1:])
-        if expected != tuple(index.vectors.shape[1:]):
+        if expected != tuple(stored.vectors.shape[1:]):
             raise ArtifactError(
                 f"version {version}: the model encodes ads as {expected} but the index stores "
-                f"{tuple(index.vectors.shape[1:])}"
+                f"{tuple(stored.vectors.shape[1:])}"
             )
-        if (routes is None) != (index.routes is None):
+        if (routes is None) != (stored.routes is None):
             raise ArtifactError(f"version {version}: the model and the index disagree on ad routes")
         user = bundle.model.encode_user(users.take(np.zeros(1, np.int64)))
-        first = index.vectors[:1].float()
-        if index.scales is not None:
-            first = first * index.scales[:1].view(-1, *([1] * (first.dim() - 1)))
         try:
-            out = bundle.model.score(user, join_ads(first, None if index.routes is None else index.routes[:1]))
+            out = bundle.model.score(user, stored.take(torch.zeros(1, dtype=torch.int64)))
         except RuntimeError as exc:
             raise ArtifactError(
                 f"version {version}: model output {tuple(user.shape)} cannot score index rows "
-                f"{tuple(index.vectors.shape[1:])}: {exc}"
+                f"{tuple(stored.vectors.shape[1:])}: {exc}"
             ) from None
     if out.shape != (1,):
         raise ArtifactError(f"version {version}: score has shape {tuple(out.shape)}, expected (1,)")
@@ -184,8 +167,8 @@ class Store(Protocol):
 
 
 def open_store(url: str) -> Store:
-    scheme, _ = parse_store_url(url)
-    return LocalStore(url) if scheme == "local" else RedisStore(url)
+    """The store behind a URL (`local:DIR` or `redis://...`); ValueError for any other form."""
+    return LocalStore(url) if parse_store_url(url).scheme == "local" else RedisStore(url)
 
 
 class LocalStore:
@@ -200,10 +183,7 @@ class LocalStore:
 
     def current(self) -> str | None:
         """The live version name, or None when nothing is published."""
-        try:
-            return (self.root / CURRENT_POINTER).read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        return read_pointer(self.root)
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
         return load_version(self.root / VERSIONS_DIR / version, device, expected_model)

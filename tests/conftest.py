@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from offline.data import Dataset
+from offline.data import Dataset, resolve_data_dir
 from offline.data.synthetic import make_synthetic
 from offline.export import export
 from offline.train import TrainConfig, TrainResult, train
+from tools.procs import free_port
 
-SHARED_DATA = Path(os.environ.get("PRERANK_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-MOVIELENS = SHARED_DATA / "movielens-1m"
+#: The one data rule (offline.data.resolve_data_dir): $PRERANK_DATA_DIR/<dataset>, else ./data/<dataset>.
+#: CI sets PRERANK_DATA_DIR to the shared data folder.
+MOVIELENS = resolve_data_dir(None, "movielens-1m")
+SHARED_DATA = MOVIELENS.parent
 
 torch.set_num_threads(1)
 
@@ -63,11 +66,7 @@ class RedisServer:
     """A real redis-server on a free port in a temporary directory (nothing persisted)."""
 
     def __init__(self, directory: Path) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()
         self.dir = directory
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -121,14 +120,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve(
     store_url: str, poll: str = "5", extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
@@ -139,7 +130,7 @@ def serve(
     port = free_port()
     full_env = {**os.environ, "PRERANK_POLL_SECONDS": poll, "PRERANK_TORCH_THREADS": "1", **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.cli", "serve", "--store", store_url, "--port", str(port), *extra_args],
+        [sys.executable, "-m", "prerank", "serve", "--store", store_url, "--port", str(port), *extra_args],
         env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -162,3 +153,42 @@ def serve(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- No silent skips in CI ---------------------------------------------------------------------
+#: Skips that are deliberate everywhere, CI included (substring of the skip reason -> why).
+DELIBERATE_SKIPS = {
+    "CUDA is not available": "CI machines have no GPU; the CUDA paths run where a device is lent",
+}
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append((report.nodeid, reason))
+
+
+def unexpected_skips(skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The skips whose reason is not one of DELIBERATE_SKIPS."""
+    return [(node, why) for node, why in skipped if not any(ok in why for ok in DELIBERATE_SKIPS)]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With CI=true, a test that skips for a missing prerequisite (data, prometheus, a binary)
+    fails the run: CI installs everything, so such a skip hides a broken setup."""
+    if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        return
+    bad = unexpected_skips(_SKIPPED)
+    if bad:
+        print("\nCI=true: these tests skipped, and nothing in CI should skip them:", file=sys.stderr)
+        for node, why in bad:
+            print(f"  {node}: {why}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def detail_text(response: object) -> str:
+    """Every problem of an error response as 'loc.path: msg' lines (FastAPI's error shape)."""
+    detail = response.json()["detail"]  # type: ignore[attr-defined]
+    assert isinstance(detail, list) and detail, detail
+    return "\n".join(".".join(str(x) for x in item["loc"]) + ": " + item["msg"] for item in detail)

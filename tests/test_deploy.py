@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline.cli import COMMANDS
+from prerank import JOBS as COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from models.features import FeatureSchema, FeatureSpec, Kind, Side, Vocabulary
 from models.tables import FeatureTable
 from offline.data.dataset import Dataset, Split, concat_tables, csr_from_lists, files_sha256
 
-__all__ = ["OFFICIAL_URL", "PROTOCOLS", "build_movielens", "load_movielens", "read_movielens"]
+__all__ = ["OFFICIAL_URL", "PROTOCOLS", "build_movielens", "has_movielens", "load_movielens", "read_movielens"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ SCHEMA_FIELDS = (
     FeatureSpec("item_mean_rating", Side.AD, Kind.DENSE),
     FeatureSpec("genres", Side.AD, Kind.SEQUENCE, "genres"),
 )
+
+
+def has_movielens(data_dir: Path) -> bool:
+    """True when `data_dir` holds MovieLens-1M in a layout `read_movielens` accepts."""
+    ratings = (data_dir / "ratings.dat").exists() or (data_dir / "ratings_merged.csv.gz").exists()
+    return ratings and (data_dir / "users.dat").exists() and (data_dir / "movies.dat").exists()
 
 
 def read_movielens(data_dir: Path) -> tuple[pd.DataFrame, str]:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifact import ArtifactError, load_artifact, quantize
+from models.artifact import ArtifactError, load_artifact
+from models.rows import AdRows
 
 
 def test_artifact_roundtrip_gives_identical_scores(tiny, tiny_hit, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -45,12 +46,14 @@ def test_artifact_refuses_config_that_does_not_fit_weights(tiny_hit, tmp_path) -
 def test_quantize_error_bounds() -> None:
     torch.manual_seed(0)
     x = torch.randn(1000, 2, 16)
-    bf16, none = quantize(x, "bfloat16")
+    bf16_rows = AdRows.quantize(x, "bfloat16")
+    bf16, none = bf16_rows.vectors, bf16_rows.scales
     assert none is None and bf16.dtype == torch.bfloat16
     assert float((bf16.float() - x).abs().max()) <= float(x.abs().max()) * 2**-8
-    q, scales = quantize(x, "int8")
+    int8_rows = AdRows.quantize(x, "int8")
+    q, scales = int8_rows.vectors, int8_rows.scales
     assert q.dtype == torch.int8 and scales is not None and scales.shape == (1000,)
     err = (q.float() * scales[:, None, None] - x).abs().amax(dim=(1, 2))
     assert bool((err <= scales / 2 + 1e-6).all())
     with pytest.raises(ValueError, match="vector dtype"):
-        quantize(x, "float16")
+        AdRows.quantize(x, "float16")

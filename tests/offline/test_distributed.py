@@ -22,7 +22,7 @@ CONFIG = '{"dropout": 0.0}'  # COLD has no BatchNorm; without dropout the two ru
 def test_two_process_ddp_matches_single_process(tmp_path: Path) -> None:
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "offline.cli", "train", *ARGS]
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "prerank", "train", *ARGS]
     done = subprocess.run(
         [*cmd, "--model-config", CONFIG, "--out", str(tmp_path / "ddp")],
         env=env,

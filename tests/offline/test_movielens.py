@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from offline import cli
 from offline.data.movielens import PROTOCOLS, build_movielens, read_movielens
+from prerank import job as cli
 
 
 @pytest.fixture(scope="module")

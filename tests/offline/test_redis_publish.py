@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from models.artifact import RedisKeys
 from offline.export import export
 from offline.publish import RedisPublisher
 from service.store import RedisStore
+from storage import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def test_publish_versions_rollback_and_prune(tiny, tiny_hit, redis_server) -> No
     with pytest.raises(ValueError, match="not in the store"):
         pub.rollback("v000001")
     loaded = RedisStore(url).load("v000002")
-    assert loaded.model_version == tiny_hit.metrics["model_version"] and loaded.vectors.shape[0] == len(tiny.ad_ids)
+    assert loaded.model_version == tiny_hit.metrics["model_version"] and len(loaded.rows) == len(tiny.ad_ids)
 
 
 def test_a_publish_that_fails_half_way_leaves_the_live_version(tiny, tiny_hit, redis_server) -> None:  # type: ignore[no-untyped-def]

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.registry import MODELS
-from offline.cli import main
 from offline.data import load_dataset
 from offline.export import export
 from offline.train import TrainConfig, train
+from prerank.cli import main
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import SHARED_DATA

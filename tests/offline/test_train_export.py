@@ -62,7 +62,9 @@ def test_export_publishes_and_failure_leaves_live_untouched(tiny, tiny_hit, tmp_
     m1 = export(tiny_hit.artifact, tiny, f"local:{root}")
     assert (root / "CURRENT").read_text().strip() == m1["version"] == "v000001"
     index = load_index(root / "versions" / "v000001")
-    assert index.vectors.shape == (len(tiny.ad_ids), 2, 16) and index.manifest["model_version"] == m1["model_version"]
+    assert (
+        index.rows.vectors.shape == (len(tiny.ad_ids), 2, 16) and index.manifest["model_version"] == m1["model_version"]
+    )
     other = make_synthetic(n_users=50, n_ads=10, n_rows=500, seed=1)  # different vocabularies
     with pytest.raises(ArtifactError, match="vocabulary"):
         export(tiny_hit.artifact, other, f"local:{root}")
@@ -89,11 +91,11 @@ def test_export_keeps_the_last_versions(tiny, tiny_hit, tmp_path: Path) -> None:
     for _ in range(4):
         export(tiny_hit.artifact, tiny, f"local:{root}", dtype="bfloat16", keep=2)
     assert sorted(p.name for p in (root / "versions").iterdir()) == ["v000003", "v000004"]
-    assert load_index(root / "versions" / "v000004").vectors.dtype.is_floating_point
+    assert load_index(root / "versions" / "v000004").rows.vectors.dtype.is_floating_point
 
 
 def test_bad_store_url() -> None:
-    from models.artifact import parse_store_url
+    from storage import parse_store_url
 
     with pytest.raises(ValueError, match="local:DIR or redis"):
         parse_store_url("s3://bucket")
@@ -136,7 +138,7 @@ def test_concurrent_local_publishers_get_distinct_intact_versions(tiny, tiny_hit
 
 
 def test_dropping_a_feature_removes_it_from_the_model(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from offline.cli import main
+    from prerank.cli import main
 
     ablated = tiny.without(["preferred_categories"])
     assert "preferred_categories" not in {f.name for f in ablated.schema.features}

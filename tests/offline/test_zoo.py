@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from models.provenance import machine
-from offline.cli import main
 from offline.zoo import _train_one, reusable, zoo_summary
+from prerank.cli import main
 
 
 def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_zoo_trains_resumes_and_reports(tmp_path: Path) -> None:
 
 def test_zoo_rejects_unknown_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["zoo", "--dataset", "synthetic", "--models", "nope", "--runs", str(tmp_path)]) == 2
-    assert "unknown models ['nope']" in capsys.readouterr().err
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

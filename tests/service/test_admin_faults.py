@@ -16,6 +16,7 @@ from offline.export import export
 from service.app import create_app
 from service.config import Settings
 from service.store import load_version
+from tests.conftest import detail_text
 
 TOKEN = "s3cret-admin-token"
 
@@ -43,7 +44,7 @@ def test_admin_requires_a_token_and_pins_versions(two_versions: Path, tiny_hit, 
         assert (r["index_version"], r["model_version"]) == ("v000001", tiny_hit.metrics["model_version"])
         assert c.post("/admin/reload", headers=auth).json()["swapped"] is False  # pinned: not following
         missing = c.post("/admin/pin", json={"version": "v000009"}, headers=auth)
-        assert missing.status_code == 409 and "v000009" in missing.json()["detail"]
+        assert missing.status_code == 409 and "v000009" in detail_text(missing)
         assert c.post("/prerank", json=body).json()["index_version"] == "v000001"  # still serving
         assert c.post("/admin/unpin", headers=auth).json()["live_version"] == "v000002"
         assert c.post("/prerank", json=body).json()["model_version"] == tiny_dssm.metrics["model_version"]
@@ -52,7 +53,7 @@ def test_admin_requires_a_token_and_pins_versions(two_versions: Path, tiny_hit, 
 def test_admin_is_disabled_without_a_configured_token(two_versions: Path) -> None:
     with TestClient(create_app(Settings(store=f"local:{two_versions}", poll_seconds=60))) as c:
         r = c.post("/admin/reload", headers={"Authorization": "Bearer anything"})
-        assert r.status_code == 403 and "disabled" in r.json()["detail"]
+        assert r.status_code == 403 and "disabled" in detail_text(r)
 
 
 def _rewrite_index(directory: Path, vectors: torch.Tensor) -> None:
@@ -68,7 +69,7 @@ def _rewrite_index(directory: Path, vectors: torch.Tensor) -> None:
 def test_a_model_whose_shapes_do_not_match_its_index_is_refused(two_versions: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(two_versions / "versions" / "v000001", bad)
-    n = load_version(bad).vectors.shape[0]
+    n = len(load_version(bad).rows)
     _rewrite_index(bad, torch.zeros(n, 3, 16))  # the HIT model makes (2, 16) rows
     with pytest.raises(ArtifactError, match=r"encodes ads as \(2, 16\) but the index stores \(3, 16\)"):
         load_version(bad)

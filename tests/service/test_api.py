@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.schemas import PrerankResponse
+from tests.conftest import detail_text
 
 
 @pytest.fixture(scope="module")
@@ -102,17 +103,17 @@ def test_raw_features_override_and_unknown_user(client: TestClient, tiny) -> Non
 def test_bad_requests_get_4xx_naming_the_field(client: TestClient, body: dict, status: int, needle: str) -> None:
     r = client.post("/prerank", json=body)
     assert r.status_code == status, r.text
-    assert needle in r.json()["detail"]
+    assert needle in detail_text(r)
 
 
 def test_malformed_bodies(client: TestClient) -> None:
     r = client.post("/prerank", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    assert r.status_code == 400 and "not valid JSON" in detail_text(r)
     r = client.post("/prerank", content=b"user=1", headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 415
     big = b'{"user": {"id": "1"}, "candidates": {"ad_ids": [' + b"1," * 20_000 + b"1]}}"
     r = client.post("/prerank", content=big, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and "body" in r.json()["detail"]
+    assert r.status_code == 413 and "body" in detail_text(r)
 
 
 def test_health_readiness_and_openapi(client: TestClient) -> None:
@@ -136,14 +137,14 @@ def test_not_ready_without_a_published_version(tmp_path: Path) -> None:
 
 
 def test_retrieve_exact_equals_brute_force_and_ann_recall(client: TestClient, store: Path, tiny) -> None:  # type: ignore[no-untyped-def]
-    from service.retrieval_recall import measure_recall
+    from tools.recall import measure_recall
 
     exact = client.post("/retrieve", json={"user": {"id": "9"}, "top_k": 20, "exact": True}).json()
     model = client.app.state.scorer.live.bundle.model  # type: ignore[attr-defined]
     version = client.app.state.scorer.live  # type: ignore[attr-defined]
     with torch.no_grad():
         user = model.encode_user(version.index.users.take(np.array([version.user_rows["9"]])))
-        logits = model.score(user, version.vectors).numpy()
+        logits = model.score(user, version.rows.dequantized()).numpy()
     best = set(version.index.ad_ids[np.argsort(-logits)[:20]].tolist())
     assert set(exact["ad_ids"]) == best and exact["ecpm"] == sorted(exact["ecpm"], reverse=True)
     approx = client.post("/retrieve", json={"user": {"id": "9"}, "top_k": 20}).json()
@@ -151,7 +152,7 @@ def test_retrieve_exact_equals_brute_force_and_ann_recall(client: TestClient, st
     report = measure_recall(f"local:{store}", [10, 50], n_users=30)
     assert all(r["recall_mean"] >= 0.9 for r in report["results"])
     bad = client.post("/retrieve", json={"user": {"id": "9"}, "top_k": 0})
-    assert bad.status_code == 422 and "top_k" in bad.json()["detail"]
+    assert bad.status_code == 422 and "top_k" in detail_text(bad)
 
 
 def test_metrics_expose_the_listed_series(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
@@ -187,9 +188,9 @@ def test_chunked_gather_and_score_equals_one_pass(client: TestClient, monkeypatc
     user = scorer.encode_user(version, version.index.users.take(np.array([3])))
     rows = np.random.default_rng(0).permutation(len(version.index.ad_ids))
     with torch.no_grad():
-        one_pass = version.bundle.model.score(user, version.vectors[torch.from_numpy(rows)])
+        one_pass = version.bundle.model.score(user, version.rows.take(torch.from_numpy(rows)))
     monkeypatch.setattr(scorer_module, "MIN_CHUNK_ROWS", 7)
-    monkeypatch.setattr(scorer_module, "CHUNK_BYTES", 7 * version.vectors[0].numel() * 4)
+    monkeypatch.setattr(scorer_module, "CHUNK_BYTES", 7 * version.rows.row_bytes)
     timings: dict[str, float] = {}
     chunked = scorer.score_rows(version, user, rows, timings)
     torch.testing.assert_close(chunked, one_pass, rtol=0, atol=1e-6)
@@ -242,7 +243,7 @@ def test_base64_columns_rank_exactly_like_json_arrays(client: TestClient, tiny) 
 def test_bad_base64_columns_name_the_field(client: TestClient, candidates: dict, needle: str) -> None:
     r = client.post("/prerank", json={"user": {"id": "1"}, "candidates": candidates})
     assert r.status_code == 422, r.text
-    assert needle in r.json()["detail"]
+    assert needle in detail_text(r)
 
 
 @pytest.mark.parametrize("offset", [0, 2**62])  # dense ids: direct table; huge ids: sorted binary search

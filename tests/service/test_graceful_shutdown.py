@@ -24,7 +24,7 @@ def test_sigterm_finishes_the_in_flight_request(tiny, tiny_hit, tmp_path: Path) 
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offline.cli", "serve", "--store", f"local:{tmp_path / 'store'}", "--port", str(port)],
+        [sys.executable, "-m", "prerank", "serve", "--store", f"local:{tmp_path / 'store'}", "--port", str(port)],
         env={**os.environ, "PRERANK_TORCH_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

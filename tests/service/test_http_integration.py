@@ -73,7 +73,7 @@ def test_hot_swap_under_traffic_has_no_failed_request(server, tiny, tmp_path: Pa
     thread = threading.Thread(target=client)
     thread.start()
     time.sleep(0.5)
-    export(v2.artifact, tiny, f"local:{root}")
+    export(v2.artifact, tiny, f"local:{root}")  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not seen or seen[-1][0] != "v000002"):
         time.sleep(0.1)

@@ -64,7 +64,7 @@ def test_pubsub_hot_swap_from_redis_under_traffic(tiny, tiny_hit, redis_server, 
     with serve(redis_server.url, poll="30") as url, Traffic(url, tiny.ad_ids[:40].tolist()) as traffic:
         _wait(lambda: len(traffic.seen) > 5)
         started = time.monotonic()
-        export(v2.artifact, tiny, redis_server.url)
+        export(v2.artifact, tiny, redis_server.url)  # type: ignore[arg-type]
         # poll interval is 30 s: a swap within 15 s came from the pub/sub event
         assert _wait(lambda: traffic.seen and traffic.seen[-1][0] == "v000002", timeout=15)
         swap_seconds = time.monotonic() - started

@@ -1,0 +1,25 @@
+"""Entry points: one module per job, each with `main(argv)`; `prerank JOB ...` dispatches to them.
+
+This layer wires the system together: it may import `offline`, `service`, `storage`, `tools` and
+`loadtest`, which never import each other's way up (import-linter checks it).
+"""
+
+#: Job name -> (module under prerank/, one-line help). `prerank JOB --help` shows each job's flags.
+JOBS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train a model and write an artifact directory"),
+    "export": ("export", "run the ad tower over every ad and publish an index version"),
+    "versions": ("versions", "list the published versions of a store"),
+    "rollback": ("rollback", "point the store's live version at an earlier version"),
+    "serve": ("serve", "start the HTTP service"),
+    "demo": ("demo", "train HIT, publish, serve and send sample requests (the quick start)"),
+    "bench": ("bench", "benchmark the scoring path per model, dtype and candidate count"),
+    "zoo": ("zoo", "train every model on MovieLens-1M (both protocols, several seeds) and report"),
+    "quant-auc": ("quant", "test AUC with ad vectors stored as fp32, bf16 and int8"),
+    "retrieval-recall": ("recall", "FAISS recall@K of /retrieve against exact scoring"),
+    "report": ("report", "rebuild a results table from training runs"),
+    "loadtest": ("loadtest", "headless Locust steps per candidate count against served stores"),
+    "soak": ("soak", "steady load while a new version is published every minute"),
+    "download-movielens": ("download", "download the official ml-1m.zip (needs a network)"),
+}
+
+__all__ = ["JOBS"]

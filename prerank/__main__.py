@@ -1,0 +1,5 @@
+"""`python -m prerank JOB ...` is the `prerank` command."""
+
+from prerank.cli import main
+
+raise SystemExit(main())

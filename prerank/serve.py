@@ -1,0 +1,100 @@
+"""`prerank serve`: start the HTTP service on a store.
+
+Flags override the PRERANK_* environment (service.config.Settings). The settings are built and
+checked here (store URL and reachability, artifact, port) before the server starts, then
+`create_app(settings)` is served by uvicorn. With `--workers N > 1` uvicorn starts N processes,
+each building the app from the same settings passed down in its environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prerank.job import UsageError, job_parser, run_job
+from tools.procs import port_in_use
+
+__all__ = ["main", "parser", "settings_from_args"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = job_parser("serve", "Start the HTTP service on a store (flags override PRERANK_* variables).")
+    p.add_argument("artifact", type=Path, nargs="?", help="optional: a model artifact the live version must match")
+    p.add_argument("--store", help="local:DIR or redis://[:password@]host:port/db (default: $PRERANK_STORE)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: $PRERANK_DEVICE, else cpu)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads per worker (default: $PRERANK_TORCH_THREADS, else 1)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="server processes (metrics aggregate across them)")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """Settings from the environment with the given flags on top; checks the cheap things."""
+    from service.config import Settings
+    from storage import check_store
+
+    overrides: dict[str, Any] = {}
+    if args.store is not None:
+        overrides["store"] = args.store
+    if args.artifact is not None:
+        overrides["artifact"] = str(args.artifact)
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.threads is not None:
+        overrides["torch_threads"] = args.threads
+    settings = Settings(**overrides)
+    if "store" not in overrides and "PRERANK_STORE" not in os.environ:
+        raise UsageError("no store: pass --store local:DIR or redis://..., or set PRERANK_STORE")
+    check_store(settings.store, must_exist=True)
+    if settings.artifact is not None:
+        from models.artifact import load_artifact
+
+        load_artifact(Path(settings.artifact))
+    if settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {settings.device}: CUDA is not available on this machine")
+    return settings
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    if port_in_use(args.port, args.host):
+        raise UsageError(f"port {args.port} on {args.host} is in use; pass --port")
+    settings = settings_from_args(args)
+    import uvicorn
+
+    if args.workers == 1:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, timeout_graceful_shutdown=30)
+        return
+    # Several processes: each worker rebuilds the app from the environment (Settings' own source).
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            secret = getattr(value, "get_secret_value", None)
+            os.environ[f"PRERANK_{name.upper()}"] = str(secret() if secret else value)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prerank-metrics-"))
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_job("serve", parser(), _run, argv)

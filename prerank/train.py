@@ -1,0 +1,75 @@
+"""`prerank train`: train a model and write an artifact directory."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.registry import MODELS, config_from_dict
+from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_object, run_job
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = job_parser("train", "Train a model with early stopping on validation AUC; write an artifact directory.")
+    add_data_args(p)
+    p.add_argument("--model", default="hit", choices=sorted(MODELS), help="registered model (default: hit)")
+    p.add_argument("--model-config", type=json_object, default={}, help="JSON overrides, e.g. '{\"heads\": 4}'")
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30)")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=2, help="epochs without a validation-AUC gain before stopping")
+    p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
+    p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
+    p.add_argument("--drop-features", nargs="+", default=[], help="leave these fields out (ablations)")
+    add_threads_arg(p)
+    return p
+
+
+def _run(args: argparse.Namespace) -> None:
+    # Cheap checks first: a typo in the config or a missing baseline fails before any data loads.
+    config_from_dict(args.model, dict(args.model_config))
+    if args.baseline is not None and not args.baseline.exists():
+        raise UsageError(f"--baseline {args.baseline}: no such file or directory")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    from offline.data import load_dataset
+    from offline.train import TrainConfig, load_baseline, train
+
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+    if args.drop_features:
+        dataset = dataset.without(args.drop_features)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    result = train(dataset, args.model, args.model_config, cfg, args.out, baseline)
+    if result.artifact is None:  # a non-zero torchrun rank: rank 0 reports
+        return
+    m = result.metrics
+    line = f"{args.model} test AUC {m['test_auc']:.4f} LogLoss {m['test_logloss']:.4f}"
+    if "rela_impr_pct" in m:
+        line += f" RelaImpr {m['rela_impr_pct']:+.2f}%"
+    print(f"{line}  ({m['epochs']} epochs, {m['wall_seconds']:.0f}s) -> {args.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_job("train", parser(), _run, argv)
+
+
+if __name__ == "__main__":  # torchrun -m prerank.train ...
+    raise SystemExit(main())

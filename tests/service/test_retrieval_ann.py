@@ -1,0 +1,114 @@
+"""FAISS retrieval on a corpus large enough that the search is not exhaustive (5,000 ads x 2 heads)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from models.artifact import Bundle, IndexData
+from models.features import FeatureSchema, FeatureSpec, Kind, Side, Vocabulary
+from models.registry import build_model
+from models.rows import AdRows
+from models.tables import FeatureTable
+from offline.ann import build_ann
+from service.scorer import Scorer
+from service.store import ServingVersion, build_version
+
+N_ADS, N_USERS = 5000, 64
+SCHEMA = FeatureSchema(
+    (
+        FeatureSpec("user_id", Side.USER, Kind.SPARSE, "user_id"),
+        FeatureSpec("ad_id", Side.AD, Kind.SPARSE, "ad_id"),
+    ),
+    {"user_id": N_USERS, "ad_id": N_ADS},
+)
+
+
+@pytest.fixture(scope="module")
+def version() -> ServingVersion:
+    torch.manual_seed(0)
+    model = build_model("hit", SCHEMA, {}).eval()
+    with torch.no_grad():  # stored rows with varying norms: each ad scaled by a factor in [0.2, 3]
+        encoded = model.encode_ad({"ad_id": torch.arange(1, N_ADS + 1)})
+        assert isinstance(encoded, torch.Tensor)
+        vectors = encoded * torch.empty(N_ADS, 1, 1).uniform_(0.2, 3.0)
+    norms = vectors.flatten(1).norm(dim=1)
+    assert float(norms.max() / norms.min()) > 3
+    bundle = Bundle(
+        model,
+        SCHEMA,
+        {k: Vocabulary([str(i) for i in range(v)]) for k, v in SCHEMA.vocab_sizes.items()},
+        {"model_version": "hit-ann"},
+    )
+    index = IndexData(
+        manifest={"version": "v000001", "model_version": "hit-ann", "dtype": "float32"},
+        ad_ids=np.arange(N_ADS, dtype=np.int64),
+        rows=AdRows.quantize(vectors, "float32"),
+        bids=np.ones(N_ADS, np.float32),
+        user_ids=[str(i) for i in range(N_USERS)],
+        users=FeatureTable(N_USERS, sparse={"user_id": np.arange(1, N_USERS + 1)}),
+    )
+    import faiss
+
+    ann = faiss.deserialize_index(build_ann(vectors))
+    return build_version(bundle, index, ann=ann)
+
+
+def _users(scorer: Scorer, version: ServingVersion) -> list[torch.Tensor]:
+    return [scorer.encode_user(version, version.index.users.take(np.array([u]))) for u in range(N_USERS)]
+
+
+def test_build_ann_top1_equals_brute_force_maximum_inner_product(version: ServingVersion) -> None:
+    heads = version.rows.vectors.flatten(0, 1).numpy()  # (N * H_a, p)
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(200, heads.shape[1])).astype(np.float32)
+    import faiss
+
+    params = faiss.SearchParametersHNSW(efSearch=256)  # type: ignore[attr-defined]
+    _, hits = version.ann.search(np.hstack([queries, np.zeros((200, 1), np.float32)]), 1, params=params)
+    exact = (queries @ heads.T).argmax(1)
+    assert float((hits[:, 0] == exact).mean()) >= 0.97
+
+
+def test_ann_mode_recall_against_exact_when_the_search_is_not_exhaustive(version: ServingVersion) -> None:
+    scorer = Scorer()
+    k = 10
+    per_head = 4 * k * version.rows.vectors.shape[1]
+    assert per_head * 2 < version.ann.ntotal / 50  # each head's search visits a small part of the corpus
+    recalls = []
+    for user in _users(scorer, version):
+        approx = scorer.candidates(version, user, k, mode="ann")
+        exact = scorer.candidates(version, user, k, mode="exact")
+        assert len(approx) == k
+        recalls.append(len(np.intersect1d(approx, exact)) / k)
+    assert 0.9 <= float(np.mean(recalls)) < 1.0 + 1e-9
+
+
+def test_concurrent_retrieves_of_different_k_do_not_share_search_state(version: ServingVersion) -> None:
+    scorer = Scorer()
+    users = _users(scorer, version)[:16]
+    ef_before = version.ann.hnsw.efSearch
+    serial = {(u, k): scorer.candidates(version, users[u], k, mode="ann").tolist() for u in range(16) for k in (2, 60)}
+    results: dict[tuple[int, int], list[list[int]]] = {key: [] for key in serial}
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for _ in range(5):
+                for u in range(16):
+                    results[(u, k)].append(scorer.candidates(version, users[u], k, mode="ann").tolist())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (2, 60, 2, 60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert version.ann.hnsw.efSearch == ef_before  # the shared index is never mutated
+    for key, runs in results.items():
+        assert all(sorted(r) == sorted(serial[key]) for r in runs), key

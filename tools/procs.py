@@ -1,0 +1,56 @@
+"""Local ports and waiting for a server to become ready (standard library only)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+__all__ = ["ServerExited", "free_port", "port_in_use", "wait_until_ready"]
+
+
+class ServerExited(RuntimeError):
+    """The server process ended before it became ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when `port` cannot be bound on `host` (another process holds it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_until_ready(
+    url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0, path: str = "/readyz"
+) -> None:
+    """Polls `url + path` until it answers 200.
+
+    Raises:
+        ServerExited: `proc` ended first (its exit status in the message).
+        TimeoutError: not ready within `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerExited(f"server exited with status {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + path, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} was not ready within {timeout:.0f}s")
