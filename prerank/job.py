@@ -141,11 +141,14 @@ def run_job(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
+    restore = None
     if hasattr(args, "threads"):
         if args.threads is not None and args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
+            print(f"prerank {name}: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
         import torch
 
+        restore = torch.get_num_threads()  # a job called in-process leaves its caller's setting alone
         args.threads = args.threads or usable_cpus()
         torch.set_num_threads(args.threads)
     try:
@@ -158,4 +161,9 @@ def run_job(
     except KeyboardInterrupt:
         print(f"prerank {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if restore is not None:
+            import torch
+
+            torch.set_num_threads(restore)
     return 0

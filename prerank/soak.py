@@ -10,4 +10,7 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     from loadtest.soak import main as soak_main
 
-    return soak_main(None if argv is None else list(argv))
+    try:
+        return soak_main(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help or a usage error, already printed by argparse
+        return exc.code if isinstance(exc.code, int) else 2

@@ -158,7 +158,11 @@ class Scorer:
         ecpm = pctr * (version.index.bids[rows] if bids is None else bids)
         k = len(ecpm) if top_k is None else min(top_k, len(ecpm))
         if k < len(ecpm):
-            top = np.argpartition(-ecpm, k - 1)[:k]
+            # The k best, ties at the k-th value broken by candidate order, so that top_k is
+            # exactly the prefix of the full stable order (argpartition alone picks any tie).
+            kth = ecpm[np.argpartition(-ecpm, k - 1)[k - 1]]
+            above = np.flatnonzero(ecpm > kth)
+            top = np.sort(np.concatenate([above, np.flatnonzero(ecpm == kth)[: k - len(above)]]))
             order = top[np.argsort(-ecpm[top], kind="stable")]
         else:
             order = np.argsort(-ecpm, kind="stable")

@@ -139,3 +139,34 @@ def test_loadtest_runner_reports_percentiles_per_model(tiny, tiny_hit, tiny_dssm
         assert raw[0] <= steps[1]["p50_ms"] <= steps[1]["p99_ms"] <= raw[-1]
     assert report["encoding"] == "base64"
     assert "hit/dssm at 100 candidates: p99" in (out / "report.md").read_text() and (out / "latency.png").exists()
+
+
+def test_images_are_multi_stage_non_root_and_the_serving_image_has_no_offline_stack(compose) -> None:  # type: ignore[no-untyped-def]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = {
+        line.split(" AS ")[1].strip() for line in dockerfile.splitlines() if line.startswith("FROM ") and " AS " in line
+    }
+    assert stages == {"base", "serve", "offline"}
+    serve = dockerfile.split("AS serve", 1)[1].split("FROM ", 1)[0]
+    assert "COPY offline" not in serve and '".[serve]"' in serve and "USER prerank" in serve
+    offline = dockerfile.split("AS offline", 1)[1]
+    assert "USER prerank" in offline and "-c constraints.txt" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "runs", "results"} <= set(ignored)
+    services = compose["services"]
+    assert services["server"]["build"]["target"] == "serve" and services["publisher"]["build"]["target"] == "offline"
+    assert services["locust"]["image"].startswith("locustio/locust:")  # the stock image runs our locustfile
+
+
+def test_the_locustfile_imports_only_locust_and_the_standard_library() -> None:
+    import ast
+
+    tree = ast.parse((ROOT / "loadtest" / "locustfile.py").read_text())
+    roots = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+        if not (isinstance(node, ast.ImportFrom) and node.level)
+    }
+    assert roots - {"__future__", "locust"} <= set(sys.stdlib_module_names), roots

@@ -246,3 +246,19 @@ def test_composition_and_broadcast_with_large_weights(tiny, batch, name: str) ->
         paired = model.score(one.expand(64, *one.shape[1:]), ads)
     assert direct.std() > 1e-3, "the logit does not depend on the input"
     torch.testing.assert_close(broadcast, paired, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_what_training_runs_equals_what_serving_composes(tiny, batch, name: str) -> None:  # type: ignore[no-untyped-def]
+    """`forward_train`'s logits (the ones the loss sees; DAT computes them with its own formula)
+    equal `score(encode_user, encode_ad)` in eval mode, with O(1) weights so every term counts."""
+    torch.manual_seed(2)
+    model = build_model(name, tiny.schema, {}).eval()
+    feats, _ = batch
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.2)
+        trained, _ = model.forward_train(feats)
+        served = model.score(model.encode_user(feats), model.encode_ad(feats))
+    assert trained.shape == (64,) and trained.std() > 1e-3
+    torch.testing.assert_close(trained, served, rtol=1e-5, atol=1e-5)

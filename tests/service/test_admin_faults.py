@@ -82,3 +82,13 @@ def test_an_index_from_another_model_is_refused(two_versions: Path, tmp_path: Pa
     shutil.copytree(two_versions / "versions" / "v000002" / "model", mixed / "model")  # DSSM model, HIT index
     with pytest.raises(ArtifactError, match="index was built by hit-"):
         load_version(mixed)
+
+
+def test_serve_artifact_refuses_a_live_version_of_another_model(two_versions: Path, tiny_hit) -> None:  # type: ignore[no-untyped-def]
+    """`serve ARTIFACT` pins the model: the live version (v000002, DSSM) is refused for HIT's artifact."""
+    settings = Settings(store=f"local:{two_versions}", artifact=str(tiny_hit.artifact), poll_seconds=60)
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["live_version"] is None
+        reason = ready.json()["refused_versions"]["v000002"]
+        assert f"is not the requested {tiny_hit.metrics['model_version']}" in reason

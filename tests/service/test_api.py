@@ -180,23 +180,6 @@ def test_metrics_expose_the_listed_series(client: TestClient, tiny) -> None:  # 
         assert series in text, series
 
 
-def test_chunked_gather_and_score_equals_one_pass(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.scorer as scorer_module
-
-    scorer = client.app.state.scorer  # type: ignore[attr-defined]
-    version = scorer.live
-    user = scorer.encode_user(version, version.index.users.take(np.array([3])))
-    rows = np.random.default_rng(0).permutation(len(version.index.ad_ids))
-    with torch.no_grad():
-        one_pass = version.bundle.model.score(user, version.rows.take(torch.from_numpy(rows)))
-    monkeypatch.setattr(scorer_module, "MIN_CHUNK_ROWS", 7)
-    monkeypatch.setattr(scorer_module, "CHUNK_BYTES", 7 * version.rows.row_bytes)
-    timings: dict[str, float] = {}
-    chunked = scorer.score_rows(version, user, rows, timings)
-    torch.testing.assert_close(chunked, one_pass, rtol=0, atol=1e-6)
-    assert timings["gather"] > 0 and timings["score"] > 0
-
-
 @pytest.mark.parametrize(
     "raw",
     [
@@ -244,19 +227,3 @@ def test_bad_base64_columns_name_the_field(client: TestClient, candidates: dict,
     r = client.post("/prerank", json={"user": {"id": "1"}, "candidates": candidates})
     assert r.status_code == 422, r.text
     assert needle in detail_text(r)
-
-
-@pytest.mark.parametrize("offset", [0, 2**62])  # dense ids: direct table; huge ids: sorted binary search
-def test_id_lookup_both_paths(store: Path, offset: int) -> None:
-    from service.store import build_version, load_version
-
-    live = load_version(store / "versions" / "v000001")
-    index = live.index
-    index.ad_ids = index.ad_ids + offset
-    version = build_version(live.bundle, index)
-    assert (version.id_table is None) == (offset > 0)
-    rng = np.random.default_rng(0)
-    asked = np.concatenate([index.ad_ids[rng.permutation(len(index.ad_ids))[:50]], [offset + 10**9, offset + 123457]])
-    rows, known = version.lookup(asked)
-    assert known.tolist() == [True] * 50 + [False, False]
-    np.testing.assert_array_equal(index.ad_ids[rows], asked[:50])
