@@ -54,8 +54,7 @@ class ServiceError(Exception):
     def of(cls, problems: Sequence[Problem]) -> ServiceError:
         """One error carrying several problems (all of the same class)."""
         first, *rest = problems
-        error = cls(first.loc, first.msg, more=rest)
-        return error
+        return cls(first.loc, first.msg, more=rest)
 
 
 class InvalidInput(ServiceError):

@@ -192,3 +192,13 @@ def detail_text(response: object) -> str:
     detail = response.json()["detail"]  # type: ignore[attr-defined]
     assert isinstance(detail, list) and detail, detail
     return "\n".join(".".join(str(x) for x in item["loc"]) + ": " + item["msg"] for item in detail)
+
+
+def wait_for(predicate, timeout: float = 30.0, every: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    """Polls `predicate` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False

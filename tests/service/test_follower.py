@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-
-
-def _wait(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.conftest import wait_for
 
 
 def test_a_crashing_check_shows_in_readyz_and_the_loop_goes_on(store: Path) -> None:
@@ -27,11 +18,11 @@ def test_a_crashing_check_shows_in_readyz_and_the_loop_goes_on(store: Path) -> N
         assert client.get("/readyz").json()["status"] == "ready"
         real = follower.store.current
         follower.store.current = lambda: (_ for _ in ()).throw(KeyError("bug in current()"))
-        assert _wait(lambda: client.get("/readyz").json()["follow_error"] is not None)
+        assert wait_for(lambda: client.get("/readyz").json()["follow_error"] is not None)
         body = client.get("/readyz").json()
         assert body["status"] == "degraded" and "KeyError" in body["follow_error"] and body["follower_alive"]
         follower.store.current = real  # the loop survived: the next check clears the error
-        assert _wait(lambda: client.get("/readyz").json()["status"] == "ready")
+        assert wait_for(lambda: client.get("/readyz").json()["status"] == "ready")
 
 
 def test_a_dead_follow_loop_makes_readyz_fail(store: Path) -> None:
@@ -45,7 +36,7 @@ def test_a_dead_follow_loop_makes_readyz_fail(store: Path) -> None:
             follower.watch(asyncio.ensure_future(dies()))
 
         client.portal.call(start)  # type: ignore[union-attr]
-        assert _wait(lambda: client.get("/readyz").status_code == 503)
+        assert wait_for(lambda: client.get("/readyz").status_code == 503)
         body = client.get("/readyz").json()
         assert body["status"] == "follower_stopped" and not body["follower_alive"]
         assert body["follower_stopped"] == "RuntimeError: follow loop crashed"

@@ -10,7 +10,7 @@ import pytest
 
 from offline.export import export
 from offline.train import TrainConfig, train
-from tests.conftest import serve
+from tests.conftest import serve, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,25 +48,16 @@ class Traffic:
         self._thread.join()
 
 
-def _wait(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_pubsub_hot_swap_from_redis_under_traffic(tiny, tiny_hit, redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
     export(tiny_hit.artifact, tiny, redis_server.url)
     cfg = TrainConfig(epochs=1, batch_size=512, seed=9, progress=False)
     v2 = train(tiny, "hit", {"heads": 3}, cfg, tmp_path / "v2")
     with serve(redis_server.url, poll="30") as url, Traffic(url, tiny.ad_ids[:40].tolist()) as traffic:
-        _wait(lambda: len(traffic.seen) > 5)
+        wait_for(lambda: len(traffic.seen) > 5)
         started = time.monotonic()
         export(v2.artifact, tiny, redis_server.url)  # type: ignore[arg-type]
         # poll interval is 30 s: a swap within 15 s came from the pub/sub event
-        assert _wait(lambda: traffic.seen and traffic.seen[-1][0] == "v000002", timeout=15)
+        assert wait_for(lambda: traffic.seen and traffic.seen[-1][0] == "v000002", timeout=15)
         swap_seconds = time.monotonic() - started
         time.sleep(0.3)
     assert traffic.failures == []
@@ -79,15 +70,15 @@ def test_pubsub_hot_swap_from_redis_under_traffic(tiny, tiny_hit, redis_server, 
 def test_redis_killed_under_traffic(tiny, tiny_hit, redis_server) -> None:  # type: ignore[no-untyped-def]
     export(tiny_hit.artifact, tiny, redis_server.url)
     with serve(redis_server.url, poll="0.3") as url, Traffic(url, tiny.ad_ids[:40].tolist()) as traffic:
-        _wait(lambda: len(traffic.seen) > 5)
+        wait_for(lambda: len(traffic.seen) > 5)
         redis_server.stop()
-        assert _wait(lambda: httpx.get(url + "/readyz").json()["status"] == "degraded")
+        assert wait_for(lambda: httpx.get(url + "/readyz").json()["status"] == "degraded")
         degraded = httpx.get(url + "/readyz")
         n_during = len(traffic.seen)
-        _wait(lambda: len(traffic.seen) > n_during + 20)
+        wait_for(lambda: len(traffic.seen) > n_during + 20)
         redis_server.start()
         export(tiny_hit.artifact, tiny, redis_server.url)  # the restarted Redis is empty: republish
-        assert _wait(lambda: httpx.get(url + "/readyz").json()["status"] == "ready")
+        assert wait_for(lambda: httpx.get(url + "/readyz").json()["status"] == "ready")
     assert degraded.status_code == 200 and "redis" in degraded.json()["store_error"]
     assert traffic.failures == []
     assert len(traffic.seen) > n_during + 20  # kept serving from memory while Redis was down
@@ -103,10 +94,10 @@ def test_redis_restarted_empty_then_a_different_model_is_served(tiny, tiny_hit, 
     with serve(redis_server.url, poll="0.3") as url:
         assert httpx.get(url + "/readyz").json()["live_model"] == tiny_hit.metrics["model_version"]
         redis_server.stop()
-        assert _wait(lambda: httpx.get(url + "/readyz").json()["status"] == "degraded")
+        assert wait_for(lambda: httpx.get(url + "/readyz").json()["status"] == "degraded")
         redis_server.start()  # empty: nothing persisted
         export(tiny_dssm.artifact, tiny, redis_server.url)  # a different model, published after the restart
-        swapped = _wait(
+        swapped = wait_for(
             lambda: httpx.get(url + "/readyz").json()["live_model"] == tiny_dssm.metrics["model_version"], timeout=5
         )
         body = {"user": {"id": "4"}, "candidates": {"ad_ids": tiny.ad_ids[:10].tolist()}}
@@ -132,5 +123,5 @@ def test_polling_alone_follows_the_pointer_when_pubsub_is_blocked(tiny, tiny_hit
             export(tiny_dssm.artifact, tiny, redis_server.url)
         finally:
             RedisPublisher.publish = original  # type: ignore[method-assign]
-        assert _wait(lambda: httpx.get(url + "/readyz").json()["live_model"] == tiny_dssm.metrics["model_version"])
+        assert wait_for(lambda: httpx.get(url + "/readyz").json()["live_model"] == tiny_dssm.metrics["model_version"])
         assert httpx.get(url + "/readyz").json()["live_version"] != first
