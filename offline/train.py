@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +38,9 @@ class TrainConfig:
     Args:
         epochs: maximum number of epochs.
         batch_size: rows per Adam step.
-        lr: Adam learning rate.
+        lr: learning rate.
+        optimizer: "adam" (the default) or "sgd" (plain SGD; its steps scale with the gradient, so
+            the DDP equivalence test can see a wrong loss scale).
         patience: epochs without a validation-AUC gain before stopping.
         l2: weight of the sum of squared embedding entries (reference code: 1e-5).
         seed: seeds model init and batch order.
@@ -50,6 +52,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 2048
     lr: float = 1e-3
+    optimizer: str = "adam"
     patience: int = 2
     l2: float = 1e-5
     seed: int = 42
@@ -105,6 +108,35 @@ class _TrainStep(nn.Module):
         return loss * self.world
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+
+
+def shard(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """The rows of one batch that rank `rank` of `world` trains on (every world-th row)."""
+    return rows[rank::world]
+
+
+def sync_batch_norm(model: nn.Module, device: str, world: int) -> nn.Module:
+    """Under DDP on CUDA, BatchNorm layers become SyncBatchNorm (statistics over the whole batch).
+
+    SyncBatchNorm runs on GPUs only; on CPU (gloo) each rank normalises with its own shard's
+    statistics, which is what a BatchNorm model's DDP gradient then equals (tested).
+    """
+    if world > 1 and device.startswith("cuda"):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        log.warning("BatchNorm under DDP on CPU: batch statistics are per rank (SyncBatchNorm needs CUDA)")
+    return model
+
+
 @dataclass(frozen=True)
 class _Distributed:
     rank: int = 0
@@ -156,12 +188,13 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     model_cfg = config_from_dict(model_name, model_config or {})
     model = build_model(model_name, dataset.schema, model_cfg).to(ddp.device)
+    model = cast(PrerankModel, sync_batch_norm(model, ddp.device, ddp.world))
     step: nn.Module = _TrainStep(model, cfg.l2, ddp.world)
     if ddp.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         step = DistributedDataParallel(step, find_unused_parameters=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = _optimizer(cfg, model)
     best_auc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -177,7 +210,7 @@ def train(
             rows = order[start : start + cfg.batch_size]
             if len(rows) < ddp.world:  # a tail too small to give every rank a row
                 continue
-            feats, labels = dataset.train.batch(rows[ddp.rank :: ddp.world], ddp.device)
+            feats, labels = dataset.train.batch(shard(rows, ddp.rank, ddp.world), ddp.device)
             loss = step(feats, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.registry import MODELS, config_from_dict
+from offline.train import OPTIMIZERS
 from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_object, run_job
 
 __all__ = ["main", "parser"]
@@ -21,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30)")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="adam (default) or plain sgd")
     p.add_argument("--patience", type=int, default=2, help="epochs without a validation-AUC gain before stopping")
     p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
@@ -52,6 +54,7 @@ def _run(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
         patience=args.patience,
         seed=args.seed,
         progress=not args.no_progress,

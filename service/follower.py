@@ -13,7 +13,7 @@ import anyio.to_thread
 import torch
 
 from models.artifact import ArtifactError
-from service.metrics import FOLLOW_ERRORS, REFUSED, STORE_ERRORS, SWAPS, record_version
+from service.metrics import FOLLOW_ERRORS, REFUSED, STORE_ERRORS, STORE_HISTORY_LOST, SWAPS, record_version
 from service.scorer import Scorer
 from service.store import ServingVersion, Store
 
@@ -30,6 +30,8 @@ class FollowerStatus:
     live_model: str | None = None
     loaded_at: float | None = None
     refused: dict[str, str] = field(default_factory=dict)  # version -> reason
+    live_identity: str | None = None  # digest of the live version's manifest as the store held it
+    store_history: str | None = None  # set when the store reissued the live name with other content
     store_error: str | None = None
     swaps: int = 0
     pinned: str | None = None
@@ -46,6 +48,7 @@ class FollowerStatus:
             "live_model": self.live_model,
             "loaded_at": self.loaded_at,
             "refused_versions": dict(self.refused),
+            "store_history": self.store_history,
             "store_error": self.store_error,
             "swaps": self.swaps,
             "pinned": self.pinned,
@@ -71,6 +74,7 @@ class Follower:
         self.device = device
         self.expected_model = expected_model
         self.status = FollowerStatus()
+        self._refused: dict[str, str | None] = {}  # refused version -> its identity (retried if it changes)
         self._wake = asyncio.Event()
 
     def _load_and_warm(self, version: str) -> ServingVersion:
@@ -90,8 +94,9 @@ class Follower:
             ArtifactError / OSError: the version cannot be loaded; the live one keeps serving.
         """
         if version != self.status.live_version:
+            identity = await anyio.to_thread.run_sync(self.store.identity, version)
             loaded = await anyio.to_thread.run_sync(self._load_and_warm, version)
-            self._make_live(loaded, time.perf_counter())
+            self._make_live(loaded, time.perf_counter(), identity)
         self.status.pinned = version
 
     async def unpin(self) -> bool:
@@ -105,14 +110,26 @@ class Follower:
             return False
         try:
             target = await anyio.to_thread.run_sync(self.store.current)
+            identity = None if target is None else await anyio.to_thread.run_sync(self.store.identity, target)
             self.status.store_error = None
         except OSError as exc:
             STORE_ERRORS.inc()
             self.status.store_error = f"cannot read the store: {exc}"
             log.warning(self.status.store_error)
             return False
-        if target is None or target == self.status.live_version or target in self.status.refused:
+        if target is None or self._refused.get(target, "") == identity:
             return False
+        if target == self.status.live_version:
+            # Names alone are not identity: a store that lost its data (Redis restarted empty)
+            # reissues names, so the live name may now hold another version. Compare content.
+            if identity is None or identity == self.status.live_identity:
+                return False
+            self.status.store_history = (
+                f"the store's {target} is not the {target} this replica loaded "
+                "(its history was lost and the name reissued); loading the new content"
+            )
+            STORE_HISTORY_LOST.inc()
+            log.warning(self.status.store_history)
         started = time.perf_counter()
         try:
             loaded = await anyio.to_thread.run_sync(self._load_and_warm, target)
@@ -123,15 +140,16 @@ class Follower:
             return False
         except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
             self.status.refused[target] = str(exc)
+            self._refused[target] = identity
             REFUSED.inc()
             log.error("refused version %s: %s", target, exc)
             return False
         if self.status.pinned is not None:  # pinned while this version was loading
             return False
-        self._make_live(loaded, started)
+        self._make_live(loaded, started, identity)
         return True
 
-    def _make_live(self, loaded: ServingVersion, started: float) -> None:
+    def _make_live(self, loaded: ServingVersion, started: float, identity: str | None = None) -> None:
         previous = self.scorer.swap(loaded)
         record_version(
             loaded.model_version, loaded.version, (previous.model_version, previous.version) if previous else None
@@ -139,6 +157,7 @@ class Follower:
         SWAPS.inc()
         self.status.live_version = loaded.version
         self.status.live_model = loaded.model_version
+        self.status.live_identity = identity
         self.status.loaded_at = time.time()
         self.status.swaps += 1
         elapsed = time.perf_counter() - started

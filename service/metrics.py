@@ -47,6 +47,9 @@ LIVE_VERSION = Gauge(
 SWAPS = Counter("prerank_version_swaps_total", "model+index versions made live")
 REFUSED = Counter("prerank_versions_refused_total", "published versions that failed to load")
 STORE_ERRORS = Counter("prerank_store_errors_total", "failed reads of the version store")
+STORE_HISTORY_LOST = Counter(
+    "prerank_store_history_lost_total", "times the live version's name was found holding other content"
+)
 FOLLOW_ERRORS = Counter("prerank_follow_errors_total", "version checks that failed unexpectedly (bugs, not outages)")
 
 KNOWN_ROUTES = frozenset({"/prerank", "/retrieve", "/healthz", "/readyz", "/metrics", "/sample"})

@@ -7,6 +7,7 @@ so a request never mixes versions.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -163,6 +164,15 @@ class Store(Protocol):
 
     def current(self) -> str | None: ...
 
+    def identity(self, version: str) -> str | None:
+        """A digest of `version`'s manifest as the store holds it now (None: no such version).
+
+        Two publishes never share one: the manifest holds the creation time, the model version
+        and every file's checksum. Replicas compare this, not names, which a store that lost its
+        data can reissue.
+        """
+        ...
+
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion: ...
 
 
@@ -184,6 +194,12 @@ class LocalStore:
     def current(self) -> str | None:
         """The live version name, or None when nothing is published."""
         return read_pointer(self.root)
+
+    def identity(self, version: str) -> str | None:
+        try:
+            return hashlib.sha256((self.root / VERSIONS_DIR / version / "manifest.json").read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return None
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
         return load_version(self.root / VERSIONS_DIR / version, device, expected_model)
@@ -213,6 +229,16 @@ class RedisStore:
         except redis.RedisError as exc:
             raise ConnectionError(f"redis: {exc}") from None
         return value.decode() if value else None
+
+    def identity(self, version: str) -> str | None:
+        """sha256 of the manifest key (one GET); ConnectionError when Redis is away."""
+        import redis
+
+        try:
+            raw = self.client.get(self.keys.manifest(version))
+        except redis.RedisError as exc:
+            raise ConnectionError(f"redis: {exc}") from None
+        return None if raw is None else hashlib.sha256(raw).hexdigest()
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
         import redis

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -136,7 +137,9 @@ def test_loadtest_runner_reports_percentiles_per_model(tiny, tiny_hit, tiny_dssm
         assert all(s["percentiles_from"] == "raw response times" for s in steps)
         raw = sorted(float(t) for t in (out / f"{name}-100_raw_ms.txt").read_text().split())
         assert len(raw) == steps[1]["timed_requests"] and any(t != round(t) for t in raw)
-        assert raw[0] <= steps[1]["p50_ms"] <= steps[1]["p99_ms"] <= raw[-1]
+        # the reported percentiles are exactly those of the raw times (linear interpolation)
+        assert steps[1]["p50_ms"] == pytest.approx(float(np.percentile(raw, 50)), rel=1e-9)
+        assert steps[1]["p99_ms"] == pytest.approx(float(np.percentile(raw, 99)), rel=1e-9)
     assert report["encoding"] == "base64"
     assert "hit/dssm at 100 candidates: p99" in (out / "report.md").read_text() and (out / "latency.png").exists()
 
@@ -170,3 +173,45 @@ def test_the_locustfile_imports_only_locust_and_the_standard_library() -> None:
         if not (isinstance(node, ast.ImportFrom) and node.level)
     }
     assert roots - {"__future__", "locust"} <= set(sys.stdlib_module_names), roots
+
+
+def test_percentile_is_linear_interpolation() -> None:
+    from loadtest.run import _percentile
+
+    values = [1.0, 2.0, 4.0, 8.0, 100.0]
+    assert _percentile(values, 50) == 4.0 and _percentile(values, 0) == 1.0 and _percentile(values, 100) == 100.0
+    assert _percentile(values, 90) == pytest.approx(8.0 + 0.6 * 92.0)  # between the 4th and 5th value
+    assert _percentile([5.0], 99) == 5.0
+
+
+VALIDATION_CASES = [
+    ({"ad_ids": [1, 2], "pctr": [0.5, 0.4], "ecpm": [0.5, 0.4], "unknown_ad_ids": []}, None),
+    ({"ad_ids": [1], "pctr": [0.5], "ecpm": [0.5], "unknown_ad_ids": []}, "expected 2 ranked ads, got 1"),
+    ({"ad_ids": [1, 9], "pctr": [0.5, 0.4], "ecpm": [0.5, 0.4], "unknown_ad_ids": []}, "not a candidate"),
+    ({"ad_ids": [1, 2], "pctr": [0.4, 0.5], "ecpm": [0.4, 0.5], "unknown_ad_ids": []}, "eCPM not sorted"),
+    ({"ad_ids": [1, 2], "pctr": [1.5, 0.4], "ecpm": [0.5, 0.4], "unknown_ad_ids": []}, "pCTR outside [0, 1]"),
+    ({"ad_ids": [1], "pctr": [0.5], "ecpm": [0.5], "unknown_ad_ids": [2, 3]}, None),
+]
+
+
+def test_locust_validation_rejects_bad_bodies() -> None:
+    """The locustfile's response check, fed good and bad bodies (in a subprocess: importing
+    locust monkey-patches the standard library, which pytest's process must not get)."""
+    import json
+
+    code = (
+        "import json, sys; from loadtest.locustfile import validate; "
+        "print(json.dumps([validate(b, {1, 2, 3}, 2) for b, _ in json.load(sys.stdin)]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(VALIDATION_CASES),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (_, problem), got in zip(VALIDATION_CASES, found, strict=True):
+        assert (got is None) if problem is None else (got is not None and problem in got), (problem, got)

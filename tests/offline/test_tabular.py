@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,13 @@ def test_taobao_sample_time_split_and_serving(tmp_path: Path) -> None:
     raw = pd.read_csv(TAOBAO / "raw_sample_head10k.csv.gz")
     assert len(ds.train) + len(ds.valid) + len(ds.test) == len(raw) == 9999
     assert len(ds.test) == 2000 and ds.protocol == "time"
-    # time-ordered: every test impression is at or after every train/valid one
-    times = np.sort(raw["time_stamp"].to_numpy())
-    assert ds.test.labels.mean() == pytest.approx(
-        raw.sort_values("time_stamp", kind="stable")["clk"].iloc[-2000:].mean()
-    )
-    assert times[-2000] >= times[: len(raw) - 2000].max()
+    # time-ordered: the test rows are exactly the 2,000 latest impressions (as (ad, click) pairs),
+    # not the earliest and not a random 2,000
+    by_time = raw.sort_values("time_stamp", kind="stable")
+    test_rows = Counter(zip(ds.ad_ids[ds.test.ad_rows].tolist(), ds.test.labels.astype(int).tolist(), strict=True))
+    latest = Counter(zip(by_time["adgroup_id"].iloc[-2000:], by_time["clk"].iloc[-2000:], strict=True))
+    earliest = Counter(zip(by_time["adgroup_id"].iloc[:2000], by_time["clk"].iloc[:2000], strict=True))
+    assert test_rows == latest and test_rows != earliest
     positives = float(np.concatenate([ds.train.labels, ds.valid.labels, ds.test.labels]).mean())
     assert positives == pytest.approx(raw["clk"].mean())  # 4.35 % CTR
     assert len(ds.user_keys) == raw["user"].nunique() == 8328
@@ -106,7 +108,7 @@ features = [
     values, offsets = a.users.sequences["tags"]
     assert offsets[-1] == len(values) and (np.diff(offsets) <= 3).all()
     result = train(a, "fit", {}, TrainConfig(epochs=1, batch_size=64, progress=False))  # FIT's DIN reads `tags`
-    assert 0.0 <= result.metrics["test_auc"] <= 1.0
+    assert result.metrics["epochs"] == 1 and np.isfinite(result.metrics["test_logloss"])  # it trains end to end
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from offline.metrics import auc, logloss, rela_impr
-from offline.train import TrainConfig, load_baseline, train
+from offline.train import TrainConfig, evaluate, load_baseline, train
 
 
 def test_metrics_hand_computed() -> None:
@@ -48,8 +48,11 @@ def test_relaimpr_against_a_baseline(tiny, tiny_dssm, tmp_path: Path) -> None:  
 def test_early_stopping_keeps_the_best_epoch(tiny) -> None:  # type: ignore[no-untyped-def]
     r = train(tiny, "dssm", {}, TrainConfig(epochs=30, batch_size=1024, lr=0.05, patience=1, progress=False))
     aucs = [h["valid_auc"] for h in r.history]
-    assert len(aucs) < 30
+    assert len(aucs) < 30 and r.metrics["best_epoch"] < len(aucs)  # the last epoch is not the best
     assert r.metrics["valid_auc"] == max(aucs) and r.metrics["best_epoch"] == aucs.index(max(aucs)) + 1
+    # the returned model is the best epoch's, not the last one's
+    assert evaluate(r.model, tiny.valid)["auc"] == pytest.approx(max(aucs), abs=1e-9)
+    assert evaluate(r.model, tiny.valid)["auc"] != pytest.approx(aucs[-1], abs=1e-6)
 
 
 def test_quantized_auc_is_close_to_fp32(tiny, tiny_hit) -> None:  # type: ignore[no-untyped-def]

@@ -155,29 +155,47 @@ def test_retrieve_exact_equals_brute_force_and_ann_recall(client: TestClient, st
     assert bad.status_code == 422 and "top_k" in detail_text(bad)
 
 
-def test_metrics_expose_the_listed_series(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
+def _samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, parsed by prometheus-client: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+    }
+
+
+def test_metrics_move_with_the_requests(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
+    before = _samples(client)
     ads = [int(a) for a in tiny.ad_ids[:10]] + [10**15]
-    client.post("/prerank", json={"user": {"id": "nobody"}, "candidates": {"ad_ids": ads}})
-    client.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": []}})
-    text = client.get("/metrics").text
-    for series in (
-        'prerank_http_requests_total{route="/prerank",status="200"}',
-        'prerank_http_requests_total{route="/prerank",status="422"}',
-        'prerank_http_request_seconds_bucket{le="0.005",route="/prerank",status="200"}',
-        'prerank_stage_seconds_count{stage="parse"}',
-        'prerank_stage_seconds_count{stage="user_tower"}',
-        'prerank_stage_seconds_count{stage="gather"}',
-        'prerank_stage_seconds_count{stage="score"}',
-        'prerank_stage_seconds_count{stage="sort"}',
-        "prerank_candidates_bucket",
-        "prerank_unknown_ads_total",
-        "prerank_unknown_users_total",
-        'prerank_live_version_info{index_version="v000001"',
-        "prerank_version_swaps_total",
-        "prerank_versions_refused_total",
-        "prerank_store_errors_total",
-    ):
-        assert series in text, series
+    assert client.post("/prerank", json={"user": {"id": "nobody"}, "candidates": {"ad_ids": ads}}).status_code == 200
+    assert client.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": []}}).status_code == 422
+    after = _samples(client)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("prerank_http_requests_total", route="/prerank", status="200") == 1
+    assert delta("prerank_http_requests_total", route="/prerank", status="422") == 1
+    assert delta("prerank_http_request_seconds_count", route="/prerank", status="200") == 1
+    assert delta("prerank_http_request_seconds_bucket", route="/prerank", status="200", le="+Inf") == 1
+    for stage in ("parse", "features", "user_tower", "gather", "score", "sort"):
+        assert delta("prerank_stage_seconds_count", stage=stage) == 1, stage
+        assert delta("prerank_stage_seconds_sum", stage=stage) > 0, stage
+    assert delta("prerank_candidates_count") == 1 and delta("prerank_candidates_sum") == 11
+    assert delta("prerank_unknown_ads_total") == 1 and delta("prerank_unknown_users_total") == 1
+    live = [k for k, v in after.items() if k[0] == "prerank_live_version_info" and v == 1]
+    assert live == [
+        ("prerank_live_version_info", (("index_version", "v000001"), ("model_version", tiny_model(client))))
+    ]
+    for name in ("prerank_version_swaps_total", "prerank_versions_refused_total", "prerank_store_errors_total"):
+        assert (name, ()) in after, name
+
+
+def tiny_model(client: TestClient) -> str:
+    return str(client.get("/readyz").json()["live_model"])
 
 
 @pytest.mark.parametrize(

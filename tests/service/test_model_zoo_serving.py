@@ -11,20 +11,41 @@ from fastapi.testclient import TestClient
 
 from models.registry import MODELS
 from offline.data import Dataset
+from offline.data.synthetic import make_synthetic
 from offline.export import export
+from offline.metrics import auc
 from offline.train import TrainConfig, TrainResult, train
 from service.app import create_app
 from service.config import Settings
 
+#: 20,000 rows: enough for the models to learn more than ad popularity (6,000 are not).
+LEARNABLE = {"n_users": 300, "n_ads": 120, "n_rows": 20_000, "seed": 3}
+#: IntTower's default dropout (0.3) under-trains in 5 epochs on 16k training rows.
+OVERRIDES: dict[str, dict[str, float]] = {"inttower": {"dropout": 0.0}}
+
+
+@pytest.fixture(scope="module")
+def learnable() -> Dataset:
+    return make_synthetic(**LEARNABLE)
+
+
+def popularity_auc(data: Dataset) -> float:
+    """Test AUC of each ad's smoothed training CTR: what a model gets from ad popularity alone."""
+    train_split, test = data.train, data.test
+    clicks = np.bincount(train_split.ad_rows, weights=train_split.labels, minlength=len(data.ad_ids))
+    shows = np.bincount(train_split.ad_rows, minlength=len(data.ad_ids))
+    prior = float(train_split.labels.mean())
+    return auc(test.labels, ((clicks + 10 * prior) / (shows + 10))[test.ad_rows])
+
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
-def served(request: pytest.FixtureRequest, tiny: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # type: ignore[type-arg]
+def served(request: pytest.FixtureRequest, learnable: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator:  # type: ignore[type-arg]
     name: str = request.param
     root = tmp_path_factory.mktemp(f"zoo-{name}")
-    cfg = TrainConfig(epochs=4, batch_size=128, lr=3e-3, patience=4, progress=False, seed=5)
-    result = train(tiny, name, {}, cfg, root / "artifact")
+    cfg = TrainConfig(epochs=5, batch_size=256, lr=3e-3, patience=5, progress=False, seed=5)
+    result = train(learnable, name, OVERRIDES.get(name, {}), cfg, root / "artifact")
     assert result.artifact is not None
-    export(result.artifact, tiny, f"local:{root / 'store'}")
+    export(result.artifact, learnable, f"local:{root / 'store'}")
     app = create_app(Settings(store=f"local:{root / 'store'}", poll_seconds=60))
     with TestClient(app) as client:
         yield name, result, client
@@ -39,10 +60,17 @@ def _offline(tiny: Dataset, result: TrainResult, user_key: str, ad_ids: list[int
         return torch.sigmoid(result.model.eval()(feats)).numpy()
 
 
-def test_model_learns_and_serves_its_offline_scores(served, tiny: Dataset) -> None:  # type: ignore[no-untyped-def]
+def test_model_learns_more_than_popularity_and_serves_its_offline_scores(served, learnable: Dataset) -> None:  # type: ignore[no-untyped-def]
     name, result, client = served
-    # the tiny synthetic set tops out near 0.6 AUC after 4 epochs; above 0.53 is well clear of chance
-    assert result.metrics["test_auc"] > 0.53, f"{name} did not learn: {result.metrics['test_auc']:.3f}"
+    tiny = learnable
+    popularity = popularity_auc(learnable)  # 0.619 on this set
+    measured = result.metrics["test_auc"]
+    if name == "dssm":
+        # DSSM scores temperature * cos(u, a) + one global bias: with no per-ad term it cannot express
+        # ad popularity, and on this set it stays below the popularity baseline (0.541, measured).
+        assert measured > 0.52, f"dssm did not learn: {measured:.3f}"
+    else:
+        assert measured > popularity + 0.005, f"{name}: {measured:.4f} vs popularity {popularity:.4f}"
     ads = [int(a) for a in tiny.ad_ids[:80]]
     r = client.post("/prerank", json={"user": {"id": "11"}, "candidates": {"ad_ids": ads, "bids": [1.0] * 80}})
     assert r.status_code == 200, r.text
@@ -53,7 +81,8 @@ def test_model_learns_and_serves_its_offline_scores(served, tiny: Dataset) -> No
     assert body["model_version"] == result.metrics["model_version"]
 
 
-def test_retrieve_over_the_whole_corpus(served, tiny: Dataset) -> None:  # type: ignore[no-untyped-def]
+def test_retrieve_over_the_whole_corpus(served, learnable: Dataset) -> None:  # type: ignore[no-untyped-def]
+    tiny = learnable
     name, result, client = served
     r = client.post("/retrieve", json={"user": {"id": "11"}, "top_k": 10, "exact": True})
     assert r.status_code == 200, r.text

@@ -84,11 +84,6 @@ def test_redis_killed_under_traffic(tiny, tiny_hit, redis_server) -> None:  # ty
     assert len(traffic.seen) > n_during + 20  # kept serving from memory while Redis was down
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="version names restart with Redis's INCR counter, so a replica keeps the old model: "
-    "fixed with content-based version identity (freshness issue, item 5)",
-)
 def test_redis_restarted_empty_then_a_different_model_is_served(tiny, tiny_hit, tiny_dssm, redis_server) -> None:  # type: ignore[no-untyped-def]
     export(tiny_hit.artifact, tiny, redis_server.url)
     with serve(redis_server.url, poll="0.3") as url:
@@ -102,7 +97,9 @@ def test_redis_restarted_empty_then_a_different_model_is_served(tiny, tiny_hit, 
         )
         body = {"user": {"id": "4"}, "candidates": {"ad_ids": tiny.ad_ids[:10].tolist()}}
         served = httpx.post(url + "/prerank", json=body).json()["model_version"]
+        history = httpx.get(url + "/readyz").json()["store_history"]
     assert swapped and served == tiny_dssm.metrics["model_version"]
+    assert "v000001" in history and "history was lost" in history  # reported, not only healed
 
 
 def test_polling_alone_follows_the_pointer_when_pubsub_is_blocked(tiny, tiny_hit, tiny_dssm, redis_server) -> None:  # type: ignore[no-untyped-def]
