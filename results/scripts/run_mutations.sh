@@ -10,7 +10,7 @@ rows=()
 try() {  # file, sed expression, pytest selector, what the defect is
   local backup; backup=$(mktemp)
   cp "$1" "$backup"; sed -i "$2" "$1"
-  if cmp -s "$1" "$backup"; then rows+=("| $4 | \`$1\` | not applied (the code moved): fix this script |"); rm "$backup"; return; fi
+  if cmp -s "$1" "$backup"; then rows+=("| $4 | \`$1\` | - | not applied (the code moved): fix this script |"); rm "$backup"; return; fi
   local result; result=$(python -m pytest -q -p no:cacheprovider -x $3 2>&1 | tail -1)
   cp "$backup" "$1"; rm "$backup"
   rows+=("| $4 | \`$1\` | \`$3\` | $result |")
