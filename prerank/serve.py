@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,25 +76,43 @@ def _run(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     import uvicorn
 
+    from service.observability import configure_logging
+
+    configure_logging("DEBUG" if args.verbose else "INFO", settings.log_json)
+    common: dict[str, Any] = {"host": args.host, "port": args.port, "timeout_graceful_shutdown": 30}
+    common.update(log_config=None, access_log=False)  # our middleware logs requests as JSON lines
     if args.workers == 1:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, timeout_graceful_shutdown=30)
+        uvicorn.run(create_app(settings), **common)
         return
     # Several processes: each worker rebuilds the app from the environment (Settings' own source).
     for name, value in settings.model_dump().items():
         if value is not None:
             secret = getattr(value, "get_secret_value", None)
             os.environ[f"PRERANK_{name.upper()}"] = str(secret() if secret else value)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="prerank-metrics-"))
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        timeout_graceful_shutdown=30,
-    )
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="prerank-metrics-"))
+    if given:  # files left by an earlier run would be aggregated with this one's
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    try:
+        uvicorn.run("prerank.serve:worker_app", factory=True, workers=args.workers, **common)
+    finally:
+        if not given:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def worker_app() -> Any:
+    """The app of one `--workers N` process: settings and logging from the environment."""
+    from service.app import create_app
+    from service.config import Settings
+    from service.observability import configure_logging
+
+    settings = Settings()
+    configure_logging(json_lines=settings.log_json)
+    return create_app(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

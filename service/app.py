@@ -20,7 +20,8 @@ from service.admin import router as admin_router
 from service.config import Settings
 from service.follower import Follower
 from service.http_errors import install_error_handlers
-from service.metrics import MetricsMiddleware
+from service.metrics import mark_process_dead
+from service.observability import ObservabilityMiddleware, Tracing
 from service.routes import router
 from service.schemas import PrerankRequest, RetrieveRequest
 from service.scorer import Scorer
@@ -40,9 +41,16 @@ def _swagger_assets() -> Path | None:
     return Path(swagger_ui_path)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Builds the service. Nothing is loaded until the lifespan starts."""
+def create_app(settings: Settings | None = None, tracing: Tracing | None = None) -> FastAPI:
+    """Builds the service. Nothing is loaded until the lifespan starts.
+
+    Args:
+        settings: the server's settings (default: from the environment).
+        tracing: a ready `Tracing` (tests pass one with an in-memory exporter); default: built
+            from `settings.tracing`.
+    """
     settings = settings or Settings()
+    tracing = tracing or Tracing(settings.tracing)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         scorer = Scorer(settings.device)
         follower = Follower(open_store(settings.store), scorer, settings.device, expected)
         app.state.settings, app.state.scorer, app.state.follower = settings, scorer, follower
+        app.state.tracing = tracing
         await follower.check()
         task = asyncio.create_task(follower.run(settings.poll_seconds))
         follower.watch(task)
@@ -60,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            tracing.shutdown()
+            mark_process_dead()
 
     assets = _swagger_assets()
     app = FastAPI(
@@ -71,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(admin_router)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(ObservabilityMiddleware, tracing=tracing, log_sample_rate=settings.log_sample_rate)
     install_error_handlers(app)
 
     if assets is not None:

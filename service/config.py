@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
     max_id_length: int = Field(64, ge=1, description="longest accepted user id")
     poll_seconds: float = Field(2.0, gt=0, description="how often the live-version pointer is checked")
+    tracing: str = Field(
+        "none", pattern=r"^(none|console|otlp)$", description="trace exporter: none (off), console, or otlp"
+    )
+    log_sample_rate: float = Field(0.01, ge=0, le=1, description="fraction of requests logged (4xx/5xx: always)")
+    log_json: bool = Field(True, description="log records as JSON lines")
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /admin/* (reload, pin, unpin); admin is disabled when unset"
     )

@@ -115,7 +115,7 @@ class Follower:
         except OSError as exc:
             STORE_ERRORS.inc()
             self.status.store_error = f"cannot read the store: {exc}"
-            log.warning(self.status.store_error)
+            log.warning(self.status.store_error, extra={"event": "store_error"})
             return False
         if target is None or self._refused.get(target, "") == identity:
             return False
@@ -129,20 +129,20 @@ class Follower:
                 "(its history was lost and the name reissued); loading the new content"
             )
             STORE_HISTORY_LOST.inc()
-            log.warning(self.status.store_history)
+            log.warning(self.status.store_history, extra={"event": "store_history_lost", "version": target})
         started = time.perf_counter()
         try:
             loaded = await anyio.to_thread.run_sync(self._load_and_warm, target)
         except ConnectionError as exc:  # store went away mid-download: retry on the next check
             STORE_ERRORS.inc()
             self.status.store_error = str(exc)
-            log.warning("could not load %s: %s", target, exc)
+            log.warning("could not load %s: %s", target, exc, extra={"event": "store_error", "version": target})
             return False
         except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as exc:
             self.status.refused[target] = str(exc)
             self._refused[target] = identity
             REFUSED.inc()
-            log.error("refused version %s: %s", target, exc)
+            log.error("refused version %s: %s", target, exc, extra={"event": "version_refused", "version": target})
             return False
         if self.status.pinned is not None:  # pinned while this version was loading
             return False
@@ -152,7 +152,10 @@ class Follower:
     def _make_live(self, loaded: ServingVersion, started: float, identity: str | None = None) -> None:
         previous = self.scorer.swap(loaded)
         record_version(
-            loaded.model_version, loaded.version, (previous.model_version, previous.version) if previous else None
+            loaded.model_version,
+            loaded.version,
+            (previous.model_version, previous.version) if previous else None,
+            str(loaded.index.manifest.get("created") or "") or None,
         )
         SWAPS.inc()
         self.status.live_version = loaded.version
@@ -161,7 +164,18 @@ class Follower:
         self.status.loaded_at = time.time()
         self.status.swaps += 1
         elapsed = time.perf_counter() - started
-        log.info("serving %s (%s), loaded in %.2fs", loaded.version, loaded.model_version, elapsed)
+        log.info(
+            "serving %s (%s), loaded in %.2fs",
+            loaded.version,
+            loaded.model_version,
+            elapsed,
+            extra={
+                "event": "version_swapped",
+                "version": loaded.version,
+                "model_version": loaded.model_version,
+                "load_seconds": round(elapsed, 3),
+            },
+        )
 
     async def run(self, interval: float) -> None:
         """Checks on every pub/sub event, and every `interval` seconds regardless (cancelled at shutdown).
@@ -181,7 +195,7 @@ class Follower:
                 except Exception as exc:
                     FOLLOW_ERRORS.inc()
                     self.status.follow_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("version check failed")
+                    log.exception("version check failed", extra={"event": "follow_error"})
         finally:
             if listener is not None:
                 listener.cancel()
@@ -197,7 +211,12 @@ class Follower:
                 return
             exc = t.exception()
             self.status.follower_stopped = f"{type(exc).__name__}: {exc}" if exc else "the follow loop returned"
-            log.error("the version follower stopped: %s", self.status.follower_stopped, exc_info=exc)
+            log.error(
+                "the version follower stopped: %s",
+                self.status.follower_stopped,
+                exc_info=exc,
+                extra={"event": "follower_stopped"},
+            )
 
         task.add_done_callback(done)
 

@@ -6,9 +6,10 @@ every worker writes there and /metrics aggregates them (prometheus-client multip
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import os
 import time
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,21 +21,24 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
-__all__ = ["MetricsMiddleware", "metrics_payload", "observe_result", "record_version"]
+__all__ = ["mark_process_dead", "metrics_payload", "observe_result", "record_version"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05)
 
-REQUESTS = Counter("prerank_http_requests_total", "HTTP requests by route and status", ["route", "status"])
+REQUESTS = Counter("prerank_http_requests_total", "HTTP requests by route template and status", ["route", "status"])
+IN_FLIGHT = Gauge("prerank_http_requests_in_flight", "HTTP requests being served now", multiprocess_mode="livesum")
 LATENCY = Histogram(
-    "prerank_http_request_seconds",
-    "HTTP request latency by route and status",
+    "prerank_http_request_duration_seconds",
+    "HTTP request latency by route template and status",
     ["route", "status"],
     buckets=LATENCY_BUCKETS,
 )
 STAGES = Histogram("prerank_stage_seconds", "time per scoring stage", ["stage"], buckets=STAGE_BUCKETS)
 CANDIDATES = Histogram(
-    "prerank_candidates", "candidate ads per request", buckets=(10, 100, 500, 1000, 2000, 5000, 10000, 20000)
+    "prerank_request_candidates",
+    "candidate ads per /prerank request (its _count counts requests, its _sum candidates)",
+    buckets=(10, 100, 500, 1000, 2000, 5000, 10000, 20000),
 )
 UNKNOWN_ADS = Counter("prerank_unknown_ads_total", "candidate ids absent from the live index")
 UNKNOWN_USERS = Counter("prerank_unknown_users_total", "requests scored with default user features")
@@ -44,6 +48,14 @@ LIVE_VERSION = Gauge(
     ["model_version", "index_version"],
     multiprocess_mode="liveall",
 )
+INDEX_CREATED = Gauge(
+    "prerank_index_created_timestamp_seconds",
+    "when the live index version was exported (index age = time() - this)",
+    multiprocess_mode="max",
+)
+INDEX_LOADED = Gauge(
+    "prerank_index_loaded_timestamp_seconds", "when this process made the live version live", multiprocess_mode="max"
+)
 SWAPS = Counter("prerank_version_swaps_total", "model+index versions made live")
 REFUSED = Counter("prerank_versions_refused_total", "published versions that failed to load")
 STORE_ERRORS = Counter("prerank_store_errors_total", "failed reads of the version store")
@@ -52,13 +64,24 @@ STORE_HISTORY_LOST = Counter(
 )
 FOLLOW_ERRORS = Counter("prerank_follow_errors_total", "version checks that failed unexpectedly (bugs, not outages)")
 
-KNOWN_ROUTES = frozenset({"/prerank", "/retrieve", "/healthz", "/readyz", "/metrics", "/sample"})
 
-
-def record_version(model_version: str, index_version: str, previous: tuple[str, str] | None) -> None:
-    if previous is not None:
+def record_version(
+    model_version: str, index_version: str, previous: tuple[str, str] | None, created: str | None = None
+) -> None:
+    """The live version's info series, its export time (ISO 8601 UTC, from the manifest) and now."""
+    if previous is not None and previous != (model_version, index_version):
         LIVE_VERSION.remove(*previous)
     LIVE_VERSION.labels(model_version, index_version).set(1)
+    if created:
+        with contextlib.suppress(ValueError):
+            INDEX_CREATED.set(calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")))
+    INDEX_LOADED.set(time.time())
+
+
+def mark_process_dead() -> None:
+    """Multiprocess mode: drop this worker's live gauges when it exits (no-op otherwise)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        prom_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def observe_result(timings_ms: dict[str, float], n_candidates: int, n_unknown: int, user_known: bool) -> None:
@@ -78,30 +101,3 @@ def metrics_payload() -> tuple[bytes, str]:
         prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware: counts and times every HTTP request by route and status."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = scope["path"] if scope["path"] in KNOWN_ROUTES else "other"
-        status = {"code": 500}
-        started = time.perf_counter()
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            code = str(status["code"])
-            REQUESTS.labels(route, code).inc()
-            LATENCY.labels(route, code).observe(time.perf_counter() - started)

@@ -14,6 +14,7 @@ from service.config import Settings
 from service.errors import InvalidInput, NotReady, PayloadTooLarge, UnsupportedMediaType
 from service.follower import Follower
 from service.metrics import metrics_payload, observe_result
+from service.observability import record_stages
 from service.schemas import ErrorResponse, PrerankRequest, PrerankResponse, RetrieveRequest
 from service.scorer import Scorer, ScoreResult
 
@@ -65,7 +66,7 @@ async def prerank(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     scorer: Scorer = request.app.state.scorer
     body = await _body(request, settings)
-    t0 = time.perf_counter()
+    t0, started_ns = time.perf_counter(), time.time_ns()
     parsed = PrerankRequest.model_validate_json(body)
     parse_ms = (time.perf_counter() - t0) * 1e3
     n = len(parsed.candidates.ids)
@@ -76,6 +77,7 @@ async def prerank(request: Request) -> Response:
     result = await run_in_threadpool(scorer.prerank, parsed)
     result.timings_ms["parse"] = parse_ms
     observe_result(result.timings_ms, n, len(result.unknown_ad_ids), result.user_known)
+    record_stages(request.app.state.tracing, started_ns, result.timings_ms)
     return _scored(result, parsed.request_id)
 
 
@@ -90,8 +92,11 @@ async def retrieve(request: Request) -> Response:
     """Searches the FAISS index of ad heads with each user head, rescores the union exactly with
     the model, keeps the top_k by model score and returns them by eCPM with the stored bids."""
     settings: Settings = request.app.state.settings
-    parsed = RetrieveRequest.model_validate_json(await _body(request, settings))
+    body = await _body(request, settings)
+    started_ns = time.time_ns()
+    parsed = RetrieveRequest.model_validate_json(body)
     result = await run_in_threadpool(request.app.state.scorer.retrieve, parsed)
+    record_stages(request.app.state.tracing, started_ns, result.timings_ms)
     return _scored(result, parsed.request_id)
 
 

@@ -179,12 +179,12 @@ def test_metrics_move_with_the_requests(client: TestClient, tiny) -> None:  # ty
 
     assert delta("prerank_http_requests_total", route="/prerank", status="200") == 1
     assert delta("prerank_http_requests_total", route="/prerank", status="422") == 1
-    assert delta("prerank_http_request_seconds_count", route="/prerank", status="200") == 1
-    assert delta("prerank_http_request_seconds_bucket", route="/prerank", status="200", le="+Inf") == 1
+    assert delta("prerank_http_request_duration_seconds_count", route="/prerank", status="200") == 1
+    assert delta("prerank_http_request_duration_seconds_bucket", route="/prerank", status="200", le="+Inf") == 1
     for stage in ("parse", "features", "user_tower", "gather", "score", "sort"):
         assert delta("prerank_stage_seconds_count", stage=stage) == 1, stage
         assert delta("prerank_stage_seconds_sum", stage=stage) > 0, stage
-    assert delta("prerank_candidates_count") == 1 and delta("prerank_candidates_sum") == 11
+    assert delta("prerank_request_candidates_count") == 1 and delta("prerank_request_candidates_sum") == 11
     assert delta("prerank_unknown_ads_total") == 1 and delta("prerank_unknown_users_total") == 1
     # the gauge is per process, and other tests' apps share this one: this app's pair must be set to 1
     pair = ("prerank_live_version_info", (("index_version", "v000001"), ("model_version", tiny_model(client))))
