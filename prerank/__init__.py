@@ -17,6 +17,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "quant-auc": ("quant", "test AUC with ad vectors stored as fp32, bf16 and int8"),
     "retrieval-recall": ("recall", "FAISS recall@K of /retrieve against exact scoring"),
     "report": ("report", "rebuild a results table from training runs"),
+    "trace-overhead": ("trace_overhead", "p50 of /prerank with tracing absent, off (default) and on"),
     "loadtest": ("loadtest", "headless Locust steps per candidate count against served stores"),
     "soak": ("soak", "steady load while a new version is published every minute"),
     "download-movielens": ("download", "download the official ml-1m.zip (needs a network)"),
