@@ -34,6 +34,14 @@ LATENCY = Histogram(
     ["route", "status"],
     buckets=LATENCY_BUCKETS,
 )
+#: Upper bounds of the candidate-count label of SCORING (e.g. candidates="1000": 501-1000 candidates).
+CANDIDATE_CLASSES = (100, 500, 1000, 2000, 5000, 10000, 20000)
+SCORING = Histogram(
+    "prerank_scoring_duration_seconds",
+    "time /prerank spends parsing, scoring and ranking, by candidate-count class (upper bound)",
+    ["candidates"],
+    buckets=LATENCY_BUCKETS,
+)
 STAGES = Histogram("prerank_stage_seconds", "time per scoring stage", ["stage"], buckets=STAGE_BUCKETS)
 CANDIDATES = Histogram(
     "prerank_request_candidates",
@@ -84,9 +92,15 @@ def mark_process_dead() -> None:
         prom_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+def candidate_class(n: int) -> str:
+    """The smallest class bound >= n ("more" above the largest)."""
+    return str(next((c for c in CANDIDATE_CLASSES if n <= c), "more"))
+
+
 def observe_result(timings_ms: dict[str, float], n_candidates: int, n_unknown: int, user_known: bool) -> None:
     for stage, ms in timings_ms.items():
         STAGES.labels(stage).observe(ms / 1e3)
+    SCORING.labels(candidate_class(n_candidates)).observe(sum(timings_ms.values()) / 1e3)
     CANDIDATES.observe(n_candidates)
     if n_unknown:
         UNKNOWN_ADS.inc(n_unknown)

@@ -30,7 +30,7 @@ def _prerank_commands(service: dict) -> list[list[str]]:  # type: ignore[type-ar
 
 def test_compose_services_healthchecks_and_order(compose) -> None:  # type: ignore[no-untyped-def]
     services = compose["services"]
-    assert set(services) == {"redis", "publisher", "server", "prometheus", "locust"}
+    assert set(services) == {"redis", "publisher", "server", "prometheus", "grafana", "locust"}
     for name in ("redis", "server"):
         assert services[name]["healthcheck"]["test"], name
     server = services["server"]
@@ -51,7 +51,7 @@ def test_compose_commands_and_files_exist_in_the_project(compose) -> None:  # ty
             assert argv[0] in COMMANDS, (name, argv)
             assert any("redis://redis:6379" in a for a in argv if a.startswith("redis")) or argv[0] == "train"
     assert (ROOT / "Dockerfile").exists()
-    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     sd = prometheus["scrape_configs"][0]["dns_sd_configs"][0]
     assert sd["names"] == ["server"] and sd["port"] == 8000
     assert services["locust"]["command"][1] == "loadtest/locustfile.py"

@@ -64,6 +64,7 @@ def test_metrics_aggregate_across_two_workers(tiny, tiny_hit, tmp_path: Path) ->
 
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
     (tmp_path / "prom").mkdir()
+    (tmp_path / "prom" / "counter_99999.db").write_bytes(b"stale")  # left by an earlier, crashed run
     env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
     with serve(f"local:{tmp_path / 'store'}", extra_args=("--workers", "2"), env=env) as url:
         time.sleep(2)  # let the second worker finish loading too
@@ -75,3 +76,7 @@ def test_metrics_aggregate_across_two_workers(tiny, tiny_hit, tmp_path: Path) ->
     match = re.search(r'prerank_http_requests_total\{route="/prerank",status="200"\} (\S+)', text)
     assert match is not None and float(match.group(1)) == 30.0
     assert len({name.rsplit("_", 1)[-1] for name in files}) >= 2  # metric files of two worker pids
+    assert "counter_99999.db" not in files  # the directory is emptied at start
+    # workers that exited were marked dead: their live gauges (in-flight, live version) are gone
+    left = {p.name for p in (tmp_path / "prom").iterdir()}
+    assert not any(name.startswith(("gauge_livesum", "gauge_liveall")) for name in left), left
