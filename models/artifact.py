@@ -7,6 +7,7 @@ A model artifact is a directory::
     vocab.json          {vocab name: [token, ...]}   (id = position + 1, 0 = unknown)
     weights.safetensors the uncompiled module's state_dict
     meta.json           format version, model version, seed, protocol, data checksum, code version, metrics
+    calibration.json    optional: the logit -> pCTR calibrator (models.calibration), checksummed in meta
 
 An index version is a directory::
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.base import PrerankModel
+from models.calibration import CALIBRATION_FILE, Calibrator
 from models.features import FeatureSchema, Vocabulary
 from models.registry import build_model
 from models.rows import VECTOR_DTYPES, AdRows
@@ -100,26 +102,45 @@ class Bundle:
     schema: FeatureSchema
     vocabs: dict[str, Vocabulary]
     meta: dict[str, Any]
+    calibrator: Calibrator = field(default_factory=Calibrator)  # logit -> served pCTR
 
     @property
     def version(self) -> str:
         return str(self.meta["model_version"])
 
 
-def save_artifact(directory: Path, model: PrerankModel, vocabs: dict[str, Vocabulary], meta: dict[str, Any]) -> str:
-    """Writes a model artifact and returns its model version (name + weights digest)."""
+def save_artifact(
+    directory: Path,
+    model: PrerankModel,
+    vocabs: dict[str, Vocabulary],
+    meta: dict[str, Any],
+    calibrator: Calibrator | None = None,
+) -> str:
+    """Writes a model artifact and returns its model version.
+
+    The version is the model name plus a digest of the weights, and of `calibration.json` when the
+    calibrator is not the identity (it changes every served pCTR, so it is part of the model).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights = directory / "weights.safetensors"
     save_file(state, str(weights))
     digest = file_sha256(weights)
-    version = f"{model.name}-{digest[:12]}"
+    extra: dict[str, Any] = {}
+    identity = digest
+    if calibrator is not None and calibrator != Calibrator():
+        extra["calibration_sha256"] = file_sha256(calibrator.save(directory))
+        extra["calibration_method"] = calibrator.method
+        identity = hashlib.sha256((digest + extra["calibration_sha256"]).encode()).hexdigest()
+    else:
+        (directory / CALIBRATION_FILE).unlink(missing_ok=True)
+    version = f"{model.name}-{identity[:12]}"
     write_json(directory / "config.json", {"model": model.name, "config": asdict(model.config)})
     write_json(directory / "schema.json", model.schema.to_dict())
     write_json(directory / "vocab.json", {k: v.tokens for k, v in vocabs.items()})
     write_json(
         directory / "meta.json",
-        {**meta, "format_version": FORMAT_VERSION, "model_version": version, "weights_sha256": digest},
+        {**meta, **extra, "format_version": FORMAT_VERSION, "model_version": version, "weights_sha256": digest},
     )
     return version
 
@@ -144,7 +165,15 @@ def load_artifact(directory: Path, device: str = "cpu") -> Bundle:
     except RuntimeError as exc:
         raise ArtifactError(f"weights do not fit the {config['model']} config: {exc}") from None
     model.eval().to(device)
-    return Bundle(model, schema, vocabs, meta)
+    calibration = directory / CALIBRATION_FILE
+    recorded = meta.get("calibration_sha256")
+    if recorded is not None and (not calibration.exists() or file_sha256(calibration) != recorded):
+        raise ArtifactError(f"calibration.json missing or checksum mismatch in {directory}")
+    try:
+        calibrator = Calibrator.load(directory) if "calibration_sha256" in meta else Calibrator()
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"invalid calibration.json in {directory}: {exc}") from None
+    return Bundle(model, schema, vocabs, meta, calibrator)
 
 
 @dataclass

@@ -1,11 +1,11 @@
-"""Offline metrics: AUC, LogLoss and RelaImpr."""
+"""Offline metrics: AUC, GAUC, LogLoss, ECE and RelaImpr."""
 
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
-__all__ = ["auc", "logloss", "rela_impr"]
+__all__ = ["auc", "ece", "gauc", "logloss", "rela_impr"]
 
 
 def auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -23,3 +23,34 @@ def rela_impr(model_auc: float, base_auc: float) -> float:
     if base_auc <= 0.5:
         raise ValueError(f"base AUC must exceed 0.5, got {base_auc}")
     return ((model_auc - 0.5) / (base_auc - 0.5) - 1.0) * 100.0
+
+
+def ece(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: sum over equal-width probability bins of |mean label - mean pCTR|,
+    weighted by the bin's share of rows."""
+    labels, probs = np.asarray(labels, np.float64), np.asarray(probs, np.float64)
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(labels[mask].mean() - probs[mask].mean())
+    return float(total)
+
+
+def gauc(users: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> float:
+    """Impression-weighted mean of per-user AUC, over users with both a click and a non-click."""
+    users, labels, probs = np.asarray(users), np.asarray(labels), np.asarray(probs)
+    order = np.argsort(users, kind="stable")
+    users, labels, probs = users[order], labels[order], probs[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    weighted, weight = 0.0, 0
+    for s, e in zip(starts, ends, strict=True):
+        y = labels[s:e]
+        if 0 < y.sum() < len(y):
+            weighted += (e - s) * roc_auc_score(y, probs[s:e])
+            weight += e - s
+    if weight == 0:
+        raise ValueError("GAUC needs at least one user with both a click and a non-click")
+    return float(weighted / weight)

@@ -20,11 +20,13 @@ from tqdm import tqdm
 
 from models.artifact import save_artifact, write_json
 from models.base import PrerankModel
+from models.calibration import Calibrator
 from models.losses import auxiliary_loss
 from models.provenance import code_version, machine
 from models.registry import build_model, config_from_dict
+from offline.calibrate import fit_calibrator
 from offline.data import Dataset, Split
-from offline.metrics import auc, logloss, rela_impr
+from offline.metrics import auc, ece, logloss, rela_impr
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "load_baseline", "predict", "train"]
 
@@ -47,12 +49,19 @@ class TrainConfig:
         eval_batch_size: rows per inference batch.
         progress: show a progress bar.
         device: "cpu" or "cuda" (under torchrun: "cuda" means cuda:LOCAL_RANK).
+        calibration: fit a logit -> pCTR calibrator on the validation split after training:
+            "auto" (identity, Platt or isotonic, chosen by cross-fitted validation LogLoss), one of
+            those three, or "none" (no calibrator in the artifact).
+        negative_rate: keep each negative training row with this probability per epoch (1: all);
+            the calibrator's offset log(rate) corrects the learned base rate back.
     """
 
     epochs: int = 30
     batch_size: int = 2048
     lr: float = 1e-3
     optimizer: str = "adam"
+    calibration: str = "none"
+    negative_rate: float = 1.0
     patience: int = 2
     l2: float = 1e-5
     seed: int = 42
@@ -70,15 +79,21 @@ class TrainResult:
 
 
 @torch.inference_mode()
-def predict(model: PrerankModel, split: Split, batch_size: int = 32768) -> np.ndarray:
-    """pCTR for every row of a split (model in eval mode, on the model's device)."""
+def predict_logits(model: PrerankModel, split: Split, batch_size: int = 32768) -> np.ndarray:
+    """Raw logits for every row of a split (model in eval mode, on the model's device)."""
     model.eval()
     device = str(next(model.parameters()).device)
     out = []
     for start in range(0, len(split), batch_size):
         feats, _ = split.batch(np.arange(start, min(start + batch_size, len(split))), device)
-        out.append(torch.sigmoid(model(feats)).float().cpu().numpy())
+        out.append(model(feats).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+@torch.inference_mode()
+def predict(model: PrerankModel, split: Split, batch_size: int = 32768) -> np.ndarray:
+    """Uncalibrated pCTR (sigmoid of the logit) for every row of a split."""
+    return torch.sigmoid(torch.from_numpy(predict_logits(model, split, batch_size))).numpy()
 
 
 def evaluate(model: PrerankModel, split: Split, batch_size: int = 32768) -> dict[str, float]:
@@ -182,6 +197,8 @@ def train(
         TrainResult with the best-validation model and its metrics.
     """
     cfg = config or TrainConfig()
+    if not 0.0 < cfg.negative_rate <= 1.0:
+        raise ValueError(f"negative_rate must be in (0, 1], got {cfg.negative_rate}")
     version_of_code = code_version()  # at the start: the code that trains, not what is edited meanwhile
     ddp = _distributed(cfg.device)
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model and batch order
@@ -202,6 +219,9 @@ def train(
         t0 = time.perf_counter()
         model.train()
         order = rng.permutation(len(dataset.train))
+        if cfg.negative_rate < 1.0:  # negative down-sampling, drawn anew each epoch
+            positive = dataset.train.labels[order] > 0.5
+            order = order[positive | (rng.random(len(order)) < cfg.negative_rate)]
         batches = range(0, len(order), cfg.batch_size)
         quiet = not cfg.progress or ddp.rank != 0
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False, file=sys.stderr)
@@ -244,6 +264,7 @@ def train(
     model.load_state_dict(best_state)
     model.to("cpu")  # artifacts and test metrics are device-independent
     test = evaluate(model, dataset.test, cfg.eval_batch_size)
+    calibrator, calibration = _calibrate(model, dataset, cfg)
     metrics: dict[str, Any] = {
         "model": model_name,
         "test_auc": test["auc"],
@@ -263,6 +284,7 @@ def train(
         "machine": machine(),
         "torch": torch.__version__,
         "world_size": ddp.world,
+        **calibration,
     }
     if baseline is not None:
         metrics["baseline"] = {"model": baseline.get("model"), "test_auc": baseline["test_auc"]}
@@ -275,11 +297,37 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     if out_dir is not None and ddp.rank == 0:
-        version = save_artifact(out_dir, model, dataset.vocabs, {k: v for k, v in metrics.items() if k != "history"})
+        meta = {k: v for k, v in metrics.items() if k != "history"}
+        version = save_artifact(out_dir, model, dataset.vocabs, meta, calibrator)
         metrics["model_version"] = version
         write_json(out_dir / "metrics.json", metrics)
         result.artifact = out_dir
     return result
+
+
+def _calibrate(model: PrerankModel, dataset: Dataset, cfg: TrainConfig) -> tuple[Calibrator | None, dict[str, Any]]:
+    """The calibrator fitted on validation logits, and test metrics before and after it."""
+    offset = float(np.log(cfg.negative_rate))
+    if cfg.calibration == "none" and offset == 0.0:
+        return None, {}
+    method = "identity" if cfg.calibration == "none" else cfg.calibration
+    valid = predict_logits(model, dataset.valid, cfg.eval_batch_size)
+    calibrator = fit_calibrator(valid, dataset.valid.labels, method, offset, cfg.seed)
+    test_logits = predict_logits(model, dataset.test, cfg.eval_batch_size)
+    raw = torch.sigmoid(torch.from_numpy(test_logits)).numpy()
+    calibrated = calibrator.probabilities(test_logits)
+    labels = dataset.test.labels
+    return calibrator, {
+        "calibration": calibrator.method,
+        "calibration_fit": calibrator.fit,
+        "negative_rate": cfg.negative_rate,
+        "test_ece": ece(labels, raw),
+        "calibrated_test_logloss": logloss(labels, calibrated),
+        "calibrated_test_ece": ece(labels, calibrated),
+        "calibrated_test_auc": auc(labels, calibrated),
+        "test_base_rate": float(labels.mean()),
+        "calibrated_test_mean_pctr": float(calibrated.mean()),
+    }
 
 
 def load_baseline(path: Path) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> None:
     epochs = args.epochs or (30 if movielens else 10)
     artifact = args.workdir / "hit"
     print(f"[2/4] training HIT for up to {epochs} epochs -> {artifact}")
-    cfg = TrainConfig(epochs=epochs, batch_size=2048 if movielens else 256)
+    cfg = TrainConfig(epochs=epochs, batch_size=2048 if movielens else 256, calibration="auto")
     result = train(data, "hit", {}, cfg, artifact)
     print(f"      test AUC {result.metrics['test_auc']:.4f}  LogLoss {result.metrics['test_logloss']:.4f}")
     store = f"local:{args.workdir / 'store'}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +25,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="adam", choices=OPTIMIZERS, help="adam (default) or plain sgd")
+    p.add_argument(
+        "--calibration",
+        default="auto",
+        choices=["auto", "none", "identity", "platt", "isotonic"],
+        help="logit -> pCTR calibrator fitted on the validation split (default auto: chosen by "
+        "cross-fitted validation LogLoss; none: no calibrator)",
+    )
+    p.add_argument(
+        "--negative-rate",
+        type=float,
+        default=1.0,
+        help="keep each negative training row with this probability (the calibrator corrects the base rate)",
+    )
     p.add_argument("--patience", type=int, default=2, help="epochs without a validation-AUC gain before stopping")
     p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
@@ -36,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     # Cheap checks first: a typo in the config or a missing baseline fails before any data loads.
     config_from_dict(args.model, dict(args.model_config))
+    if not 0.0 < args.negative_rate <= 1.0:
+        raise UsageError(f"--negative-rate must be in (0, 1], got {args.negative_rate}")
     if args.baseline is not None and not args.baseline.exists():
         raise UsageError(f"--baseline {args.baseline}: no such file or directory")
     if args.device.startswith("cuda"):
@@ -55,6 +72,8 @@ def _run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         optimizer=args.optimizer,
+        calibration=args.calibration,
+        negative_rate=args.negative_rate,
         patience=args.patience,
         seed=args.seed,
         progress=not args.no_progress,
@@ -65,13 +84,23 @@ def _run(args: argparse.Namespace) -> None:
         return
     m = result.metrics
     line = f"{args.model} test AUC {m['test_auc']:.4f} LogLoss {m['test_logloss']:.4f}"
+    if "calibration" in m:
+        line += f" (calibrated, {m['calibration']}: LogLoss {m['calibrated_test_logloss']:.4f}"
+        line += f" ECE {m['calibrated_test_ece']:.4f})"
     if "rela_impr_pct" in m:
         line += f" RelaImpr {m['rela_impr_pct']:+.2f}%"
     print(f"{line}  ({m['epochs']} epochs, {m['wall_seconds']:.0f}s) -> {args.out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_job("train", parser(), _run, argv)
+    code = run_job("train", parser(), _run, argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, skip interpreter teardown once the work is done: gloo's threads can abort
+        # a rank while static objects are destroyed, failing a run that succeeded.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":  # torchrun -m prerank.train ...

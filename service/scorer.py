@@ -154,7 +154,7 @@ class Scorer:
             return np.zeros(0, np.int64), empty, empty
         logits = self.score_rows(version, user, rows, timings)
         t2 = time.perf_counter()
-        pctr = torch.sigmoid(logits).cpu().numpy().astype(np.float32, copy=False)
+        pctr = version.bundle.calibrator.probabilities(logits.float().cpu().numpy())
         ecpm = pctr * (version.index.bids[rows] if bids is None else bids)
         k = len(ecpm) if top_k is None else min(top_k, len(ecpm))
         if k < len(ecpm):

@@ -4,6 +4,7 @@ shard of a fixed batch; rank 0 writes the averaged gradients (what every rank's 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -35,9 +36,15 @@ def main(model_name: str, config: str, out: str) -> None:
     step(feats, labels).backward()
     if ddp.rank == 0:
         save_file({n: p.grad.contiguous() for n, p in model.named_parameters() if p.grad is not None}, out)
+    del step  # the DDP reducer's gloo work must end before its process group does
     dist.barrier()
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:4])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: gloo's threads can abort the process while static objects are
+    # destroyed ("terminate called without an active exception"), after all the work is done.
+    os._exit(0)
