@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
-__all__ = ["auc", "ece", "gauc", "logloss", "rela_impr"]
+__all__ = ["auc", "ece", "gauc", "logloss", "ranking_consistency", "rela_impr", "revenue_at_k", "revenue_ratio_at_k"]
 
 
 def auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -54,3 +54,31 @@ def gauc(users: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> float:
     if weight == 0:
         raise ValueError("GAUC needs at least one user with both a click and a non-click")
     return float(weighted / weight)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, ties broken by position (the serving order)."""
+    return np.argsort(-np.asarray(scores, np.float64), kind="stable")[:k]
+
+
+def revenue_at_k(bids: np.ndarray, clicks: np.ndarray, ecpm: np.ndarray, k: int) -> float:
+    """Sum of bid x click (or true click probability) over the k candidates ranked best by eCPM."""
+    top = _top(ecpm, k)
+    return float((np.asarray(bids, np.float64)[top] * np.asarray(clicks, np.float64)[top]).sum())
+
+
+def revenue_ratio_at_k(bids: np.ndarray, clicks: np.ndarray, ecpm: np.ndarray, k: int) -> float:
+    """revenue@k of the given order over that of the oracle order (by bid x true click)."""
+    bids, clicks = np.asarray(bids, np.float64), np.asarray(clicks, np.float64)
+    oracle = revenue_at_k(bids, clicks, bids * clicks, k)
+    if oracle <= 0:
+        raise ValueError("the oracle revenue@k is 0: no candidate has a bid and a click")
+    return revenue_at_k(bids, clicks, ecpm, k) / oracle
+
+
+def ranking_consistency(reference: np.ndarray, scores: np.ndarray, k: int, big_k: int) -> float:
+    """Recall@k of the ranking stage: the share of the reference's top k that the pre-ranker's
+    top K keeps (COPR's consistency measure), K >= k."""
+    if big_k < k:
+        raise ValueError(f"K ({big_k}) must be >= k ({k})")
+    return len(np.intersect1d(_top(reference, k), _top(scores, big_k))) / k

@@ -21,6 +21,12 @@ __all__ = ["Follower", "FollowerStatus"]
 
 log = logging.getLogger(__name__)
 
+#: Said by /readyz and the log when the live model was trained on MovieLens's `paper` protocol.
+PAPER_WARNING = (
+    "the live model was trained on the paper protocol, whose features include each row's own label: "
+    "its pCTRs are inflated; serve a clean-protocol model in production"
+)
+
 
 @dataclass
 class FollowerStatus:
@@ -28,6 +34,7 @@ class FollowerStatus:
 
     live_version: str | None = None
     live_model: str | None = None
+    live_protocol: str | None = None  # the data protocol the live model was trained on
     loaded_at: float | None = None
     refused: dict[str, str] = field(default_factory=dict)  # version -> reason
     live_identity: str | None = None  # digest of the live version's manifest as the store held it
@@ -46,6 +53,8 @@ class FollowerStatus:
             "follow_error": self.follow_error,
             "live_version": self.live_version,
             "live_model": self.live_model,
+            "live_protocol": self.live_protocol,
+            "warning": PAPER_WARNING if self.live_protocol == "paper" else None,
             "loaded_at": self.loaded_at,
             "refused_versions": dict(self.refused),
             "store_history": self.store_history,
@@ -160,6 +169,9 @@ class Follower:
         SWAPS.inc()
         self.status.live_version = loaded.version
         self.status.live_model = loaded.model_version
+        self.status.live_protocol = loaded.bundle.meta.get("protocol")
+        if self.status.live_protocol == "paper":
+            log.warning(PAPER_WARNING, extra={"event": "paper_protocol_served", "version": loaded.version})
         self.status.live_identity = identity
         self.status.loaded_at = time.time()
         self.status.swaps += 1

@@ -10,6 +10,7 @@ import calendar
 import contextlib
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -47,6 +48,13 @@ CANDIDATES = Histogram(
     "prerank_request_candidates",
     "candidate ads per /prerank request (its _count counts requests, its _sum candidates)",
     buckets=(10, 100, 500, 1000, 2000, 5000, 10000, 20000),
+)
+#: Served pCTRs observed per request (the best-ranked ones: what reaches the ranking stage).
+PCTR_OBSERVED = 10
+PCTR = Histogram(
+    "prerank_pctr",
+    f"served pCTR of the {PCTR_OBSERVED} best-ranked ads of each /prerank request (calibrated)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
 )
 UNKNOWN_ADS = Counter("prerank_unknown_ads_total", "candidate ids absent from the live index")
 UNKNOWN_USERS = Counter("prerank_unknown_users_total", "requests scored with default user features")
@@ -97,7 +105,12 @@ def candidate_class(n: int) -> str:
     return str(next((c for c in CANDIDATE_CLASSES if n <= c), "more"))
 
 
-def observe_result(timings_ms: dict[str, float], n_candidates: int, n_unknown: int, user_known: bool) -> None:
+def observe_result(
+    timings_ms: dict[str, float], n_candidates: int, n_unknown: int, user_known: bool, pctr: Any = ()
+) -> None:
+    """Per-request series; `pctr` is the served pCTRs, best first (the first PCTR_OBSERVED are observed)."""
+    for p in pctr[:PCTR_OBSERVED]:
+        PCTR.observe(float(p))
     for stage, ms in timings_ms.items():
         STAGES.labels(stage).observe(ms / 1e3)
     SCORING.labels(candidate_class(n_candidates)).observe(sum(timings_ms.values()) / 1e3)

@@ -76,7 +76,7 @@ async def prerank(request: Request) -> Response:
         )
     result = await run_in_threadpool(scorer.prerank, parsed)
     result.timings_ms["parse"] = parse_ms
-    observe_result(result.timings_ms, n, len(result.unknown_ad_ids), result.user_known)
+    observe_result(result.timings_ms, n, len(result.unknown_ad_ids), result.user_known, result.pctr)
     record_stages(request.app.state.tracing, started_ns, result.timings_ms)
     return _scored(result, parsed.request_id)
 

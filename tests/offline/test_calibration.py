@@ -104,3 +104,48 @@ def test_negative_down_sampling_is_corrected_back_to_the_base_rate(tmp_path: Pat
     assert raw_mean > 1.5 * base  # trained on 4x fewer negatives, the raw model over-predicts
     assert m["calibrated_test_mean_pctr"] == pytest.approx(base, rel=0.15)  # the correction recovers it
     assert load_artifact(tmp_path / "lr").calibrator.offset == pytest.approx(np.log(0.25))
+
+
+def test_revenue_at_k_and_ranking_consistency_hand_computed() -> None:
+    from offline.metrics import ranking_consistency, revenue_at_k, revenue_ratio_at_k
+
+    bids = np.array([1.0, 2.0, 0.5, 4.0])
+    clicks = np.array([1.0, 0.0, 1.0, 1.0])
+    ecpm = np.array([0.9, 0.8, 0.1, 0.3])  # ranks 0, 1, 3, 2
+    assert revenue_at_k(bids, clicks, ecpm, 2) == 1.0  # ad 0 (1 x 1) + ad 1 (2 x 0)
+    assert revenue_at_k(bids, clicks, ecpm, 3) == 5.0  # + ad 3 (4 x 1)
+    # oracle top 2 by bid x click: ad 3 (4) and ad 0 (1) -> 5
+    assert revenue_ratio_at_k(bids, clicks, ecpm, 2) == pytest.approx(1.0 / 5.0)
+    ranker = np.array([0.1, 0.2, 0.9, 0.8])  # the ranking stage's top 2: ads 2, 3
+    assert ranking_consistency(ranker, ecpm, 2, 2) == 0.0
+    assert ranking_consistency(ranker, ecpm, 2, 3) == 0.5  # the pre-ranker's top 3 (0, 1, 3) keeps ad 3
+    assert ranking_consistency(ranker, ecpm, 2, 4) == 1.0
+    with pytest.raises(ValueError, match="must be >="):
+        ranking_consistency(ranker, ecpm, 3, 2)
+
+
+def test_served_pctr_histogram_and_the_paper_protocol_warning(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    data = replace(tiny, protocol="paper")  # as a MovieLens paper-protocol model records itself
+    train(data, "lr", {}, TrainConfig(epochs=1, batch_size=256, progress=False), tmp_path / "art")
+    export(tmp_path / "art", data, f"local:{tmp_path / 'store'}")
+    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
+
+        def served() -> float:
+            text = client.get("/metrics").text
+            return next(
+                s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name == "prerank_pctr_count"
+            )
+
+        before = served()
+        client.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": list(range(30))}})
+        client.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": [1, 2, 3]}})
+        assert served() - before == 10 + 3  # the 10 best-ranked of the first request, all 3 of the second
+        ready = client.get("/readyz").json()
+    assert ready["live_protocol"] == "paper" and "own label" in ready["warning"]
