@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from models.artifact import load_artifact
 from service.admin import router as admin_router
+from service.admission import Admission
 from service.config import Settings
 from service.follower import Follower
 from service.http_errors import install_error_handlers
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         follower = Follower(open_store(settings.store), scorer, settings.device, expected)
         app.state.settings, app.state.scorer, app.state.follower = settings, scorer, follower
         app.state.tracing = tracing
+        app.state.admission = Admission(settings.max_concurrency, settings.max_queue)
         await follower.check()
         task = asyncio.create_task(follower.run(settings.poll_seconds))
         follower.watch(task)

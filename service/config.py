@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
     max_id_length: int = Field(64, ge=1, description="longest accepted user id")
     poll_seconds: float = Field(2.0, gt=0, description="how often the live-version pointer is checked")
+    max_concurrency: int = Field(2, ge=1, description="requests scored at once (each holds a torch thread)")
+    max_queue: int = Field(16, ge=0, description="requests waiting for a slot; beyond that, 503 + Retry-After")
+    request_timeout_ms: float | None = Field(
+        None, gt=0, le=60_000, description="default deadline; X-Request-Timeout-Ms overrides it per request"
+    )
     tracing: str = Field(
         "none", pattern=r"^(none|console|otlp)$", description="trace exporter: none (off), console, or otlp"
     )

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "AdminDisabled",
+    "DeadlineExceeded",
     "InvalidInput",
     "MalformedBody",
     "MissingCredentials",
     "NotReady",
+    "Overloaded",
     "PayloadTooLarge",
     "Problem",
     "ServiceError",
@@ -85,6 +87,18 @@ class VersionUnavailable(ServiceError):
     """The version asked for cannot be served (missing, refused, or lacking what the call needs)."""
 
     kind = "version_unavailable"
+
+
+class Overloaded(ServiceError):
+    """Every scoring slot is busy and the queue is full: the request is shed."""
+
+    kind = "overloaded"
+
+
+class DeadlineExceeded(ServiceError):
+    """The request's deadline passed before scoring could start; the work was abandoned."""
+
+    kind = "deadline_exceeded"
 
 
 class PayloadTooLarge(ServiceError):

@@ -17,10 +17,12 @@ from starlette.exceptions import HTTPException
 
 from service.errors import (
     AdminDisabled,
+    DeadlineExceeded,
     InvalidInput,
     MalformedBody,
     MissingCredentials,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     Problem,
     ServiceError,
@@ -44,6 +46,8 @@ STATUS: dict[type[ServiceError], int] = {
     UnsupportedMediaType: 415,
     InvalidInput: 422,
     NotReady: 503,
+    Overloaded: 503,
+    DeadlineExceeded: 504,
 }
 
 _UNION_TAGS = ("str", "int", "float", "bool", "none")
@@ -94,6 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _service_error(_: Request, exc: ServiceError) -> Response:
         status = status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": "1"}
         return _response(exc.problems, status, headers)
 
     @app.exception_handler(ValidationError)

@@ -56,6 +56,11 @@ PCTR = Histogram(
     f"served pCTR of the {PCTR_OBSERVED} best-ranked ads of each /prerank request (calibrated)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
 )
+SHED = Counter("prerank_requests_shed_total", "requests refused with 503 because every slot and the queue were full")
+DEADLINE_EXPIRED = Counter(
+    "prerank_requests_deadline_expired_total", "requests abandoned (504) because their deadline passed while queued"
+)
+QUEUED = Gauge("prerank_requests_queued", "requests waiting for a scoring slot", multiprocess_mode="livesum")
 UNKNOWN_ADS = Counter("prerank_unknown_ads_total", "candidate ids absent from the live index")
 UNKNOWN_USERS = Counter("prerank_unknown_users_total", "requests scored with default user features")
 LIVE_VERSION = Gauge(

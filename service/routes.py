@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from service.admission import Admission, deadline_from
 from service.config import Settings
 from service.errors import InvalidInput, NotReady, PayloadTooLarge, UnsupportedMediaType
 from service.follower import Follower
@@ -42,11 +44,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "body is not JSON",
+        504: "the request's deadline passed while it waited for a scoring slot",
         404: "unknown user with unknown_user=reject",
         413: "body too large",
         415: "content type is not application/json",
         422: "a field is invalid (the message names it)",
-        503: "no version loaded yet",
+        503: "no version loaded yet, or over capacity (Retry-After: 1)",
     }.items()
 }
 
@@ -65,16 +68,17 @@ async def prerank(request: Request) -> Response:
     """
     settings: Settings = request.app.state.settings
     scorer: Scorer = request.app.state.scorer
-    body = await _body(request, settings)
-    t0, started_ns = time.perf_counter(), time.time_ns()
-    parsed = PrerankRequest.model_validate_json(body)
-    parse_ms = (time.perf_counter() - t0) * 1e3
-    n = len(parsed.candidates.ids)
-    if n > settings.max_candidates:
-        raise InvalidInput(
-            ("body", "candidates", "ad_ids"), f"{n} candidates exceeds the limit of {settings.max_candidates}"
-        )
-    result = await run_in_threadpool(scorer.prerank, parsed)
+    async with _admitted(request, settings):  # sheds (503) or expires (504) before any work
+        body = await _body(request, settings)
+        t0, started_ns = time.perf_counter(), time.time_ns()
+        parsed = PrerankRequest.model_validate_json(body)
+        parse_ms = (time.perf_counter() - t0) * 1e3
+        n = len(parsed.candidates.ids)
+        if n > settings.max_candidates:
+            raise InvalidInput(
+                ("body", "candidates", "ad_ids"), f"{n} candidates exceeds the limit of {settings.max_candidates}"
+            )
+        result = await run_in_threadpool(scorer.prerank, parsed)
     result.timings_ms["parse"] = parse_ms
     observe_result(result.timings_ms, n, len(result.unknown_ad_ids), result.user_known, result.pctr)
     record_stages(request.app.state.tracing, started_ns, result.timings_ms)
@@ -92,12 +96,19 @@ async def retrieve(request: Request) -> Response:
     """Searches the FAISS index of ad heads with each user head, rescores the union exactly with
     the model, keeps the top_k by model score and returns them by eCPM with the stored bids."""
     settings: Settings = request.app.state.settings
-    body = await _body(request, settings)
-    started_ns = time.time_ns()
-    parsed = RetrieveRequest.model_validate_json(body)
-    result = await run_in_threadpool(request.app.state.scorer.retrieve, parsed)
+    async with _admitted(request, settings):
+        body = await _body(request, settings)
+        started_ns = time.time_ns()
+        parsed = RetrieveRequest.model_validate_json(body)
+        result = await run_in_threadpool(request.app.state.scorer.retrieve, parsed)
     record_stages(request.app.state.tracing, started_ns, result.timings_ms)
     return _scored(result, parsed.request_id)
+
+
+def _admitted(request: Request, settings: Settings) -> contextlib.AbstractAsyncContextManager[None]:
+    """A scoring slot for this request, within its deadline (service.admission)."""
+    admission: Admission = request.app.state.admission
+    return admission.slot(deadline_from(request.headers.get("x-request-timeout-ms"), settings.request_timeout_ms))
 
 
 async def _body(request: Request, settings: Settings) -> bytes:
