@@ -18,6 +18,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "retrieval-recall": ("recall", "FAISS recall@K of /retrieve against exact scoring"),
     "report": ("report", "rebuild a results table from training runs"),
     "trace-overhead": ("trace_overhead", "p50 of /prerank with tracing absent, off (default) and on"),
+    "openloop": ("openloop", "open-loop capacity sweep with k6 (fixed arrival rates, p99.9, dropped arrivals)"),
     "loadtest": ("loadtest", "headless Locust steps per candidate count against served stores"),
     "soak": ("soak", "steady load while a new version is published every minute"),
     "download-movielens": ("download", "download the official ml-1m.zip (needs a network)"),

@@ -1,0 +1,31 @@
+// Open-loop load for POST /prerank: k6's constant-arrival-rate executor starts requests at a fixed
+// rate whether or not earlier ones have answered, so queueing shows in the latency (no coordinated
+// omission). Arrivals that find no free VU are counted as dropped_iterations.
+// Run by loadtest/openloop.py: k6 run -e URL=... -e BODIES=file.json -e RATE=100 -e SECONDS=20 openloop.js
+import http from 'k6/http';
+import { check } from 'k6';
+
+const bodies = JSON.parse(open(__ENV.BODIES));
+const rate = parseInt(__ENV.RATE);
+const headers = { 'Content-Type': 'application/json' };
+
+export const options = {
+  discardResponseBodies: true,
+  summaryTrendStats: ['min', 'med', 'p(99)', 'p(99.9)', 'max', 'count'],
+  scenarios: {
+    open: {
+      executor: 'constant-arrival-rate',
+      rate: rate,
+      timeUnit: '1s',
+      duration: `${__ENV.SECONDS}s`,
+      preAllocatedVUs: Math.max(4, Math.ceil(rate / 10)),
+      maxVUs: Math.max(8, rate),
+    },
+  },
+};
+
+export default function () {
+  const body = bodies[(__ITER + __VU * 7919) % bodies.length];
+  const res = http.post(`${__ENV.URL}/prerank`, body, { headers: headers });
+  check(res, { 'status 200': (r) => r.status === 200 });
+}

