@@ -1,7 +1,7 @@
 """Open-loop capacity sweep with k6: fixed arrival rates per candidate count, up to saturation.
 
-For each `--target NAME=STORE` it starts `prerank serve` (pinned to CPU 0 where taskset exists,
-one torch thread), fetches real ids from `/sample`, writes request bodies, and for each candidate
+For each `--target NAME=STORE` it starts `prerank serve` (loadtest.run.server: pinned to CPU 0
+where taskset exists, one torch thread), fetches real ids from `/sample`, writes request bodies, and for each candidate
 count runs k6 (pinned to the other CPUs) at each offered rate for `--seconds`. It records
 p50/p99/p99.9, achieved rate, dropped arrivals and failed requests, marks the knee (the highest
 offered rate with p99 <= --slo-ms, no dropped arrivals and no failures) and writes report.json,
@@ -24,37 +24,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from loadtest.run import _pin, cpu_model, server
 from tools.plotting import pyplot
-from tools.procs import free_port, wait_until_ready
 
 __all__ = ["knee", "main", "parser", "run_step"]
 
 HERE = Path(__file__).resolve().parent
-
-
-def _pin(cpus: str) -> list[str]:
-    return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-
-
-@contextmanager
-def server(store: str) -> Iterator[str]:
-    """`prerank serve` on a free port (CPU 0, one torch thread); yields its URL once ready."""
-    port = free_port()
-    env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "PRERANK_LOG_SAMPLE_RATE": "0"}
-    cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, proc, timeout=120)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def bodies(url: str, candidates: int, count: int = 64, seed: int = 0) -> list[str]:
@@ -103,17 +81,6 @@ def knee(steps: list[dict[str, Any]], slo_ms: float) -> int | None:
     """The highest offered rate with p99 <= slo_ms, no dropped arrivals and no failures."""
     ok = [s["offered_rps"] for s in steps if s["p99_ms"] <= slo_ms and s["dropped"] == 0 and s["failed"] == 0]
     return max(ok) if ok else None
-
-
-def _machine() -> str:
-    cpu = "unknown CPU"
-    with suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -183,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         parser_.error("--target takes NAME=STORE_URL")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "machine": _machine(),
+        "machine": cpu_model(),
         "seconds": args.seconds,
         "slo_ms": args.slo_ms,
         "command": "prerank openloop " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -169,7 +169,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _machine() -> str:
+def cpu_model() -> str:
+    """This machine's CPU model and core count (standard library only)."""
     cpu = "cpu"
     with suppress(OSError, StopIteration):
         cpu = next(
@@ -177,7 +178,11 @@ def _machine() -> str:
             for ln in Path("/proc/cpuinfo").read_text().splitlines()
             if ln.startswith("model name")
         )
-    return f"{cpu}, {os.cpu_count()} cores; server pinned to CPU 0, Locust to the others"
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def _machine() -> str:
+    return f"{cpu_model()}; server pinned to CPU 0, Locust to the others"
 
 
 def parser() -> argparse.ArgumentParser:

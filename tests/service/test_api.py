@@ -166,6 +166,12 @@ def _samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     }
 
 
+def sample_delta(before: dict, after: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    """How much one sample moved between two `_samples` snapshots (absent: 0)."""
+    key = (name, tuple(sorted(labels.items())))
+    return float(after.get(key, 0.0) - before.get(key, 0.0))
+
+
 def test_metrics_move_with_the_requests(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
     before = _samples(client)
     ads = [int(a) for a in tiny.ad_ids[:10]] + [10**15]
@@ -174,8 +180,7 @@ def test_metrics_move_with_the_requests(client: TestClient, tiny) -> None:  # ty
     after = _samples(client)
 
     def delta(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        return sample_delta(before, after, name, **labels)
 
     assert delta("prerank_http_requests_total", route="/prerank", status="200") == 1
     assert delta("prerank_http_requests_total", route="/prerank", status="422") == 1

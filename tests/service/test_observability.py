@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from service.app import create_app
 from service.config import Settings
 from service.observability import Tracing, configure_logging
-from tests.service.test_api import _samples
+from tests.service.test_api import _samples, sample_delta
 
 BODY = {"user": {"id": "3"}, "candidates": {"ad_ids": list(range(1, 40))}}
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -89,8 +89,7 @@ def test_route_labels_are_route_templates_and_operator_gauges_move(traced) -> No
     after = _samples(client)
 
     def delta(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        return sample_delta(before, after, name, **labels)
 
     assert delta("prerank_http_requests_total", route="/admin/reload", status="200") == 1
     assert delta("prerank_http_requests_total", route="unmatched", status="404") == 1
