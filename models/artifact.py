@@ -186,6 +186,7 @@ class IndexData:
     bids: np.ndarray  # float32 (N,)
     user_ids: list[str]
     users: FeatureTable
+    ad_hashes: np.ndarray | None = None  # uint64 (N,) feature digest per ad (FeatureTable.row_hashes)
 
 
 def save_index(
@@ -197,6 +198,7 @@ def save_index(
     user_ids: list[str],
     users: FeatureTable,
     manifest: dict[str, Any],
+    ad_hashes: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Writes one index version into `directory` (which must be new) and returns its manifest.
 
@@ -213,6 +215,8 @@ def save_index(
         tensors["scales"] = rows.scales.contiguous()
     if rows.routes is not None:
         tensors["routes"] = rows.routes.to(torch.int64).contiguous()
+    if ad_hashes is not None:
+        tensors["ad_hashes"] = torch.from_numpy(np.ascontiguousarray(ad_hashes, dtype=np.uint64).view(np.int64))
     save_file(tensors, str(directory / "index.safetensors"))
     save_file(users.to_tensors("user"), str(directory / "users.safetensors"))
     write_json(directory / "user_ids.json", user_ids)
@@ -262,4 +266,5 @@ def load_index(directory: Path) -> IndexData:
         bids=tensors["bids"].numpy(),
         user_ids=user_ids,
         users=users,
+        ad_hashes=tensors["ad_hashes"].numpy().view(np.uint64) if "ad_hashes" in tensors else None,
     )

@@ -100,6 +100,7 @@ def export(
         "bids": dataset.ad_bids,
         "user_ids": dataset.user_keys,
         "users": dataset.users.select(bundle.schema.user_fields),
+        "ad_hashes": dataset.ads.select(bundle.schema.ad_fields).row_hashes(),
     }
     publisher = open_publisher(store_url, keep)
     staged = publisher.staging_dir()

@@ -133,6 +133,20 @@ class LocalPublisher:
         self._point(version)
 
 
+#: Next version number: the counter + 1, but never below the publish time as YYMMDDhhmmssmmm (UTC,
+#: milliseconds), so a Redis that lost its data (and its counter) never reissues a name. 15 digits
+#: stay exact in Lua's doubles (< 2^53). Sets the store's epoch (a random id) if it has none.
+#: Atomic: concurrent publishers get distinct numbers.
+_NEXT_VERSION = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+local floor = tonumber(ARGV[1])
+if n < floor then n = floor end
+redis.call('SET', KEYS[1], n)
+redis.call('SET', KEYS[2], ARGV[2], 'NX')
+return n
+"""
+
+
 def _files(staged: Path) -> list[str]:
     return sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file() and p.name != "manifest.json")
 
@@ -155,7 +169,10 @@ class RedisPublisher:
         return value.decode() if value else None
 
     def publish(self, staged: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-        version = f"v{int(self.client.incr(self.keys.seq)):06d}"  # atomic: concurrent publishers differ
+        now = time.time()
+        floor = int(time.strftime("%y%m%d%H%M%S", time.gmtime(now))) * 1000 + int(now * 1000) % 1000
+        number = self.client.eval(_NEXT_VERSION, 2, self.keys.seq, self.keys.epoch, floor, uuid.uuid4().hex)
+        version = f"v{int(number):06d}"
         manifest["version"] = version
         written: list[str] = []
         try:

@@ -21,17 +21,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="local:DIR or redis://[:password@]host:port/db (rediss:// for TLS)")
     p.add_argument("--keep", type=int, default=5, help="published versions to keep (default: 5)")
     p.add_argument("--dtype", default="float32", choices=VECTOR_DTYPES, help="stored vector type (default: float32)")
+    p.add_argument(
+        "--delta",
+        action="store_true",
+        help="publish only what changed since the live version (new or changed ads encoded by the live model, "
+        "removals, bid changes) as a delta on top of it; needs a redis:// store and the live version's artifact",
+    )
     add_threads_arg(p)
     return p
 
 
 def _run(args: argparse.Namespace) -> None:
     check_store(args.store)  # before any data is loaded or any ad encoded
-    load_artifact(args.artifact)  # the artifact is complete and its checksum holds
+    bundle = load_artifact(args.artifact)  # the artifact is complete and its checksum holds
+    if args.delta:
+        from offline.delta import check_live_model
+
+        check_live_model(args.store, bundle.version)  # before any data is loaded
     from offline.data import load_dataset
     from offline.export import export
 
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+    if args.delta:
+        from offline.delta import export_delta
+
+        done = export_delta(args.artifact, dataset, args.store)
+        counts = f"{done['upserts']} upserts, {done['removals']} removals, {done['bid_changes']} bid changes"
+        if done["seq"] is None:
+            print(f"nothing changed since {done['version']}: no delta published")
+        else:
+            print(f"published delta {done['seq']} on {done['version']} ({counts}) to {args.store}")
+        return
     manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep)
     print(f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}")
 

@@ -6,13 +6,23 @@ import hmac
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.artifact import ArtifactError
 from service.config import Settings
-from service.errors import AdminDisabled, MissingCredentials, VersionUnavailable, WrongCredentials
+from service.errors import (
+    AdminDisabled,
+    MissingCredentials,
+    NeedsBroker,
+    StoreDown,
+    VersionUnavailable,
+    WrongCredentials,
+)
 from service.follower import Follower
-from service.schemas import ErrorResponse
+from service.schemas import AdId, ErrorResponse
+from service.store import RedisStore
+from storage.deltas import set_paused
 
 __all__ = ["router"]
 
@@ -34,7 +44,7 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "body is not JSON"},
     401: {"model": ErrorResponse, "description": "no bearer token"},
     403: {"model": ErrorResponse, "description": "wrong token, or admin disabled"},
-    409: {"model": ErrorResponse, "description": "the version cannot be served"},
+    409: {"model": ErrorResponse, "description": "the version cannot be served, or the store is not Redis"},
     422: {"model": ErrorResponse, "description": "invalid body (the message names the field)"},
 }
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"], responses=_ADMIN_ERRORS)
@@ -43,7 +53,7 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    version: str = Field(..., pattern=r"^v\d{1,12}$", description="published index version to serve, e.g. v000003")
+    version: str = Field(..., pattern=r"^v\d{1,20}$", description="published index version to serve, e.g. v000003")
 
 
 def _follower(request: Request) -> Follower:
@@ -70,3 +80,34 @@ async def pin(request: Request, body: PinRequest) -> dict[str, Any]:
 async def unpin(request: Request) -> dict[str, Any]:
     await _follower(request).unpin()
     return _follower(request).status.as_dict()
+
+
+class AdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ad_ids: list[AdId] = Field(..., min_length=1, max_length=100_000, description="ad ids to pause or resume")
+
+
+async def _set_paused(request: Request, body: AdsRequest, paused: bool) -> dict[str, Any]:
+    follower = _follower(request)
+    store = follower.store
+    if not isinstance(store, RedisStore):
+        raise NeedsBroker(("body", "ad_ids"), "pausing ads needs a redis:// store, so that every replica sees it")
+    import redis
+
+    try:
+        seq = await run_in_threadpool(set_paused, store.client, store.keys, body.ad_ids, paused)
+    except redis.RedisError as exc:  # nothing was changed
+        raise StoreDown(("store",), f"the store did not take the change: {exc}") from None
+    await follower.check()  # this replica applies it now; the others on the events channel
+    return {"delta_seq": seq, "applied_here": follower.status.delta_seq >= seq, **follower.status.as_dict()}
+
+
+@router.post("/ads/pause", summary="Stop ranking ads on every replica (budget out); returns the change number")
+async def pause_ads(request: Request, body: AdsRequest) -> dict[str, Any]:
+    return await _set_paused(request, body, True)
+
+
+@router.post("/ads/resume", summary="Rank paused ads again on every replica")
+async def resume_ads(request: Request, body: AdsRequest) -> dict[str, Any]:
+    return await _set_paused(request, body, False)

@@ -129,3 +129,15 @@ class AdminDisabled(ServiceError):
     """Admin calls are disabled (no token configured)."""
 
     kind = "admin_disabled"
+
+
+class NeedsBroker(ServiceError):
+    """The operation needs a Redis store (its events reach every replica); this one follows a directory."""
+
+    kind = "needs_redis_store"
+
+
+class StoreDown(ServiceError):
+    """The store did not answer; nothing was changed."""
+
+    kind = "store_unavailable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,18 @@ import anyio.to_thread
 import torch
 
 from models.artifact import ArtifactError
-from service.metrics import FOLLOW_ERRORS, REFUSED, STORE_ERRORS, STORE_HISTORY_LOST, SWAPS, record_version
+from service.metrics import (
+    DELTA_SEQ,
+    DELTAS_APPLIED,
+    DELTAS_REFUSED,
+    FOLLOW_ERRORS,
+    PAUSED_ADS,
+    REFUSED,
+    STORE_ERRORS,
+    STORE_HISTORY_LOST,
+    SWAPS,
+    record_version,
+)
 from service.scorer import Scorer
 from service.store import ServingVersion, Store
 
@@ -44,6 +56,11 @@ class FollowerStatus:
     pinned: str | None = None
     follow_error: str | None = None  # the last unexpected failure of a check (the loop goes on)
     follower_stopped: str | None = None  # why the follow loop ended, if it ever did
+    live_epoch: str | None = None  # the store's lifetime id when the live version was loaded
+    delta_seq: int = 0
+    deltas_applied: int = 0
+    paused_ads: int = 0
+    refused_deltas: dict[int, str] = field(default_factory=dict)  # change number -> reason
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +78,10 @@ class FollowerStatus:
             "store_error": self.store_error,
             "swaps": self.swaps,
             "pinned": self.pinned,
+            "delta_seq": self.delta_seq,
+            "deltas_applied": self.deltas_applied,
+            "paused_ads": self.paused_ads,
+            "refused_deltas": dict(self.refused_deltas),
         }
 
 
@@ -85,9 +106,11 @@ class Follower:
         self.status = FollowerStatus()
         self._refused: dict[str, str | None] = {}  # refused version -> its identity (retried if it changes)
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one check at a time (the loop, /admin/reload and pin)
 
     def _load_and_warm(self, version: str) -> ServingVersion:
-        loaded = self.store.load(version, self.device, self.expected_model)
+        """Loads a version, catches up on its delta chain and the pauses, and warms it."""
+        loaded = self._catch_up(self.store.load(version, self.device, self.expected_model))
         with torch.inference_mode():  # warm-up: first calls allocate and pick kernels
             users = loaded.index.users
             user = loaded.bundle.model.encode_user(users.take(torch.zeros(1, dtype=torch.int64).numpy(), self.device))
@@ -96,17 +119,66 @@ class Follower:
                 loaded.bundle.model.score(user, self.scorer.gather(loaded, rows))
         return loaded
 
+    def _catch_up(self, version: ServingVersion) -> ServingVersion:
+        """`version` with the deltas published on it since it was read and the current pauses
+        (off the request path; the caller swaps the result in). A delta that cannot be applied
+        is skipped, counted and reported: the chain goes on."""
+        for stream_id, delta in self.store.deltas(version.version, version.delta_stream_id):
+            try:
+                version = version.with_delta(delta)
+                DELTAS_APPLIED.inc()
+            except (ArtifactError, ValueError, RuntimeError) as exc:
+                DELTAS_REFUSED.inc()
+                self.status.refused_deltas[delta.seq] = str(exc)
+                log.error("refused delta %d: %s", delta.seq, exc, extra={"event": "delta_refused"})
+            version = dataclasses.replace(version, delta_stream_id=stream_id)
+        seq, paused = self.store.paused()
+        if seq != version.paused_seq:
+            version = version.with_paused(seq, paused)
+        return version
+
+    def _apply_changes(self) -> bool:
+        """Applies new deltas and pauses to the live version; True when that swapped one in."""
+        live = self.scorer.live
+        if live is None:
+            return False
+        updated = self._catch_up(live)
+        if updated is live or (
+            updated.delta_stream_id == live.delta_stream_id and updated.paused_seq == live.paused_seq
+        ):
+            return False
+        if self.scorer.live is not live:  # a new version was swapped in meanwhile
+            return False
+        self.scorer.swap(updated)
+        self._note_changes(updated)
+        log.info(
+            "applied changes up to %d on %s",
+            updated.delta_seq,
+            updated.version,
+            extra={"event": "delta_applied", "version": updated.version, "delta_seq": updated.delta_seq},
+        )
+        return True
+
+    def _note_changes(self, version: ServingVersion) -> None:
+        self.status.delta_seq = version.delta_seq
+        self.status.deltas_applied = version.deltas_applied
+        self.status.paused_ads = len(version.paused)
+        DELTA_SEQ.set(version.delta_seq)
+        PAUSED_ADS.set(len(version.paused))
+
     async def pin(self, version: str) -> None:
         """Serves `version` (loading it if needed) and stops following the pointer until `unpin`.
 
         Raises:
             ArtifactError / OSError: the version cannot be loaded; the live one keeps serving.
         """
-        if version != self.status.live_version:
-            identity = await anyio.to_thread.run_sync(self.store.identity, version)
-            loaded = await anyio.to_thread.run_sync(self._load_and_warm, version)
-            self._make_live(loaded, time.perf_counter(), identity)
-        self.status.pinned = version
+        async with self._lock:
+            if version != self.status.live_version:
+                identity = await anyio.to_thread.run_sync(self.store.identity, version)
+                epoch = await anyio.to_thread.run_sync(self.store.epoch)
+                loaded = await anyio.to_thread.run_sync(self._load_and_warm, version)
+                self._make_live(loaded, time.perf_counter(), identity, epoch)
+            self.status.pinned = version
 
     async def unpin(self) -> bool:
         """Follows the pointer again; returns True when that swapped versions."""
@@ -114,25 +186,62 @@ class Follower:
         return await self.check()
 
     async def check(self) -> bool:
-        """One look at the pointer; loads and swaps if it moved. Returns True on a swap."""
-        if self.status.pinned is not None:
+        """One look at the pointer, the deltas and the pauses; loads and swaps if anything moved.
+        Returns True on a swap (of a version, or of the live one with changes applied)."""
+        async with self._lock:
+            return await self._check()
+
+    def _read_pointer(self) -> tuple[str | None, str | None, str | None]:
+        target = self.store.current()
+        identity = None if target is None else self.store.identity(target)
+        return target, identity, self.store.epoch()
+
+    def _history_lost(self, epoch: str | None) -> bool:
+        """True (and reported) when the store is not the one the live version came from."""
+        if self.scorer.live is None or self.status.live_epoch is None or epoch == self.status.live_epoch:
             return False
+        report = (
+            f"the store lost its history since {self.status.live_version} was loaded "
+            f"(store epoch {self.status.live_epoch} is now {epoch or 'gone'}); "
+            "serving it from memory until a version is published"
+        )
+        if report != self.status.store_history:
+            self.status.store_history = report
+            STORE_HISTORY_LOST.inc()
+            log.warning(report, extra={"event": "store_history_lost"})
+        return True
+
+    async def _check(self) -> bool:
+        if self.status.pinned is not None:  # the pinned version still takes its deltas and the pauses
+            try:
+                return await anyio.to_thread.run_sync(self._apply_changes)
+            except ConnectionError as exc:
+                STORE_ERRORS.inc()
+                self.status.store_error = str(exc)
+                return False
         try:
-            target = await anyio.to_thread.run_sync(self.store.current)
-            identity = None if target is None else await anyio.to_thread.run_sync(self.store.identity, target)
+            target, identity, epoch = await anyio.to_thread.run_sync(self._read_pointer)
             self.status.store_error = None
         except OSError as exc:
             STORE_ERRORS.inc()
             self.status.store_error = f"cannot read the store: {exc}"
             log.warning(self.status.store_error, extra={"event": "store_error"})
             return False
+        lost = self._history_lost(epoch)
         if target is None or self._refused.get(target, "") == identity:
             return False
         if target == self.status.live_version:
             # Names alone are not identity: a store that lost its data (Redis restarted empty)
             # reissues names, so the live name may now hold another version. Compare content.
             if identity is None or identity == self.status.live_identity:
-                return False
+                if lost:
+                    return False
+                try:
+                    return await anyio.to_thread.run_sync(self._apply_changes)
+                except ConnectionError as exc:
+                    STORE_ERRORS.inc()
+                    self.status.store_error = str(exc)
+                    return False
             self.status.store_history = (
                 f"the store's {target} is not the {target} this replica loaded "
                 "(its history was lost and the name reissued); loading the new content"
@@ -155,10 +264,12 @@ class Follower:
             return False
         if self.status.pinned is not None:  # pinned while this version was loading
             return False
-        self._make_live(loaded, started, identity)
+        self._make_live(loaded, started, identity, epoch)
         return True
 
-    def _make_live(self, loaded: ServingVersion, started: float, identity: str | None = None) -> None:
+    def _make_live(
+        self, loaded: ServingVersion, started: float, identity: str | None = None, epoch: str | None = None
+    ) -> None:
         previous = self.scorer.swap(loaded)
         record_version(
             loaded.model_version,
@@ -173,6 +284,8 @@ class Follower:
         if self.status.live_protocol == "paper":
             log.warning(PAPER_WARNING, extra={"event": "paper_protocol_served", "version": loaded.version})
         self.status.live_identity = identity
+        self.status.live_epoch = epoch
+        self._note_changes(loaded)
         self.status.loaded_at = time.time()
         self.status.swaps += 1
         elapsed = time.perf_counter() - started

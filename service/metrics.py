@@ -83,6 +83,14 @@ STORE_ERRORS = Counter("prerank_store_errors_total", "failed reads of the versio
 STORE_HISTORY_LOST = Counter(
     "prerank_store_history_lost_total", "times the live version's name was found holding other content"
 )
+DELTAS_APPLIED = Counter("prerank_deltas_applied_total", "ad deltas applied on top of the live version")
+DELTAS_REFUSED = Counter("prerank_deltas_refused_total", "ad deltas skipped as unreadable or for another model")
+DELTA_SEQ = Gauge(
+    "prerank_delta_seq",
+    "highest store change number (delta or pause) the live version reflects",
+    multiprocess_mode="min",
+)
+PAUSED_ADS = Gauge("prerank_paused_ads", "ads paused in the live version", multiprocess_mode="max")
 FOLLOW_ERRORS = Counter("prerank_follow_errors_total", "version checks that failed unexpectedly (bugs, not outages)")
 
 

@@ -147,7 +147,7 @@ async def sample(
     if version is None:
         raise NotReady("version", "no model/index version is loaded")
     rng = np.random.default_rng()
-    ad_ids = version.index.ad_ids
+    ad_ids = version.live_ids
     user_ids = version.index.user_ids
     picked_ads = rng.choice(ad_ids, size=min(ads, len(ad_ids)), replace=False)
     picked_users = rng.choice(len(user_ids), size=min(users, len(user_ids)), replace=False)

@@ -165,11 +165,16 @@ class PrerankResponse(BaseModel):
     request_id: str | None = Field(None, description="the request's request_id")
     model_version: str = Field(..., description="the model that scored this request")
     index_version: str = Field(..., description="the ad index the vectors came from")
+    delta_seq: int = Field(
+        ..., description="the store's last ad change (delta or pause) applied on top of index_version; 0: none"
+    )
     user_known: bool = Field(..., description="false when the user was scored with default features")
     ad_ids: list[int] = Field(..., description="ranked ad ids")
     pctr: list[float] = Field(..., description="predicted click-through rate per ranked ad")
     ecpm: list[float] = Field(..., description="pctr x bid per ranked ad")
-    unknown_ad_ids: list[int] = Field(..., description="candidate ids absent from the index (not ranked)")
+    unknown_ad_ids: list[int] = Field(
+        ..., description="candidate ids not ranked: absent from the index, removed by a delta, or paused"
+    )
 
 
 class ErrorItem(BaseModel):

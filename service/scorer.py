@@ -52,6 +52,7 @@ class ScoreResult:
             "request_id": request_id,
             "model_version": self.version.model_version,
             "index_version": self.version.version,
+            "delta_seq": self.version.delta_seq,
             "user_known": self.user_known,
             "ad_ids": self.ad_ids,
             "pctr": self.pctr,
@@ -155,7 +156,7 @@ class Scorer:
         logits = self.score_rows(version, user, rows, timings)
         t2 = time.perf_counter()
         pctr = version.bundle.calibrator.probabilities(logits.float().cpu().numpy())
-        ecpm = pctr * (version.index.bids[rows] if bids is None else bids)
+        ecpm = pctr * (version.bids[rows] if bids is None else bids)
         k = len(ecpm) if top_k is None else min(top_k, len(ecpm))
         if k < len(ecpm):
             # The k best, ties at the k-th value broken by candidate order, so that top_k is
@@ -229,12 +230,12 @@ class Scorer:
                 head and rescores the union exactly; "auto" is exact below EXACT_BELOW ad heads
                 (a brute-force pass is faster there) and ANN above.
         """
-        n_ads, heads = int(version.rows.vectors.shape[0]), int(version.rows.vectors.shape[1])
-        heads_total = n_ads * heads
+        live = version.live_rows
+        heads = int(version.rows.vectors.shape[1])
         if mode == "auto":
-            mode = "exact" if version.ann is None or heads_total <= EXACT_BELOW else "ann"
+            mode = "exact" if version.ann is None or len(live) * heads <= EXACT_BELOW else "ann"
         if mode == "exact":
-            rows = np.arange(n_ads)
+            rows = live
         else:
             if version.ann is None:
                 raise VersionUnavailable("mode", f"version {version.version} has no FAISS index")
@@ -246,7 +247,9 @@ class Scorer:
             # Per-call search parameters: the shared index is never mutated by request threads.
             params = faiss.SearchParametersHNSW(efSearch=max(64, per_head))  # type: ignore[attr-defined]
             _, hits = version.ann.search(queries, per_head, params=params)
-            rows = np.unique(hits[hits >= 0] // heads)
+            found = np.unique(hits[hits >= 0] // heads)
+            # The ANN covers the base rows; drop removed/paused ones, add rows appended by deltas.
+            rows = np.union1d(found[np.isin(found, live, assume_unique=True)], live[live >= version.ann_rows])
         with torch.inference_mode():
             logits = version.bundle.model.score(user, self.gather(version, rows)).cpu().numpy()
         if k < len(rows):
@@ -263,5 +266,5 @@ class Scorer:
         rows = self.candidates(version, user, request.top_k, "exact" if request.exact else "auto")
         timings = {"user_tower": (t1 - t0) * 1e3, "retrieve": (time.perf_counter() - t1) * 1e3}
         order, pctr, ecpm = self._rank(version, user, rows, None, None, timings)
-        ids = version.index.ad_ids[rows]
+        ids = version.row_ids[rows]
         return ScoreResult(version, user_known, ids[order], pctr[order], ecpm[order], np.zeros(0, np.int64), timings)

@@ -7,6 +7,8 @@ so a request never mixes versions.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import logging
 import tempfile
@@ -22,8 +24,18 @@ from models.base import split_ads
 from models.features import default_features
 from models.rows import AdRows
 from storage import VERSIONS_DIR, RedisKeys, fetch_redis_version, parse_store_url, read_pointer
+from storage.deltas import AdDelta, read_deltas, read_paused
 
-__all__ = ["LocalStore", "RedisStore", "ServingVersion", "Store", "build_version", "load_version", "open_store"]
+__all__ = [
+    "IdIndex",
+    "LocalStore",
+    "RedisStore",
+    "ServingVersion",
+    "Store",
+    "build_version",
+    "load_version",
+    "open_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,45 +43,210 @@ log = logging.getLogger(__name__)
 #: (at most 4 bytes per id value: 16 MB for the minimum, 32 bytes per ad beyond it).
 DENSE_ID_FACTOR = 8
 DENSE_ID_MIN = 1 << 22
+#: Spare rows reserved when the row buffer grows for a delta (plus 1/8 of its size).
+SPARE_ROWS_MIN = 1024
 
 
-@dataclass
+@dataclass(frozen=True)
+class IdIndex:
+    """Ad id -> stored row for the ads a version ranks. Immutable: `changed` returns a new one.
+
+    Dense id spaces get a direct-address table (one gather: 10k ids in ~0.03 ms); sparse ones
+    (e.g. hashed 64-bit ids) a binary search with the queries sorted first, which keeps the
+    probes cache-friendly (~0.5 ms for 10k ids into 100k; unsorted: 1-2 ms).
+    """
+
+    ids: np.ndarray  # int64, ascending
+    rows: np.ndarray  # int64 row of each id
+    table: np.ndarray | None = field(default=None, repr=False)  # row of each id value (-1: none)
+
+    @classmethod
+    def build(cls, ids: np.ndarray, rows: np.ndarray) -> IdIndex:
+        """Raises ValueError on a duplicate id."""
+        order = np.argsort(ids, kind="stable")
+        sorted_ids, sorted_rows = ids[order].astype(np.int64), rows[order].astype(np.int64)
+        if len(sorted_ids) > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
+            raise ValueError("duplicate ad ids")
+        table = None
+        if len(sorted_ids) and sorted_ids[0] >= 0 and sorted_ids[-1] < max(DENSE_ID_FACTOR * len(ids), DENSE_ID_MIN):
+            table = np.full(int(sorted_ids[-1]) + 1, -1, np.int32 if len(ids) < 2**31 else np.int64)
+            table[sorted_ids] = sorted_rows
+        return cls(sorted_ids, sorted_rows, table)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lookup(self, ad_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the known ids and a mask of which ids are known (vectorised)."""
+        if len(self.ids) == 0:
+            return np.zeros(0, np.int64), np.zeros(len(ad_ids), bool)
+        if self.table is not None:
+            inside = (ad_ids >= 0) & (ad_ids < len(self.table))
+            rows = np.full(len(ad_ids), -1, np.int64)
+            rows[inside] = self.table[ad_ids[inside]]
+            known = rows >= 0
+            return rows[known], known
+        order = np.argsort(ad_ids, kind="stable")
+        pos = np.empty(len(ad_ids), np.int64)
+        pos[order] = np.searchsorted(self.ids, ad_ids[order])
+        pos = np.minimum(pos, len(self.ids) - 1)
+        known = self.ids[pos] == ad_ids
+        return self.rows[pos[known]], known
+
+    def changed(
+        self, drop: np.ndarray, add_ids: np.ndarray | None = None, add_rows: np.ndarray | None = None
+    ) -> IdIndex:
+        """A new index without the `drop` ids and with `add_ids` -> `add_rows` (replacing any old row)."""
+        add_ids = np.zeros(0, np.int64) if add_ids is None else add_ids
+        add_rows = np.zeros(0, np.int64) if add_rows is None else add_rows
+        keep = ~np.isin(self.ids, np.concatenate([drop, add_ids]))
+        return IdIndex.build(np.concatenate([self.ids[keep], add_ids]), np.concatenate([self.rows[keep], add_rows]))
+
+
+@dataclass(frozen=True)
 class ServingVersion:
-    """One model and the index computed with it, ready to score."""
+    """One model and the ads computed with it, ready to score, plus the deltas and pauses applied.
+
+    Immutable: `with_delta` and `with_paused` return a new one (copy-on-write), which the
+    follower swaps in whole. Upserted rows are appended to a shared row buffer past the end
+    that older versions see, so a delta never copies the ad matrix (except when the buffer's
+    spare capacity runs out) and never touches a row an in-flight request reads.
+    """
 
     version: str
     bundle: Bundle
     index: IndexData
-    rows: AdRows  # the stored ad rows on the serving device
-    sorted_ids: np.ndarray = field(repr=False)  # ad ids, ascending
-    sorted_rows: np.ndarray = field(repr=False)  # row of each sorted id
+    storage: AdRows = field(repr=False)  # row buffer on the serving device; rows [0, n_rows) are written
+    storage_ids: np.ndarray = field(repr=False)  # ad id of each buffer row
+    n_rows: int
+    bids: np.ndarray = field(repr=False)  # (n_rows,) bid of each row
+    ads: IdIndex = field(repr=False)  # every ad of the version and its deltas
+    ranked: IdIndex = field(repr=False)  # `ads` less the paused ones: what requests see
     user_rows: dict[str, int] = field(repr=False)
-    ann: Any = field(default=None, repr=False)  # faiss index over ad heads, when published
-    id_table: np.ndarray | None = field(default=None, repr=False)  # row of each id (-1: none), dense ids
+    ann: Any = field(default=None, repr=False)  # faiss index over the base rows' heads, when published
+    ann_rows: int = 0  # rows the ANN index covers (the base version's)
+    delta_seq: int = 0  # highest store change number applied (deltas and pauses)
+    delta_stream_id: str = "-"  # last applied entry of the version's delta stream
+    deltas_applied: int = 0
+    paused_seq: int = 0
+    paused: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
     @property
     def model_version(self) -> str:
         return self.bundle.version
 
-    def lookup(self, ad_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Index rows of the known ids and a mask of which ids are known (vectorised).
+    @property
+    def rows(self) -> AdRows:
+        """The written rows (a view of the buffer; rows no id maps to are dead)."""
+        n = self.n_rows
+        s = self.storage
+        return AdRows(
+            s.vectors[:n], None if s.scales is None else s.scales[:n], None if s.routes is None else s.routes[:n]
+        )
 
-        Dense id spaces use a direct-address table (one gather: 10k ids in ~0.03 ms); sparse ones
-        (e.g. hashed 64-bit ids) a binary search with the queries sorted first, which keeps
-        the probes cache-friendly (~0.5 ms for 10k ids into 100k; unsorted: 1-2 ms).
+    @property
+    def row_ids(self) -> np.ndarray:
+        return self.storage_ids[: self.n_rows]
+
+    @functools.cached_property
+    def live_rows(self) -> np.ndarray:
+        """Rows a request can rank, ascending."""
+        return np.sort(self.ranked.rows)
+
+    @property
+    def live_ids(self) -> np.ndarray:
+        return self.ranked.ids
+
+    def lookup(self, ad_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the rankable ids and a mask of which ids are rankable (unknown, removed and paused
+        ids are not)."""
+        return self.ranked.lookup(ad_ids)
+
+    def with_delta(self, delta: AdDelta) -> ServingVersion:
+        """This version with `delta` applied (upserts appended, removals and bid changes made).
+
+        Raises:
+            ArtifactError: the delta belongs to another version or model, or its rows do not fit.
         """
-        if self.id_table is not None:
-            inside = (ad_ids >= 0) & (ad_ids < len(self.id_table))
-            rows = np.full(len(ad_ids), -1, np.int64)
-            rows[inside] = self.id_table[ad_ids[inside]]
-            known = rows >= 0
-            return rows[known], known
-        order = np.argsort(ad_ids, kind="stable")
-        pos = np.empty(len(ad_ids), np.int64)
-        pos[order] = np.searchsorted(self.sorted_ids, ad_ids[order])
-        pos = np.minimum(pos, len(self.sorted_ids) - 1)
-        known = self.sorted_ids[pos] == ad_ids
-        return self.sorted_rows[pos[known]], known
+        if delta.base_version != self.version or delta.model_version != self.model_version:
+            raise ArtifactError(
+                f"delta {delta.seq} is for {delta.base_version} ({delta.model_version}), "
+                f"not {self.version} ({self.model_version})"
+            )
+        storage, storage_ids, n = self.storage, self.storage_ids, self.n_rows
+        k = len(delta.upsert_ids)
+        if k:
+            new = delta.upsert_rows
+            assert new is not None  # AdDelta checks rows match ids
+            if new.dtype != storage.dtype or new.vectors.shape[1:] != storage.vectors.shape[1:]:
+                raise ArtifactError(
+                    f"delta {delta.seq}: rows {tuple(new.vectors.shape[1:])} {new.dtype} do not match the "
+                    f"version's {tuple(storage.vectors.shape[1:])} {storage.dtype}"
+                )
+            if (new.routes is None) != (storage.routes is None) or (new.scales is None) != (storage.scales is None):
+                raise ArtifactError(f"delta {delta.seq}: rows and version disagree on routes or scales")
+            storage, storage_ids = _append(storage, storage_ids, n, new.to(storage.device), delta.upsert_ids)
+        new_rows = np.arange(n, n + k, dtype=np.int64)
+        bids = np.concatenate([self.bids, delta.upsert_bids.astype(np.float32)])
+        if len(delta.bid_ids):
+            rows, known = self.ads.lookup(delta.bid_ids)
+            bids[rows] = delta.bid_values[known]
+        ads = self.ads.changed(delta.remove_ids, delta.upsert_ids, new_rows)
+        return dataclasses.replace(
+            self,
+            storage=storage,
+            storage_ids=storage_ids,
+            n_rows=n + k,
+            bids=bids,
+            ads=ads,
+            ranked=ads.changed(self.paused) if len(self.paused) else ads,
+            delta_seq=max(self.delta_seq, delta.seq),
+            deltas_applied=self.deltas_applied + 1,
+        )
+
+    def with_paused(self, seq: int, paused: np.ndarray) -> ServingVersion:
+        """This version with exactly `paused` (ad ids) paused, as of change number `seq`."""
+        paused = np.unique(paused.astype(np.int64))
+        return dataclasses.replace(
+            self,
+            ranked=self.ads.changed(paused) if len(paused) else self.ads,
+            paused=paused,
+            paused_seq=seq,
+            delta_seq=max(self.delta_seq, seq),
+        )
+
+
+def _append(
+    storage: AdRows, storage_ids: np.ndarray, n: int, new: AdRows, ids: np.ndarray
+) -> tuple[AdRows, np.ndarray]:
+    """Writes `new` rows at [n, n + k) of the buffer, growing it (one copy) when it is full.
+
+    Rows below n are never written, so versions that end at n keep reading what they read.
+    """
+    k = len(new)
+    if n + k > len(storage):
+        capacity = n + k + max(SPARE_ROWS_MIN, (n + k) // 8)
+
+        def grown(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            out = torch.empty((capacity, *t.shape[1:]), dtype=t.dtype, device=t.device)
+            out[:n] = t[:n]
+            return out
+
+        vectors = grown(storage.vectors)
+        assert vectors is not None
+        storage = AdRows(vectors, grown(storage.scales), grown(storage.routes))
+        grown_ids = np.empty(capacity, np.int64)
+        grown_ids[:n] = storage_ids[:n]
+        storage_ids = grown_ids
+    storage.vectors[n : n + k] = new.vectors
+    if storage.scales is not None and new.scales is not None:
+        storage.scales[n : n + k] = new.scales
+    if storage.routes is not None and new.routes is not None:
+        storage.routes[n : n + k] = new.routes
+    storage_ids[n : n + k] = ids
+    return storage, storage_ids
 
 
 def load_version(directory: Path, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
@@ -101,27 +278,26 @@ def build_version(
     if expected_model is not None and bundle.version != expected_model:
         raise ArtifactError(f"version {version}: live model {bundle.version} is not the requested {expected_model}")
     ids = index.ad_ids
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    if len(sorted_ids) and np.any(sorted_ids[1:] == sorted_ids[:-1]):
-        raise ArtifactError(f"version {version}: duplicate ad ids in the index")
+    try:
+        ads = IdIndex.build(ids, np.arange(len(ids), dtype=np.int64))
+    except ValueError:
+        raise ArtifactError(f"version {version}: duplicate ad ids in the index") from None
     _check_shapes(bundle, index, version)
     if ann is not None and ann.ntotal != int(np.prod(index.rows.vectors.shape[:2])):
         raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
-    id_table = None
-    if len(sorted_ids) and sorted_ids[0] >= 0 and sorted_ids[-1] < max(DENSE_ID_FACTOR * len(ids), DENSE_ID_MIN):
-        id_table = np.full(int(sorted_ids[-1]) + 1, -1, np.int32 if len(ids) < 2**31 else np.int64)
-        id_table[ids] = np.arange(len(ids))
     return ServingVersion(
         version=version,
         bundle=bundle,
         index=index,
-        rows=index.rows.to(device),
-        sorted_ids=sorted_ids,
-        sorted_rows=order.astype(np.int64),
+        storage=index.rows.to(device),
+        storage_ids=ids,
+        n_rows=len(ids),
+        bids=index.bids,
+        ads=ads,
+        ranked=ads,
         user_rows={k: i for i, k in enumerate(index.user_ids)},
         ann=ann,
-        id_table=id_table,
+        ann_rows=len(ids) if ann is not None else 0,
     )
 
 
@@ -175,6 +351,18 @@ class Store(Protocol):
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion: ...
 
+    def epoch(self) -> str | None:
+        """The store's lifetime id: changes (or vanishes) when the store loses its data."""
+        ...
+
+    def deltas(self, version: str, after: str = "-") -> list[tuple[str, AdDelta]]:
+        """`version`'s delta chain after stream entry `after`, oldest first."""
+        ...
+
+    def paused(self) -> tuple[int, np.ndarray]:
+        """(change number of the last pause/resume, paused ad ids)."""
+        ...
+
 
 def open_store(url: str) -> Store:
     """The store behind a URL (`local:DIR` or `redis://...`); ValueError for any other form."""
@@ -203,6 +391,15 @@ class LocalStore:
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
         return load_version(self.root / VERSIONS_DIR / version, device, expected_model)
+
+    def epoch(self) -> str | None:
+        return None  # the directory is its own history
+
+    def deltas(self, version: str, after: str = "-") -> list[tuple[str, AdDelta]]:
+        return []  # deltas and pauses need a Redis store (their events reach every replica)
+
+    def paused(self) -> tuple[int, np.ndarray]:
+        return 0, np.zeros(0, np.int64)
 
 
 class RedisStore:
@@ -239,6 +436,25 @@ class RedisStore:
         except redis.RedisError as exc:
             raise ConnectionError(f"redis: {exc}") from None
         return None if raw is None else hashlib.sha256(raw).hexdigest()
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        import redis
+
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            raise ConnectionError(f"redis: {exc}") from None
+
+    def epoch(self) -> str | None:
+        value = self._call(self.client.get, self.keys.epoch)
+        return value.decode() if value else None
+
+    def deltas(self, version: str, after: str = "-") -> list[tuple[str, AdDelta]]:
+        return list(self._call(read_deltas, self.client, self.keys, version, after))
+
+    def paused(self) -> tuple[int, np.ndarray]:
+        seq, ids = self._call(read_paused, self.client, self.keys)
+        return int(seq), ids
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
         import redis

@@ -14,7 +14,7 @@ from storage.layout import (
     version_sort_key,
 )
 from storage.probe import StoreUnavailable, check_store
-from storage.redis_keys import REDIS_CHUNK_BYTES, REDIS_PREFIX, RedisKeys, fetch_redis_version
+from storage.redis_keys import REDIS_CHUNK_BYTES, REDIS_PREFIX, RedisKeys, fetch_redis_file, fetch_redis_version
 
 __all__ = [
     "CURRENT_POINTER",
@@ -25,6 +25,7 @@ __all__ = [
     "StoreURL",
     "StoreUnavailable",
     "check_store",
+    "fetch_redis_file",
     "fetch_redis_version",
     "parse_store_url",
     "read_pointer",

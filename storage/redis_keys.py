@@ -10,7 +10,7 @@ from typing import Any
 
 from models.artifact import ArtifactError, write_json
 
-__all__ = ["REDIS_CHUNK_BYTES", "REDIS_PREFIX", "RedisKeys", "fetch_redis_version"]
+__all__ = ["REDIS_CHUNK_BYTES", "REDIS_PREFIX", "RedisKeys", "fetch_redis_file", "fetch_redis_version"]
 
 REDIS_PREFIX = "prerank"
 REDIS_CHUNK_BYTES = 4 * 1024 * 1024
@@ -26,6 +26,10 @@ class RedisKeys:
         self.versions = f"{prefix}:versions"  # sorted set: version -> sequence number
         self.events = f"{prefix}:events"  # pub/sub channel: the new current version
         self.lock = f"{prefix}:publish-lock"
+        self.epoch = f"{prefix}:epoch"  # set by the first publish into an empty Redis; gone when it loses its data
+        self.paused = f"{prefix}:paused"  # hash: paused ad id -> change sequence that paused it
+        self.paused_seq = f"{prefix}:paused-seq"  # the change sequence of the last pause or resume
+        self.change_seq = f"{prefix}:change-seq"  # one counter for every delta and pause
 
     def manifest(self, version: str) -> str:
         return f"{self.prefix}:version:{version}:manifest"
@@ -33,8 +37,50 @@ class RedisKeys:
     def chunk(self, version: str, path: str, index: int) -> str:
         return f"{self.prefix}:version:{version}:file:{path}:{index}"
 
+    def deltas(self, version: str) -> str:
+        """Stream of the ad deltas published on top of `version`."""
+        return f"{self.prefix}:version:{version}:deltas"
+
+    def delta_blob(self, version: str, seq: int) -> str:
+        return f"{self.prefix}:version:{version}:delta:{seq}"
+
     def version_pattern(self, version: str) -> str:
         return f"{self.prefix}:version:{version}:*"
+
+
+def _manifest(get_many: Callable[[list[str]], list[bytes | None]], keys: RedisKeys, version: str) -> dict[str, Any]:
+    raw = get_many([keys.manifest(version)])[0]
+    if raw is None:
+        raise ArtifactError(f"version {version}: no manifest in the store")
+    try:
+        manifest: dict[str, Any] = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"version {version}: manifest is not JSON: {exc}") from None
+    return manifest
+
+
+def _file(
+    get_many: Callable[[list[str]], list[bytes | None]], keys: RedisKeys, version: str, entry: dict[str, Any]
+) -> bytes:
+    rel = str(entry["path"])
+    chunks = get_many([keys.chunk(version, rel, i) for i in range(int(entry["chunks"]))])
+    if any(c is None for c in chunks):
+        raise ArtifactError(f"version {version}: {rel} is incomplete in the store")
+    data = b"".join(c for c in chunks if c is not None)
+    if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ArtifactError(f"version {version}: checksum mismatch in {rel}")
+    return data
+
+
+def fetch_redis_file(
+    get_many: Callable[[list[str]], list[bytes | None]], keys: RedisKeys, version: str, path: str
+) -> tuple[dict[str, Any], bytes]:
+    """(manifest, verified bytes of one file) of a published version, e.g. `index.safetensors`."""
+    manifest = _manifest(get_many, keys, version)
+    for entry in manifest.get("files", []):
+        if entry["path"] == path:
+            return manifest, _file(get_many, keys, version, entry)
+    raise ArtifactError(f"version {version}: no file {path!r} in the store")
 
 
 def fetch_redis_version(
@@ -54,24 +100,13 @@ def fetch_redis_version(
     Raises:
         ArtifactError: missing manifest or chunk, size or checksum mismatch.
     """
-    raw = get_many([keys.manifest(version)])[0]
-    if raw is None:
-        raise ArtifactError(f"version {version}: no manifest in the store")
-    try:
-        manifest: dict[str, Any] = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"version {version}: manifest is not JSON: {exc}") from None
+    manifest = _manifest(get_many, keys, version)
     dest.mkdir(parents=True)
     for entry in manifest.get("files", []):
         rel = str(entry["path"])
         if rel.startswith("/") or ".." in Path(rel).parts:
             raise ArtifactError(f"version {version}: unsafe file path {rel!r}")
-        chunks = get_many([keys.chunk(version, rel, i) for i in range(int(entry["chunks"]))])
-        if any(c is None for c in chunks):
-            raise ArtifactError(f"version {version}: {rel} is incomplete in the store")
-        data = b"".join(c for c in chunks if c is not None)
-        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise ArtifactError(f"version {version}: checksum mismatch in {rel}")
+        data = _file(get_many, keys, version, entry)
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)

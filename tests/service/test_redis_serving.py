@@ -49,21 +49,21 @@ class Traffic:
 
 
 def test_pubsub_hot_swap_from_redis_under_traffic(tiny, tiny_hit, redis_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    export(tiny_hit.artifact, tiny, redis_server.url)
+    first = export(tiny_hit.artifact, tiny, redis_server.url)["version"]
     cfg = TrainConfig(epochs=1, batch_size=512, seed=9, progress=False)
     v2 = train(tiny, "hit", {"heads": 3}, cfg, tmp_path / "v2")
     with serve(redis_server.url, poll="30") as url, Traffic(url, tiny.ad_ids[:40].tolist()) as traffic:
         wait_for(lambda: len(traffic.seen) > 5)
         started = time.monotonic()
-        export(v2.artifact, tiny, redis_server.url)  # type: ignore[arg-type]
+        second = export(v2.artifact, tiny, redis_server.url)["version"]  # type: ignore[arg-type]
         # poll interval is 30 s: a swap within 15 s came from the pub/sub event
-        assert wait_for(lambda: traffic.seen and traffic.seen[-1][0] == "v000002", timeout=15)
+        assert wait_for(lambda: traffic.seen and traffic.seen[-1][0] == second, timeout=15)
         swap_seconds = time.monotonic() - started
         time.sleep(0.3)
     assert traffic.failures == []
     versions = [v for v, _ in traffic.seen]
-    assert versions == sorted(versions) and versions[0] == "v000001"
-    assert {m for v, m in traffic.seen if v == "v000002"} == {v2.metrics["model_version"]}
+    assert versions == sorted(versions) and versions[0] == first
+    assert {m for v, m in traffic.seen if v == second} == {v2.metrics["model_version"]}
     assert swap_seconds < 15
 
 
@@ -99,7 +99,7 @@ def test_redis_restarted_empty_then_a_different_model_is_served(tiny, tiny_hit, 
         served = httpx.post(url + "/prerank", json=body).json()["model_version"]
         history = httpx.get(url + "/readyz").json()["store_history"]
     assert swapped and served == tiny_dssm.metrics["model_version"]
-    assert "v000001" in history and "history was lost" in history  # reported, not only healed
+    assert "lost its history" in history  # reported, not only healed
 
 
 def test_polling_alone_follows_the_pointer_when_pubsub_is_blocked(tiny, tiny_hit, tiny_dssm, redis_server) -> None:  # type: ignore[no-untyped-def]

@@ -46,7 +46,7 @@ def test_id_lookup_both_paths(store: Path, offset: int) -> None:
     index = live.index
     index.ad_ids = index.ad_ids + offset
     version = build_version(live.bundle, index)
-    assert (version.id_table is None) == (offset > 0)
+    assert (version.ranked.table is None) == (offset > 0)
     rng = np.random.default_rng(0)
     asked = np.concatenate([index.ad_ids[rng.permutation(len(index.ad_ids))[:50]], [offset + 10**9, offset + 123457]])
     rows, known = version.lookup(asked)
