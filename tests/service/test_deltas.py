@@ -16,8 +16,8 @@ from offline.data.dataset import concat_tables
 from offline.delta import export_delta, live_ads, pause_ads
 from offline.export import export
 from prerank.cli import main
-from service.scorer import Scorer
 from service.schemas import PrerankRequest
+from service.scorer import Scorer
 from service.store import IdIndex, RedisStore, load_version
 from storage import RedisKeys
 from storage.deltas import AdDelta, DeltaRefused
