@@ -187,6 +187,7 @@ class IndexData:
     user_ids: list[str]
     users: FeatureTable
     ad_hashes: np.ndarray | None = None  # uint64 (N,) feature digest per ad (FeatureTable.row_hashes)
+    ad_sparse: dict[str, np.ndarray] = field(default_factory=dict)  # encoded sparse ad fields (N,) each
 
 
 def save_index(
@@ -199,6 +200,7 @@ def save_index(
     users: FeatureTable,
     manifest: dict[str, Any],
     ad_hashes: np.ndarray | None = None,
+    ad_sparse: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Writes one index version into `directory` (which must be new) and returns its manifest.
 
@@ -217,6 +219,8 @@ def save_index(
         tensors["routes"] = rows.routes.to(torch.int64).contiguous()
     if ad_hashes is not None:
         tensors["ad_hashes"] = torch.from_numpy(np.ascontiguousarray(ad_hashes, dtype=np.uint64).view(np.int64))
+    for name, col in (ad_sparse or {}).items():
+        tensors[f"ad/sparse/{name}"] = torch.from_numpy(np.ascontiguousarray(col, dtype=np.int64))
     save_file(tensors, str(directory / "index.safetensors"))
     save_file(users.to_tensors("user"), str(directory / "users.safetensors"))
     write_json(directory / "user_ids.json", user_ids)
@@ -267,4 +271,5 @@ def load_index(directory: Path) -> IndexData:
         user_ids=user_ids,
         users=users,
         ad_hashes=tensors["ad_hashes"].numpy().view(np.uint64) if "ad_hashes" in tensors else None,
+        ad_sparse={k.removeprefix("ad/sparse/"): t.numpy() for k, t in tensors.items() if k.startswith("ad/sparse/")},
     )

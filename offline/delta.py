@@ -142,8 +142,9 @@ def export_delta(artifact: Path, dataset: Dataset, store_url: str) -> dict[str, 
     removed = np.array(sorted(set(live.state) - set(ids.tolist())), dtype=np.int64)
     rows = np.flatnonzero(upsert)
     upsert_rows = None
+    changed_ads = dataset.ads.take_rows(rows).select(bundle.schema.ad_fields)
     if len(rows):
-        vectors, routes = encode_ads(bundle.model, dataset.ads.take_rows(rows))
+        vectors, routes = encode_ads(bundle.model, changed_ads)
         upsert_rows = AdRows.quantize(join_ads(vectors, routes), live.dtype)
     delta = AdDelta(
         base_version=live.version,
@@ -155,6 +156,7 @@ def export_delta(artifact: Path, dataset: Dataset, store_url: str) -> dict[str, 
         remove_ids=removed,
         bid_ids=ids[bid_change],
         bid_values=bids[bid_change],
+        upsert_sparse=changed_ads.sparse,
     )
     summary: dict[str, Any] = {
         "version": live.version,

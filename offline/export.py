@@ -101,6 +101,7 @@ def export(
         "user_ids": dataset.user_keys,
         "users": dataset.users.select(bundle.schema.user_fields),
         "ad_hashes": dataset.ads.select(bundle.schema.ad_fields).row_hashes(),
+        "ad_sparse": dataset.ads.select(bundle.schema.ad_fields).sparse,
     }
     publisher = open_publisher(store_url, keep)
     staged = publisher.staging_dir()

@@ -9,6 +9,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a model and write an artifact directory"),
     "export": ("export", "run the ad tower over every ad and publish an index version"),
     "ads": ("ads", "pause or resume ads on every replica at once (budget out)"),
+    "ingest": ("ingest", "consume impression/click events into the online user store (Redis Streams)"),
     "versions": ("versions", "list the published versions of a store"),
     "rollback": ("rollback", "point the store's live version at an earlier version"),
     "serve": ("serve", "start the HTTP service"),

@@ -27,6 +27,8 @@ from service.routes import router
 from service.schemas import PrerankRequest, RetrieveRequest
 from service.scorer import Scorer
 from service.store import open_store
+from service.users import OnlineUsers
+from storage import parse_store_url
 
 __all__ = ["create_app"]
 
@@ -57,7 +59,10 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         expected = load_artifact(Path(settings.artifact)).version if settings.artifact else None
-        scorer = Scorer(settings.device)
+        online = None
+        if settings.online_users and parse_store_url(settings.store).scheme == "redis":
+            online = OnlineUsers(settings.store, timeout=settings.online_timeout_ms / 1000)
+        scorer = Scorer(settings.device, online)
         follower = Follower(open_store(settings.store), scorer, settings.device, expected)
         app.state.settings, app.state.scorer, app.state.follower = settings, scorer, follower
         app.state.tracing = tracing

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     )
     log_sample_rate: float = Field(0.01, ge=0, le=1, description="fraction of requests logged (4xx/5xx: always)")
     log_json: bool = Field(True, description="log records as JSON lines")
+    online_users: bool = Field(
+        True, description="read each request's user from the online user store (redis:// stores; prerank ingest)"
+    )
+    online_timeout_ms: float = Field(20.0, gt=0, le=1000, description="timeout of one online user-store read")
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /admin/* (reload, pin, unpin); admin is disabled when unset"
     )

@@ -175,6 +175,9 @@ class PrerankResponse(BaseModel):
     unknown_ad_ids: list[int] = Field(
         ..., description="candidate ids not ranked: absent from the index, removed by a delta, or paused"
     )
+    user_event: str | None = Field(
+        None, description="the user's last event in the online user store that this response reflects (null: none)"
+    )
 
 
 class ErrorItem(BaseModel):

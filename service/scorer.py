@@ -20,6 +20,7 @@ from models.features import Features, FeatureSpec, Jagged, Kind, default_feature
 from service.errors import InvalidInput, NotReady, Problem, UnknownUser, VersionUnavailable
 from service.schemas import PrerankRequest, RetrieveRequest, UserInput
 from service.store import ServingVersion
+from service.users import OnlineUsers
 
 __all__ = ["ScoreResult", "Scorer"]
 
@@ -45,6 +46,7 @@ class ScoreResult:
     ecpm: np.ndarray
     unknown_ad_ids: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    user_event: str | None = None  # the last event of the user's online row that this response reflects
 
     def payload(self, request_id: str | None) -> dict[str, Any]:
         """The response body as columns (numpy arrays are serialised by orjson)."""
@@ -58,6 +60,7 @@ class ScoreResult:
             "pctr": self.pctr,
             "ecpm": self.ecpm,
             "unknown_ad_ids": self.unknown_ad_ids,
+            "user_event": self.user_event,
         }
 
 
@@ -89,10 +92,12 @@ class Scorer:
 
     Args:
         device: torch device of the ad matrix and the model.
+        online: the online user store; its recent clicks extend the history field (if any).
     """
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", online: OnlineUsers | None = None) -> None:
         self.device = device
+        self.online = online
         self._live: ServingVersion | None = None
         self._swap_lock = threading.Lock()
 
@@ -112,8 +117,11 @@ class Scorer:
             raise NotReady("version", "no model/index version is loaded")
         return version
 
-    def user_features(self, user: UserInput, unknown_user: str, version: ServingVersion) -> tuple[Features, bool]:
-        """Stored features of the user (if known), overridden by the request's raw features."""
+    def user_features(
+        self, user: UserInput, unknown_user: str, version: ServingVersion
+    ) -> tuple[Features, bool, str | None]:
+        """Stored features of the user (if known) with the online store's recent clicks added to
+        the history, overridden by the request's raw features. Also returns (known, last event)."""
         schema = version.bundle.schema
         fields = {f.name: f for f in schema.user_fields}
         problems = [
@@ -132,9 +140,20 @@ class Scorer:
             feats = version.index.users.take(np.array([row], dtype=np.int64), self.device)
         else:
             feats = default_features(schema.user_fields)
+        event = None
+        link = version.history
+        if self.online is not None and user.id is not None and link is not None and link.user_field not in encoded:
+            online = self.online.get(str(user.id))
+            if online is not None:
+                event = online.last_event
+                tokens = version.click_tokens(np.asarray(online.clicks, dtype=np.int64))
+                seq = feats[link.user_field]
+                if len(tokens) and isinstance(seq, Jagged):
+                    added = torch.from_numpy(tokens).to(seq.values.device)
+                    feats[link.user_field] = Jagged(torch.cat([seq.values, added]), seq.offsets)
         for name, value in encoded.items():
             feats[name] = cast(torch.Tensor | Jagged, value)
-        return feats, known
+        return feats, known, event
 
     def gather(self, version: ServingVersion, rows: np.ndarray) -> AdBatch:
         """Candidate rows of the ad matrix as the model scores them (`AdRows.take`)."""
@@ -209,7 +228,7 @@ class Scorer:
         """Scores and ranks the request's candidates by eCPM."""
         version = self._version()
         t0 = time.perf_counter()
-        feats, user_known = self.user_features(request.user, request.unknown_user, version)
+        feats, user_known, event = self.user_features(request.user, request.unknown_user, version)
         ad_ids = request.candidates.ids
         rows, known = version.lookup(ad_ids)
         bids = request.candidates.bid_array
@@ -220,7 +239,9 @@ class Scorer:
         timings = {"features": (t1 - t0) * 1e3, "user_tower": (time.perf_counter() - t1) * 1e3}
         order, pctr, ecpm = self._rank(version, user, rows, bids, request.top_k, timings)
         known_ids = ad_ids[known]
-        return ScoreResult(version, user_known, known_ids[order], pctr[order], ecpm[order], ad_ids[~known], timings)
+        return ScoreResult(
+            version, user_known, known_ids[order], pctr[order], ecpm[order], ad_ids[~known], timings, event
+        )
 
     def candidates(self, version: ServingVersion, user: torch.Tensor, k: int, mode: str = "auto") -> np.ndarray:
         """Index rows of the k ads with the highest logit over the whole corpus.
@@ -260,11 +281,12 @@ class Scorer:
         """Top-k ads of the whole corpus for the user, ranked by eCPM with their stored bids."""
         version = self._version()
         t0 = time.perf_counter()
-        feats, user_known = self.user_features(request.user, request.unknown_user, version)
+        feats, user_known, event = self.user_features(request.user, request.unknown_user, version)
         user = self.encode_user(version, feats)
         t1 = time.perf_counter()
         rows = self.candidates(version, user, request.top_k, "exact" if request.exact else "auto")
         timings = {"user_tower": (t1 - t0) * 1e3, "retrieve": (time.perf_counter() - t1) * 1e3}
         order, pctr, ecpm = self._rank(version, user, rows, None, None, timings)
         ids = version.row_ids[rows]
-        return ScoreResult(version, user_known, ids[order], pctr[order], ecpm[order], np.zeros(0, np.int64), timings)
+        unknown = np.zeros(0, np.int64)
+        return ScoreResult(version, user_known, ids[order], pctr[order], ecpm[order], unknown, timings, event)

@@ -21,7 +21,7 @@ import torch
 
 from models.artifact import ANN_FILE, MODEL_SUBDIR, ArtifactError, Bundle, IndexData, load_artifact, load_index
 from models.base import split_ads
-from models.features import default_features
+from models.features import Kind, default_features
 from models.rows import AdRows
 from storage import VERSIONS_DIR, RedisKeys, fetch_redis_version, parse_store_url, read_pointer
 from storage.deltas import AdDelta, read_deltas, read_paused
@@ -130,6 +130,16 @@ class ServingVersion:
     deltas_applied: int = 0
     paused_seq: int = 0
     paused: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    history: HistoryLink | None = None  # which user sequence a click extends, and with which ad field
+    storage_tokens: np.ndarray | None = field(default=None, repr=False)  # each buffer row's token in it
+
+    def click_tokens(self, ad_ids: np.ndarray) -> np.ndarray:
+        """The history tokens that clicks on `ad_ids` add (ads this version does not know add none)."""
+        if self.storage_tokens is None or len(ad_ids) == 0:
+            return np.zeros(0, np.int64)
+        rows, _ = self.ads.lookup(ad_ids)
+        tokens = self.storage_tokens[rows]
+        return tokens[tokens > 0]
 
     @property
     def model_version(self) -> str:
@@ -185,7 +195,14 @@ class ServingVersion:
                 )
             if (new.routes is None) != (storage.routes is None) or (new.scales is None) != (storage.scales is None):
                 raise ArtifactError(f"delta {delta.seq}: rows and version disagree on routes or scales")
-            storage, storage_ids = _append(storage, storage_ids, n, new.to(storage.device), delta.upsert_ids)
+            tokens = None
+            if self.history is not None:
+                tokens = delta.upsert_sparse.get(self.history.ad_field, np.zeros(k, np.int64))
+            storage, storage_ids, storage_tokens = _append(
+                storage, storage_ids, self.storage_tokens, n, new.to(storage.device), delta.upsert_ids, tokens
+            )
+        else:
+            storage_tokens = self.storage_tokens
         new_rows = np.arange(n, n + k, dtype=np.int64)
         bids = np.concatenate([self.bids, delta.upsert_bids.astype(np.float32)])
         if len(delta.bid_ids):
@@ -196,6 +213,7 @@ class ServingVersion:
             self,
             storage=storage,
             storage_ids=storage_ids,
+            storage_tokens=storage_tokens,
             n_rows=n + k,
             bids=bids,
             ads=ads,
@@ -217,8 +235,14 @@ class ServingVersion:
 
 
 def _append(
-    storage: AdRows, storage_ids: np.ndarray, n: int, new: AdRows, ids: np.ndarray
-) -> tuple[AdRows, np.ndarray]:
+    storage: AdRows,
+    storage_ids: np.ndarray,
+    storage_tokens: np.ndarray | None,
+    n: int,
+    new: AdRows,
+    ids: np.ndarray,
+    tokens: np.ndarray | None,
+) -> tuple[AdRows, np.ndarray, np.ndarray | None]:
     """Writes `new` rows at [n, n + k) of the buffer, growing it (one copy) when it is full.
 
     Rows below n are never written, so versions that end at n keep reading what they read.
@@ -240,13 +264,44 @@ def _append(
         grown_ids = np.empty(capacity, np.int64)
         grown_ids[:n] = storage_ids[:n]
         storage_ids = grown_ids
+        if storage_tokens is not None:
+            grown_tokens = np.zeros(capacity, np.int64)
+            grown_tokens[:n] = storage_tokens[:n]
+            storage_tokens = grown_tokens
     storage.vectors[n : n + k] = new.vectors
     if storage.scales is not None and new.scales is not None:
         storage.scales[n : n + k] = new.scales
     if storage.routes is not None and new.routes is not None:
         storage.routes[n : n + k] = new.routes
     storage_ids[n : n + k] = ids
-    return storage, storage_ids
+    if storage_tokens is not None and tokens is not None:
+        storage_tokens[n : n + k] = tokens
+    return storage, storage_ids, storage_tokens
+
+
+@dataclass(frozen=True)
+class HistoryLink:
+    """A user behaviour sequence that shares its vocabulary with a sparse ad field: a click on an
+    ad appends that ad's value of the field (MovieLens: user_hist <- movie_id; the synthetic
+    data: preferred_categories <- category)."""
+
+    user_field: str
+    ad_field: str
+
+
+def history_link(bundle: Bundle) -> HistoryLink | None:
+    """The first user sequence field whose vocabulary equals a sparse ad field's, if any."""
+    schema = bundle.schema
+    for u in schema.user_fields:
+        if u.kind is not Kind.SEQUENCE or u.vocab is None:
+            continue
+        for a in schema.ad_fields:
+            if a.kind is not Kind.SPARSE or a.vocab is None:
+                continue
+            same = u.vocab == a.vocab or bundle.vocabs[u.vocab].tokens == bundle.vocabs[a.vocab].tokens
+            if same:
+                return HistoryLink(u.name, a.name)
+    return None
 
 
 def load_version(directory: Path, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
@@ -285,10 +340,14 @@ def build_version(
     _check_shapes(bundle, index, version)
     if ann is not None and ann.ntotal != int(np.prod(index.rows.vectors.shape[:2])):
         raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
+    link = history_link(bundle)
+    tokens = index.ad_sparse.get(link.ad_field) if link is not None else None
     return ServingVersion(
         version=version,
         bundle=bundle,
         index=index,
+        history=link if tokens is not None else None,
+        storage_tokens=None if tokens is None else tokens.astype(np.int64),
         storage=index.rows.to(device),
         storage_ids=ids,
         n_rows=len(ids),

@@ -61,6 +61,8 @@ class AdDelta:
         upsert_hashes: digests of their features (`FeatureTable.row_hashes`), uint64 (k,).
         remove_ids: ads to drop.
         bid_ids / bid_values: bid changes of ads whose features did not change.
+        upsert_sparse: the upserted ads' encoded sparse fields (what a click on them adds to a
+            behaviour history that shares the field's vocabulary).
         seq: the store's change number (0 until published).
     """
 
@@ -73,6 +75,7 @@ class AdDelta:
     remove_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bid_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     bid_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    upsert_sparse: dict[str, np.ndarray] = field(default_factory=dict)  # encoded sparse ad fields (k,) each
     seq: int = 0
     created: str = ""
 
@@ -84,6 +87,8 @@ class AdDelta:
                 f"delta: {k} upserted ids but {rows} rows, {len(self.upsert_bids)} bids, "
                 f"{len(self.upsert_hashes)} hashes"
             )
+        if any(len(v) != k for v in self.upsert_sparse.values()):
+            raise ArtifactError(f"delta: sparse fields of the upserts do not all have {k} rows")
         if len(self.bid_ids) != len(self.bid_values):
             raise ArtifactError(f"delta: {len(self.bid_ids)} bid ids but {len(self.bid_values)} bids")
         touched = np.concatenate([self.upsert_ids, self.remove_ids, self.bid_ids])
@@ -108,6 +113,8 @@ class AdDelta:
             "bid_ids": torch.from_numpy(_ids(self.bid_ids)),
             "bid_values": torch.from_numpy(np.ascontiguousarray(self.bid_values, np.float32)),
         }
+        for name, col in self.upsert_sparse.items():
+            tensors[f"sparse/{name}"] = torch.from_numpy(_ids(col))
         if self.upsert_rows is not None:
             tensors["vectors"] = self.upsert_rows.vectors.contiguous()
             if self.upsert_rows.scales is not None:
@@ -147,6 +154,9 @@ class AdDelta:
                 remove_ids=tensors["remove_ids"].numpy(),
                 bid_ids=tensors["bid_ids"].numpy(),
                 bid_values=tensors["bid_values"].numpy(),
+                upsert_sparse={
+                    k.removeprefix("sparse/"): t.numpy() for k, t in tensors.items() if k.startswith("sparse/")
+                },
                 seq=seq,
                 created=str(meta.get("created", "")),
             )

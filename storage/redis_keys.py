@@ -30,6 +30,12 @@ class RedisKeys:
         self.paused = f"{prefix}:paused"  # hash: paused ad id -> change sequence that paused it
         self.paused_seq = f"{prefix}:paused-seq"  # the change sequence of the last pause or resume
         self.change_seq = f"{prefix}:change-seq"  # one counter for every delta and pause
+        self.user_events = f"{prefix}:user-events"  # stream of impression/click events (prerank ingest reads it)
+        self.dead_letters = f"{prefix}:user-events:dead"  # stream of events that could not be applied, with why
+
+    def user(self, user_id: str) -> str:
+        """A user's online row (storage.users)."""
+        return f"{self.prefix}:user:{user_id}"
 
     def manifest(self, version: str) -> str:
         return f"{self.prefix}:version:{version}:manifest"
