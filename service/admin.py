@@ -23,6 +23,7 @@ from service.follower import Follower
 from service.schemas import AdId, ErrorResponse
 from service.store import RedisStore
 from storage.deltas import set_paused
+from storage.experiments import Experiment, ShadowConfig
 
 __all__ = ["router"]
 
@@ -111,3 +112,67 @@ async def pause_ads(request: Request, body: AdsRequest) -> dict[str, Any]:
 @router.post("/ads/resume", summary="Rank paused ads again on every replica")
 async def resume_ads(request: Request, body: AdsRequest) -> dict[str, Any]:
     return await _set_paused(request, body, False)
+
+
+def _needed_bytes(follower: Follower, config: Experiment | ShadowConfig) -> int:
+    """Bytes of the live version plus what `config` names; 409 for a version the store lacks."""
+    versions = {a.version for a in config.arms} if isinstance(config, Experiment) else {config.version}
+    live = follower.status.live_version
+    total = 0
+    for version in sorted(versions - {"live"}) + ([live] if live else []):
+        try:
+            total += follower.store.version_bytes(version)
+        except ArtifactError as exc:
+            raise VersionUnavailable(("body", "version"), str(exc)) from None
+    return total
+
+
+async def _set_config(request: Request, config: Experiment | ShadowConfig) -> dict[str, Any]:
+    import redis
+
+    follower = _follower(request)
+    try:
+        needed = await run_in_threadpool(_needed_bytes, follower, config)
+        budget = follower.memory_budget_bytes
+        if budget and needed > budget:
+            raise VersionUnavailable(
+                ("body",),
+                f"needs {needed / 2**20:.0f} MiB with the live version, over the budget of {budget / 2**20:.0f} MiB",
+            )
+        await run_in_threadpool(follower.store.set_config, config)
+    except (redis.RedisError, ConnectionError) as exc:
+        raise StoreDown(("store",), f"the store did not take the config: {exc}") from None
+    await follower.check()
+    return follower.status.as_dict()
+
+
+async def _clear(request: Request, kind: str) -> dict[str, Any]:
+    import redis
+
+    follower = _follower(request)
+    try:
+        await run_in_threadpool(follower.store.clear_config, kind)
+    except (redis.RedisError, ConnectionError) as exc:
+        raise StoreDown(("store",), f"the store did not take the change: {exc}") from None
+    await follower.check()
+    return follower.status.as_dict()
+
+
+@router.post("/experiment", summary="Start (or replace) an A/B experiment on every replica")
+async def start_experiment(request: Request, body: Experiment) -> dict[str, Any]:
+    return await _set_config(request, body)
+
+
+@router.post("/experiment/end", summary="End the experiment (its arms' versions are freed)")
+async def end_experiment(request: Request) -> dict[str, Any]:
+    return await _clear(request, "experiment")
+
+
+@router.post("/shadow", summary="Score a sample of live requests with a candidate version, off the response path")
+async def start_shadow(request: Request, body: ShadowConfig) -> dict[str, Any]:
+    return await _set_config(request, body)
+
+
+@router.post("/shadow/end", summary="Stop shadow scoring")
+async def end_shadow(request: Request) -> dict[str, Any]:
+    return await _clear(request, "shadow")

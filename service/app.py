@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         if settings.online_users and parse_store_url(settings.store).scheme == "redis":
             online = OnlineUsers(settings.store, timeout=settings.online_timeout_ms / 1000)
         scorer = Scorer(settings.device, online)
-        follower = Follower(open_store(settings.store), scorer, settings.device, expected)
+        follower = Follower(
+            open_store(settings.store), scorer, settings.device, expected, settings.memory_budget_mb * 2**20
+        )
         app.state.settings, app.state.scorer, app.state.follower = settings, scorer, follower
         app.state.tracing = tracing
         app.state.admission = Admission(settings.max_concurrency, settings.max_queue)

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         True, description="read each request's user from the online user store (redis:// stores; prerank ingest)"
     )
     online_timeout_ms: float = Field(20.0, gt=0, le=1000, description="timeout of one online user-store read")
+    memory_budget_mb: int = Field(
+        4096, ge=0, description="most MiB of versions held at once: live + experiment arms + shadow (0: no limit)"
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /admin/* (reload, pin, unpin); admin is disabled when unset"
     )

@@ -14,6 +14,7 @@ import anyio.to_thread
 import torch
 
 from models.artifact import ArtifactError
+from service.experiments import ArmSet, Shadow
 from service.metrics import (
     DELTA_SEQ,
     DELTAS_APPLIED,
@@ -28,6 +29,19 @@ from service.metrics import (
 )
 from service.scorer import Scorer
 from service.store import ServingVersion, Store
+from storage.experiments import Experiment, ShadowConfig
+
+
+def _bytes(version: ServingVersion) -> int:
+    """Bytes of a version's ad rows and user table in memory."""
+    rows = version.storage
+    total = rows.vectors.numel() * rows.vectors.element_size()
+    total += sum(t.numel() * t.element_size() for t in (rows.scales, rows.routes) if t is not None)
+    users = version.index.users
+    total += sum(a.nbytes for a in (*users.sparse.values(), *users.dense.values()))
+    total += sum(v.nbytes + o.nbytes for v, o in users.sequences.values())
+    return int(total)
+
 
 __all__ = ["Follower", "FollowerStatus"]
 
@@ -57,10 +71,15 @@ class FollowerStatus:
     follow_error: str | None = None  # the last unexpected failure of a check (the loop goes on)
     follower_stopped: str | None = None  # why the follow loop ended, if it ever did
     live_epoch: str | None = None  # the store's lifetime id when the live version was loaded
+    history_lost: bool = False  # the store lost its data since the live version was loaded
     delta_seq: int = 0
     deltas_applied: int = 0
     paused_ads: int = 0
     refused_deltas: dict[int, str] = field(default_factory=dict)  # change number -> reason
+    experiment: dict[str, Any] | None = None  # the running experiment: name, salt, arms -> versions
+    shadow: dict[str, Any] | None = None  # the shadow candidate and its sample rate
+    experiment_error: str | None = None  # why the last experiment/shadow config was not applied
+    held_bytes: int = 0  # bytes of the versions held besides the live one (arms, shadow)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +94,7 @@ class FollowerStatus:
             "loaded_at": self.loaded_at,
             "refused_versions": dict(self.refused),
             "store_history": self.store_history,
+            "store_history_lost": self.history_lost,
             "store_error": self.store_error,
             "swaps": self.swaps,
             "pinned": self.pinned,
@@ -82,6 +102,10 @@ class FollowerStatus:
             "deltas_applied": self.deltas_applied,
             "paused_ads": self.paused_ads,
             "refused_deltas": dict(self.refused_deltas),
+            "experiment": self.experiment,
+            "shadow": self.shadow,
+            "experiment_error": self.experiment_error,
+            "held_bytes": self.held_bytes,
         }
 
 
@@ -98,8 +122,18 @@ class Follower:
         expected_model: refuse versions whose model differs (the `serve ARTIFACT` pin).
     """
 
-    def __init__(self, store: Store, scorer: Scorer, device: str, expected_model: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        scorer: Scorer,
+        device: str,
+        expected_model: str | None = None,
+        memory_budget_bytes: int = 0,
+    ) -> None:
         self.store = store
+        self.memory_budget_bytes = memory_budget_bytes
+        self._extras: dict[str, ServingVersion] = {}  # versions held for experiment arms and the shadow
+        self._experiment_key: tuple[str | None, str | None] | None = None
         self.scorer = scorer
         self.device = device
         self.expected_model = expected_model
@@ -108,9 +142,11 @@ class Follower:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one check at a time (the loop, /admin/reload and pin)
 
-    def _load_and_warm(self, version: str) -> ServingVersion:
-        """Loads a version, catches up on its delta chain and the pauses, and warms it."""
-        loaded = self._catch_up(self.store.load(version, self.device, self.expected_model))
+    def _load_and_warm(self, version: str, any_model: bool = False) -> ServingVersion:
+        """Loads a version (of the pinned model unless `any_model`), catches up on its delta chain
+        and the pauses, and warms it."""
+        expected = None if any_model else self.expected_model
+        loaded = self._catch_up(self.store.load(version, self.device, expected))
         with torch.inference_mode():  # warm-up: first calls allocate and pick kernels
             users = loaded.index.users
             user = loaded.bundle.model.encode_user(users.take(torch.zeros(1, dtype=torch.int64).numpy(), self.device))
@@ -136,6 +172,80 @@ class Follower:
         if seq != version.paused_seq:
             version = version.with_paused(seq, paused)
         return version
+
+    def _load_extra(self, version: str) -> ServingVersion:
+        """An arm's or the shadow's version: any model (arms compare models), caught up and warmed."""
+        return self._load_and_warm(version, any_model=True)
+
+    def _sync_experiments(self) -> None:
+        """Applies the store's experiment and shadow configs: loads the versions they name (within
+        the memory budget), swaps the arm set and the shadow, and frees versions no longer named.
+        Held versions take the deltas and pauses too. A config that cannot be applied is reported
+        in `experiment_error` and the previous one keeps running."""
+        live = self.scorer.live
+        if live is None:
+            return
+        experiment, shadow = self.store.experiments()
+        key = (
+            experiment.model_dump_json() if experiment else None,
+            shadow.model_dump_json() if shadow else None,
+        )
+        if key == self._experiment_key:
+            caught_up = {name: self._catch_up(v) for name, v in self._extras.items()}
+            if any(caught_up[n] is not v for n, v in self._extras.items()):
+                self._extras = caught_up
+                self._install(experiment, shadow, keep_shadow=True)
+            return
+        self._experiment_key = key
+        needed = {a.version for a in experiment.arms if a.version != "live"} if experiment else set()
+        if shadow is not None and shadow.version != "live":
+            needed.add(shadow.version)
+        try:
+            if self.memory_budget_bytes:
+                sizes = {v: self.store.version_bytes(v) for v in needed}
+                total = self.store.version_bytes(live.version) + sum(sizes.values())
+                if total > self.memory_budget_bytes:
+                    raise ArtifactError(
+                        f"live + {sorted(needed)} need {total / 2**20:.0f} MiB, more than the memory budget of "
+                        f"{self.memory_budget_bytes / 2**20:.0f} MiB (PRERANK_MEMORY_BUDGET_MB)"
+                    )
+            loaded = {v: self._extras.get(v) or self._load_extra(v) for v in needed}
+        except (ArtifactError, ValueError, KeyError, RuntimeError) as exc:
+            self.status.experiment_error = f"not applied: {exc}"
+            log.error("experiment config not applied: %s", exc, extra={"event": "experiment_refused"})
+            return
+        self._extras = loaded  # versions no longer named are dropped here (freed with their last request)
+        self.status.experiment_error = None
+        self._install(experiment, shadow, keep_shadow=False)
+        log.info(
+            "experiment %s, shadow %s",
+            experiment.name if experiment else None,
+            shadow.version if shadow else None,
+            extra={"event": "experiment_applied"},
+        )
+
+    def _install(self, experiment: Experiment | None, shadow: ShadowConfig | None, keep_shadow: bool) -> None:
+        if experiment is None:
+            self.scorer.arms = None
+            self.status.experiment = None
+        else:
+            versions = tuple(None if a.version == "live" else self._extras[a.version] for a in experiment.arms)
+            self.scorer.arms = ArmSet.of(experiment, versions)
+            self.status.experiment = {
+                "name": experiment.name,
+                "salt": experiment.salt,
+                "arms": {a.name: {"version": a.version, "share": a.share} for a in experiment.arms},
+            }
+        candidate = None if shadow is None or shadow.version == "live" else self._extras[shadow.version]
+        current = self.scorer.shadow
+        if keep_shadow and current is not None:
+            current.version = candidate
+        else:
+            self.scorer.shadow = Shadow(self.scorer, candidate, shadow) if shadow is not None else None
+            if current is not None:
+                current.close()
+        self.status.shadow = None if shadow is None else {"version": shadow.version, "sample": shadow.sample}
+        self.status.held_bytes = sum(_bytes(v) for v in self._extras.values())
 
     def _apply_changes(self) -> bool:
         """Applies new deltas and pauses to the live version; True when that swapped one in."""
@@ -205,6 +315,7 @@ class Follower:
             f"(store epoch {self.status.live_epoch} is now {epoch or 'gone'}); "
             "serving it from memory until a version is published"
         )
+        self.status.history_lost = True
         if report != self.status.store_history:
             self.status.store_history = report
             STORE_HISTORY_LOST.inc()
@@ -212,6 +323,14 @@ class Follower:
         return True
 
     async def _check(self) -> bool:
+        swapped = await self._check_versions()
+        try:
+            await anyio.to_thread.run_sync(self._sync_experiments)
+        except ConnectionError as exc:
+            self.status.store_error = str(exc)
+        return swapped
+
+    async def _check_versions(self) -> bool:
         if self.status.pinned is not None:  # the pinned version still takes its deltas and the pauses
             try:
                 return await anyio.to_thread.run_sync(self._apply_changes)
@@ -285,6 +404,7 @@ class Follower:
             log.warning(PAPER_WARNING, extra={"event": "paper_protocol_served", "version": loaded.version})
         self.status.live_identity = identity
         self.status.live_epoch = epoch
+        self.status.history_lost = False
         self._note_changes(loaded)
         self.status.loaded_at = time.time()
         self.status.swaps += 1

@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 
 EVENTS = Counter("prerank_ingest_events_total", "events read from the stream, by outcome", ["outcome"])
 LAG = Gauge("prerank_ingest_lag_seconds", "now minus the event time of the last applied event")
+IMPRESSIONS = Counter("prerank_ingest_impressions_total", "impression events applied")
+CLICKS = Counter("prerank_ingest_clicks_total", "click events applied")
+SCORED_IMPRESSIONS = Counter(
+    "prerank_ingest_scored_impressions_total", "applied impressions that carried the served pctr"
+)
+PREDICTED_CLICKS = Counter(
+    "prerank_ingest_predicted_clicks_total",
+    "sum of the served pctr over scored impressions: predicted / scored impressions vs clicks / impressions "
+    "is predicted vs observed CTR",
+)
 DEAD_LETTER_MAXLEN = 100_000
 
 
@@ -48,6 +58,7 @@ class Event(BaseModel):
     ad_id: int = Field(..., ge=0, le=2**63 - 1)
     ts: float = Field(..., gt=0, description="event time, Unix seconds")
     kind: Literal["impression", "click"]
+    pctr: float | None = Field(None, ge=0, le=1, description="impressions: the pCTR the ad was served with")
 
     @field_validator("ts")
     @classmethod
@@ -241,6 +252,16 @@ class Ingestor:
                 args = [e.event_id, e.kind, str(e.ad_id), repr(e.ts), self.history_max, DEDUPE_WINDOW]
                 self._apply(keys=[self.keys.user(e.user_id)], args=args, client=pipe)
             results = pipe.execute()
+            for e, applied in zip(good, results, strict=True):
+                if applied != 1:
+                    continue
+                if e.kind == "click":
+                    CLICKS.inc()
+                else:
+                    IMPRESSIONS.inc()
+                    if e.pctr is not None:
+                        SCORED_IMPRESSIONS.inc()
+                        PREDICTED_CLICKS.inc(e.pctr)
             stats.applied = sum(1 for r in results if r == 1)
             stats.duplicates = len(results) - stats.applied
             LAG.set(max(0.0, time.time() - good[-1].ts))

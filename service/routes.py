@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.admission import Admission, deadline_from
 from service.config import Settings
 from service.errors import InvalidInput, NotReady, PayloadTooLarge, UnsupportedMediaType
+from service.experiments import observe_arm
 from service.follower import Follower
 from service.metrics import metrics_payload, observe_result
 from service.observability import record_stages
@@ -81,6 +82,11 @@ async def prerank(request: Request) -> Response:
         result = await run_in_threadpool(scorer.prerank, parsed)
     result.timings_ms["parse"] = parse_ms
     observe_result(result.timings_ms, n, len(result.unknown_ad_ids), result.user_known, result.pctr)
+    if result.arm is not None:
+        observe_arm(result)
+    shadow = scorer.shadow
+    if shadow is not None:
+        shadow.offer(parsed, result)  # never blocks: queued for the candidate, or dropped
     record_stages(request.app.state.tracing, started_ns, result.timings_ms)
     return _scored(result, parsed.request_id)
 
@@ -173,7 +179,7 @@ async def readyz(request: Request) -> Response:
         status["status"] = "not_ready"
     elif not status["follower_alive"]:  # serving, but would never see another version
         status["status"] = "follower_stopped"
-    elif not status["store_ok"] or status["follow_error"]:  # serving from memory
+    elif not status["store_ok"] or status["follow_error"] or status["store_history_lost"]:  # serving from memory
         status["status"] = "degraded"
     else:
         status["status"] = "ready"

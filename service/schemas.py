@@ -178,6 +178,8 @@ class PrerankResponse(BaseModel):
     user_event: str | None = Field(
         None, description="the user's last event in the online user store that this response reflects (null: none)"
     )
+    experiment: str | None = Field(None, description="the running A/B experiment (null: none)")
+    arm: str | None = Field(None, description="the experiment arm that scored this user (sticky per user id)")
 
 
 class ErrorItem(BaseModel):

@@ -47,6 +47,8 @@ class ScoreResult:
     unknown_ad_ids: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
     user_event: str | None = None  # the last event of the user's online row that this response reflects
+    arm: str | None = None  # the experiment arm that scored it
+    experiment: str | None = None
 
     def payload(self, request_id: str | None) -> dict[str, Any]:
         """The response body as columns (numpy arrays are serialised by orjson)."""
@@ -61,6 +63,8 @@ class ScoreResult:
             "ecpm": self.ecpm,
             "unknown_ad_ids": self.unknown_ad_ids,
             "user_event": self.user_event,
+            "experiment": self.experiment,
+            "arm": self.arm,
         }
 
 
@@ -100,6 +104,8 @@ class Scorer:
         self.online = online
         self._live: ServingVersion | None = None
         self._swap_lock = threading.Lock()
+        self.arms: Any = None  # service.experiments.ArmSet of the running experiment, or None
+        self.shadow: Any = None  # service.experiments.Shadow scoring sampled requests, or None
 
     @property
     def live(self) -> ServingVersion | None:
@@ -224,9 +230,17 @@ class Scorer:
         with torch.inference_mode():
             return version.bundle.model.encode_user(moved)
 
-    def prerank(self, request: PrerankRequest) -> ScoreResult:
-        """Scores and ranks the request's candidates by eCPM."""
-        version = self._version()
+    def prerank(self, request: PrerankRequest, version: ServingVersion | None = None) -> ScoreResult:
+        """Scores and ranks the request's candidates by eCPM: with `version` if given, else with the
+        user's experiment arm if an experiment runs, else with the live version."""
+        arm = experiment = None
+        if version is None:
+            version = self._version()
+            arms = self.arms
+            if arms is not None and request.user.id is not None:
+                arm, arm_version = arms.pick(str(request.user.id))
+                experiment = arms.experiment.name
+                version = arm_version or version
         t0 = time.perf_counter()
         feats, user_known, event = self.user_features(request.user, request.unknown_user, version)
         ad_ids = request.candidates.ids
@@ -240,7 +254,16 @@ class Scorer:
         order, pctr, ecpm = self._rank(version, user, rows, bids, request.top_k, timings)
         known_ids = ad_ids[known]
         return ScoreResult(
-            version, user_known, known_ids[order], pctr[order], ecpm[order], ad_ids[~known], timings, event
+            version,
+            user_known,
+            known_ids[order],
+            pctr[order],
+            ecpm[order],
+            ad_ids[~known],
+            timings,
+            event,
+            arm,
+            experiment,
         )
 
     def candidates(self, version: ServingVersion, user: torch.Tensor, k: int, mode: str = "auto") -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -25,6 +26,16 @@ from models.features import Kind, default_features
 from models.rows import AdRows
 from storage import VERSIONS_DIR, RedisKeys, fetch_redis_version, parse_store_url, read_pointer
 from storage.deltas import AdDelta, read_deltas, read_paused
+from storage.experiments import (
+    Experiment,
+    ShadowConfig,
+    clear_config,
+    clear_local_config,
+    read_config,
+    read_local_config,
+    write_config,
+    write_local_config,
+)
 
 __all__ = [
     "IdIndex",
@@ -422,6 +433,22 @@ class Store(Protocol):
         """(change number of the last pause/resume, paused ad ids)."""
         ...
 
+    def experiments(self) -> tuple[Experiment | None, ShadowConfig | None]:
+        """The running A/B experiment and shadow candidate, if any (ValueError: invalid config)."""
+        ...
+
+    def set_config(self, config: Experiment | ShadowConfig) -> None:
+        """Starts (or replaces) the experiment or the shadow for every replica."""
+        ...
+
+    def clear_config(self, kind: str) -> bool:
+        """Ends the "experiment" or the "shadow"; True if one ran."""
+        ...
+
+    def version_bytes(self, version: str) -> int:
+        """Bytes of a version's files (what holding it in memory costs, roughly)."""
+        ...
+
 
 def open_store(url: str) -> Store:
     """The store behind a URL (`local:DIR` or `redis://...`); ValueError for any other form."""
@@ -459,6 +486,21 @@ class LocalStore:
 
     def paused(self) -> tuple[int, np.ndarray]:
         return 0, np.zeros(0, np.int64)
+
+    def experiments(self) -> tuple[Experiment | None, ShadowConfig | None]:
+        return read_local_config(self.root)
+
+    def set_config(self, config: Experiment | ShadowConfig) -> None:
+        write_local_config(self.root, config)
+
+    def clear_config(self, kind: str) -> bool:
+        return clear_local_config(self.root, kind)
+
+    def version_bytes(self, version: str) -> int:
+        directory = self.root / VERSIONS_DIR / version
+        if not directory.is_dir():
+            raise ArtifactError(f"version {version} is not in the store")
+        return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
 class RedisStore:
@@ -514,6 +556,22 @@ class RedisStore:
     def paused(self) -> tuple[int, np.ndarray]:
         seq, ids = self._call(read_paused, self.client, self.keys)
         return int(seq), ids
+
+    def experiments(self) -> tuple[Experiment | None, ShadowConfig | None]:
+        experiment, shadow = self._call(read_config, self.client, self.keys)
+        return experiment, shadow
+
+    def set_config(self, config: Experiment | ShadowConfig) -> None:
+        self._call(write_config, self.client, self.keys, config)
+
+    def clear_config(self, kind: str) -> bool:
+        return bool(self._call(clear_config, self.client, self.keys, kind))
+
+    def version_bytes(self, version: str) -> int:
+        raw = self._call(self.client.get, self.keys.manifest(version))
+        if raw is None:
+            raise ArtifactError(f"version {version} is not in the store")
+        return sum(int(f["size"]) for f in json.loads(raw).get("files", []))
 
     def load(self, version: str, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
         import redis

@@ -30,6 +30,8 @@ class RedisKeys:
         self.paused = f"{prefix}:paused"  # hash: paused ad id -> change sequence that paused it
         self.paused_seq = f"{prefix}:paused-seq"  # the change sequence of the last pause or resume
         self.change_seq = f"{prefix}:change-seq"  # one counter for every delta and pause
+        self.experiment = f"{prefix}:experiment"  # JSON: the A/B experiment (storage.experiments)
+        self.shadow = f"{prefix}:shadow"  # JSON: the shadow candidate
         self.user_events = f"{prefix}:user-events"  # stream of impression/click events (prerank ingest reads it)
         self.dead_letters = f"{prefix}:user-events:dead"  # stream of events that could not be applied, with why
 

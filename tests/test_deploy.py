@@ -30,7 +30,7 @@ def _prerank_commands(service: dict) -> list[list[str]]:  # type: ignore[type-ar
 
 def test_compose_services_healthchecks_and_order(compose) -> None:  # type: ignore[no-untyped-def]
     services = compose["services"]
-    assert set(services) == {"redis", "publisher", "server", "prometheus", "grafana", "locust"}
+    assert set(services) == {"redis", "publisher", "server", "ingest", "prometheus", "grafana", "locust"}
     for name in ("redis", "server"):
         assert services[name]["healthcheck"]["test"], name
     server = services["server"]
@@ -46,7 +46,9 @@ def test_compose_services_healthchecks_and_order(compose) -> None:  # type: igno
 
 def test_compose_commands_and_files_exist_in_the_project(compose) -> None:  # type: ignore[no-untyped-def]
     services = compose["services"]
-    for name in ("publisher", "server"):
+    assert services["ingest"]["depends_on"]["publisher"]["condition"] == "service_completed_successfully"
+    assert services["ingest"]["image"] == services["server"]["image"]  # the serve image carries the consumer
+    for name in ("publisher", "server", "ingest"):
         for argv in _prerank_commands(services[name]):
             assert argv[0] in COMMANDS, (name, argv)
             assert any("redis://redis:6379" in a for a in argv if a.startswith("redis")) or argv[0] == "train"

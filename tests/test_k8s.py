@@ -92,6 +92,9 @@ def test_images_and_commands_exist_in_the_project(docs: list[dict[str, Any]]) ->
     assert server["image"].startswith("hit-prerank-serve:") and "AS serve" in dockerfile
     assert job["image"].startswith("hit-prerank-offline:") and "AS offline" in dockerfile
     assert server["args"][0] == "prerank" and server["args"][1] in JOBS
+    ingest = _one(docs, "Deployment", "prerank-ingest")["spec"]["template"]["spec"]["containers"][0]
+    assert ingest["image"] == server["image"] and ingest["args"][:2] == ["prerank", "ingest"]
+    assert {e["name"] for e in ingest["env"]} >= {"PRERANK_STORE"}  # what $(PRERANK_STORE) expands from
     for part in job["args"][0].split("&&"):
         words = part.split()
         assert words[0] == "prerank" and words[1] in JOBS, part

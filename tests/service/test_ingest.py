@@ -11,7 +11,7 @@ import redis
 
 from offline.export import export
 from prerank.cli import main
-from service.ingest import Ingestor, KnownUsers, RedisStreamSource
+from service.ingest import PREDICTED_CLICKS, Ingestor, KnownUsers, RedisStreamSource
 from service.users import OnlineUsers
 from storage import RedisKeys
 from storage.users import parse_user_row
@@ -61,7 +61,8 @@ def test_replays_are_idempotent_and_unacknowledged_events_are_read_again(tiny, t
     client = redis.Redis.from_url(redis_server.url)
     for eid in ("a", "b", "a"):  # "a" delivered twice by an at-least-once producer
         client.xadd(KEYS.user_events, event(eid, ad=int(tiny.ad_ids[0])))
-    client.xadd(KEYS.user_events, event("imp", kind="impression"))
+    client.xadd(KEYS.user_events, event("imp", kind="impression", pctr=0.25))
+    predicted_before = PREDICTED_CLICKS._value.get()
     # a consumer that read the batch and died before acknowledging it
     crashed = RedisStreamSource(client, KEYS, consumer="c1", start="0")
     assert len(crashed.poll(10, 100)) == 4
@@ -70,7 +71,9 @@ def test_replays_are_idempotent_and_unacknowledged_events_are_read_again(tiny, t
     assert client.xpending(KEYS.user_events, "prerank-ingest")["pending"] == 0
     for eid in ("a", "b"):  # the whole stream replayed again: nothing changes
         client.xadd(KEYS.user_events, event(eid, ad=int(tiny.ad_ids[0])))
-    assert ingestor(client, "c2").step().duplicates == 2
+    client.xadd(KEYS.user_events, event("imp", kind="impression", pctr=0.25))
+    assert ingestor(client, "c2").step().duplicates == 3
+    assert PREDICTED_CLICKS._value.get() - predicted_before == pytest.approx(0.25)  # once, not per delivery
     row = parse_user_row(client.get(KEYS.user("4")))
     assert row is not None and (row.n_clicks, row.n_impressions, len(row.clicks)) == (2, 1, 2)
 
@@ -81,7 +84,7 @@ def test_bad_events_are_dead_lettered_and_never_touch_a_row(tiny, tiny_hit, redi
     client.xadd(KEYS.user_events, event("x1", colour="red"))  # unknown field
     client.xadd(KEYS.user_events, event("x2", ad="not-a-number"))  # type: ignore[arg-type]
     client.xadd(KEYS.user_events, event("x3", user="no-such-user"))
-    client.xadd(KEYS.user_events, event("x4", kind="purchase"))
+    client.xadd(KEYS.user_events, event("x4", kind="purchase", pctr=1.5))
     client.xadd(KEYS.user_events, {"event_id": "x5"})  # most fields missing
     client.xadd(KEYS.user_events, event("ok", ad=int(tiny.ad_ids[1])))
     stats = ingestor(client).step()
@@ -90,7 +93,7 @@ def test_bad_events_are_dead_lettered_and_never_touch_a_row(tiny, tiny_hit, redi
     dead = {f[b"event_id"].decode(): f[b"reason"].decode() for _, f in client.xrange(KEYS.dead_letters)}
     assert set(dead) == {"x1", "x2", "x3", "x4", "x5"}
     assert "colour" in dead["x1"] and "ad_id" in dead["x2"] and "unknown user" in dead["x3"]
-    assert "kind" in dead["x4"] and "user_id" in dead["x5"]
+    assert "kind" in dead["x4"] and "pctr" in dead["x4"] and "user_id" in dead["x5"]
     assert client.get(KEYS.user("no-such-user")) is None
     row = parse_user_row(client.get(KEYS.user("4")))
     assert row is not None and row.clicks == [int(tiny.ad_ids[1])] and row.last_event == "ok"

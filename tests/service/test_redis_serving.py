@@ -85,21 +85,28 @@ def test_redis_killed_under_traffic(tiny, tiny_hit, redis_server) -> None:  # ty
 
 
 def test_redis_restarted_empty_then_a_different_model_is_served(tiny, tiny_hit, tiny_dssm, redis_server) -> None:  # type: ignore[no-untyped-def]
-    export(tiny_hit.artifact, tiny, redis_server.url)
-    with serve(redis_server.url, poll="0.3") as url:
-        assert httpx.get(url + "/readyz").json()["live_model"] == tiny_hit.metrics["model_version"]
+    """Redis loses its data: both replicas say so at once, keep serving, then swap to what is published next."""
+    first = export(tiny_hit.artifact, tiny, redis_server.url)["version"]
+    body = {"user": {"id": "4"}, "candidates": {"ad_ids": tiny.ad_ids[:10].tolist()}}
+    with serve(redis_server.url, poll="0.3") as a, serve(redis_server.url, poll="0.3") as b:
+        for url in (a, b):
+            assert httpx.get(url + "/readyz").json()["live_model"] == tiny_hit.metrics["model_version"]
         redis_server.stop()
-        assert wait_for(lambda: httpx.get(url + "/readyz").json()["status"] == "degraded")
+        assert wait_for(lambda: all(httpx.get(u + "/readyz").json()["status"] == "degraded" for u in (a, b)))
         redis_server.start()  # empty: nothing persisted
-        export(tiny_dssm.artifact, tiny, redis_server.url)  # a different model, published after the restart
+        assert wait_for(lambda: all(httpx.get(u + "/readyz").json()["store_history"] for u in (a, b)), timeout=5)
+        lost = httpx.get(a + "/readyz").json()
+        still = httpx.post(a + "/prerank", json=body).json()  # still serving from memory
+        second = export(tiny_dssm.artifact, tiny, redis_server.url)["version"]  # another model, after the restart
+        dssm = tiny_dssm.metrics["model_version"]
         swapped = wait_for(
-            lambda: httpx.get(url + "/readyz").json()["live_model"] == tiny_dssm.metrics["model_version"], timeout=5
+            lambda: all(httpx.get(u + "/readyz").json()["live_model"] == dssm for u in (a, b)), timeout=5
         )
-        body = {"user": {"id": "4"}, "candidates": {"ad_ids": tiny.ad_ids[:10].tolist()}}
-        served = httpx.post(url + "/prerank", json=body).json()["model_version"]
-        history = httpx.get(url + "/readyz").json()["store_history"]
-    assert swapped and served == tiny_dssm.metrics["model_version"]
-    assert "lost its history" in history  # reported, not only healed
+        served = [httpx.post(u + "/prerank", json=body).json() for u in (a, b)]
+    assert "lost its history" in lost["store_history"] and first in lost["store_history"]
+    assert lost["status"] == "degraded" and still["model_version"] == tiny_hit.metrics["model_version"]
+    assert second != first and swapped
+    assert {(r["model_version"], r["index_version"]) for r in served} == {(dssm, second)}
 
 
 def test_polling_alone_follows_the_pointer_when_pubsub_is_blocked(tiny, tiny_hit, tiny_dssm, redis_server) -> None:  # type: ignore[no-untyped-def]
