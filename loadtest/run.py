@@ -36,11 +36,11 @@ def _pin(cpus: str) -> list[str]:
 
 
 @contextmanager
-def server(store: str) -> Iterator[str]:
+def server(store: str, extra: tuple[str, ...] = ()) -> Iterator[str]:
     """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
     port = free_port()
     env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port)]
+    cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads per worker (default: $PRERANK_TORCH_THREADS, else 1)"
     )
     p.add_argument("--workers", type=int, default=1, help="server processes (metrics aggregate across them)")
+    p.add_argument(
+        "--grpc-port", type=int, default=None, help="also serve gRPC (prerank.v1.Prerank) on this port (default: off)"
+    )
     return p
 
 
@@ -50,6 +53,12 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         overrides["device"] = args.device
     if args.threads is not None:
         overrides["torch_threads"] = args.threads
+    if args.grpc_port is not None:
+        if args.workers > 1:
+            raise UsageError("--grpc-port serves from one process; use --workers 1 (scale with replicas)")
+        if port_in_use(args.grpc_port, args.host):
+            raise UsageError(f"port {args.grpc_port} is already in use (--grpc-port)")
+        overrides["grpc_address"] = f"{args.host}:{args.grpc_port}"
     settings = Settings(**overrides)
     if "store" not in overrides and "PRERANK_STORE" not in os.environ:
         raise UsageError("no store: pass --store local:DIR or redis://..., or set PRERANK_STORE")

@@ -72,9 +72,18 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         await follower.check()
         task = asyncio.create_task(follower.run(settings.poll_seconds))
         follower.watch(task)
+        grpc_server = None
+        if settings.grpc_address:
+            from service.grpc_server import GrpcServer
+
+            grpc_server = GrpcServer(scorer, app.state.admission, settings.max_candidates, settings.grpc_address)
+            await grpc_server.start()
+        app.state.grpc = grpc_server
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(
         4096, ge=0, description="most MiB of versions held at once: live + experiment arms + shadow (0: no limit)"
     )
+    grpc_address: str | None = Field(
+        None,
+        pattern=r"^[^\s:]+:\d{1,5}$",
+        description="serve gRPC (prerank.v1.Prerank, health, reflection) on HOST:PORT; unset: off",
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /admin/* (reload, pin, unpin); admin is disabled when unset"
     )
