@@ -15,6 +15,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -103,6 +104,33 @@ def run_step(
     }
 
 
+def _tagged_step(
+    url: str, body_file: Path, seconds: int, tmp: Path, address: str | None, rate: int, tag: str
+) -> dict[str, Any]:
+    return run_step(url, body_file, rate, seconds, tmp / f"{tag}.json", address)
+
+
+def overload(capacity: int, step: Any, tag: str) -> dict[str, Any]:
+    """The overload check at the knee: accepted p99 at 2x capacity against 70% load, goodput, 5xx.
+
+    `step(rate, tag)` runs one k6 step. Goodput is the rate of answered-OK requests at 2x; every
+    failure at 2x must be a shed (503), not another error.
+    """
+    at_70 = step(max(1, round(0.7 * capacity)), f"{tag}-70")
+    at_2x = step(2 * capacity, f"{tag}-2x")
+    ok = at_2x["requests"] - at_2x["failed"]
+    goodput = at_2x["achieved_rps"] * ok / max(at_2x["requests"], 1)
+    return {
+        "capacity_rps": capacity,
+        "at_70": at_70,
+        "at_2x": at_2x,
+        "accepted_p99_ratio": round(at_2x["accepted_p99_ms"] / at_70["accepted_p99_ms"], 3),
+        "goodput_rps": round(goodput, 1),
+        "goodput_share": round(goodput / capacity, 3),
+        "failures_other_than_shed": at_2x["failed"] - at_2x["shed"],
+    }
+
+
 def knee(steps: list[dict[str, Any]], slo_ms: float) -> int | None:
     """The highest offered rate with p99 <= slo_ms, no dropped arrivals and no failures."""
     ok = [s["offered_rps"] for s in steps if s["p99_ms"] <= slo_ms and s["dropped"] == 0 and s["failed"] == 0]
@@ -130,6 +158,24 @@ def markdown(report: dict[str, Any]) -> str:
     for name, by_n in report["targets"].items():
         for n, entry in by_n.items():
             lines.append(f"- {name} at {n} candidates: {entry['knee_rps'] or 'below the lowest rate tried'} req/s")
+    rows = [
+        (name, n, e["overload"]) for name, by_n in report["targets"].items() for n, e in by_n.items() if "overload" in e
+    ]
+    if rows:
+        lines += [
+            "",
+            "Overload (2x the knee offered, against 70% of it):",
+            "",
+            "| target | candidates | capacity | accepted p99 at 70% / at 2x (ratio) | goodput at 2x "
+            "(share of capacity) | shed at 2x | failures other than shed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, n, o in rows:
+            lines.append(
+                f"| {name} | {n} | {o['capacity_rps']} | {o['at_70']['accepted_p99_ms']:.2f} / "
+                f"{o['at_2x']['accepted_p99_ms']:.2f} ms ({o['accepted_p99_ratio']}) | {o['goodput_rps']} req/s "
+                f"({o['goodput_share']}) | {o['at_2x']['shed']} | {o['failures_other_than_shed']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -167,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--slo-ms", type=float, default=20.0)
     p.add_argument(
         "--protocols", nargs="+", choices=("http", "grpc"), default=["http"], help="drive /prerank, gRPC Rank, or both"
+    )
+    p.add_argument(
+        "--overload", action="store_true", help="after each sweep, run 70%% and 2x of the knee (accepted p99, goodput)"
     )
     p.add_argument("--stop-after-saturation", action="store_true", help="skip higher rates once one drops arrivals")
     p.add_argument("--out", type=Path, default=Path("results/perf/openloop"))
@@ -206,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                             steps.append(step)
                             if args.stop_after_saturation and step["dropped"] > 0:
                                 break
-                        entry = {"steps": steps, "knee_rps": knee(steps, args.slo_ms)}
+                        entry: dict[str, Any] = {"steps": steps, "knee_rps": knee(steps, args.slo_ms)}
+                        if args.overload and entry["knee_rps"]:
+                            tagged = functools.partial(_tagged_step, url, body_file, args.seconds, Path(tmp), address)
+                            entry["overload"] = overload(entry["knee_rps"], tagged, f"{name}-{protocol}-{n}")
                         report["targets"].setdefault(label, {})[str(n)] = entry
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.md").write_text(markdown(report))

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -27,6 +28,7 @@ from models.registry import build_model, config_from_dict
 from offline.calibrate import fit_calibrator
 from offline.data import Dataset, Split
 from offline.metrics import auc, ece, logloss, rela_impr
+from offline.sparse import Optimizers, SparseEmbeddings
 
 __all__ = ["TrainConfig", "TrainResult", "evaluate", "load_baseline", "predict", "train"]
 
@@ -54,6 +56,9 @@ class TrainConfig:
             those three, or "none" (no calibrator in the artifact).
         negative_rate: keep each negative training row with this probability per epoch (1: all);
             the calibrator's offset log(rate) corrects the learned base rate back.
+        sparse_embeddings: sparse embedding gradients (SparseAdam on the tables, Adam on the rest;
+            plain SGD takes them as they are) and the L2 of the looked-up rows only, so a step's
+            cost does not grow with the vocabulary (offline.sparse).
     """
 
     epochs: int = 30
@@ -62,6 +67,7 @@ class TrainConfig:
     optimizer: str = "adam"
     calibration: str = "none"
     negative_rate: float = 1.0
+    sparse_embeddings: bool = False
     patience: int = 2
     l2: float = 1e-5
     seed: int = 42
@@ -109,9 +115,12 @@ class _TrainStep(nn.Module):
     summed loss over the whole batch.
     """
 
-    def __init__(self, model: PrerankModel, l2: float, world: int = 1) -> None:
+    def __init__(
+        self, model: PrerankModel, l2: float, world: int = 1, regularizer: Callable[[], torch.Tensor] | None = None
+    ) -> None:
         super().__init__()
         self.model, self.l2, self.world = model, l2, world
+        self.regularizer = regularizer or model.regularizer
 
     def forward(self, feats: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
         logits, aux = self.model.forward_train(feats)
@@ -119,14 +128,16 @@ class _TrainStep(nn.Module):
         if aux:
             loss = loss + auxiliary_loss(self.model, aux, labels)
         if self.l2:  # the regulariser is not split across ranks: each adds 1/world of it
-            loss = loss + self.l2 * self.model.regularizer().to(loss.device) / self.world
+            loss = loss + self.l2 * self.regularizer().to(loss.device) / self.world
         return loss * self.world
 
 
 OPTIMIZERS = ("adam", "sgd")
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainConfig, model: nn.Module, sparse: SparseEmbeddings | None = None) -> Any:
+    if cfg.optimizer == "adam" and sparse is not None:
+        return Optimizers(model, sparse, cfg.lr)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.optimizer == "sgd":
@@ -206,12 +217,13 @@ def train(
     model_cfg = config_from_dict(model_name, model_config or {})
     model = build_model(model_name, dataset.schema, model_cfg).to(ddp.device)
     model = cast(PrerankModel, sync_batch_norm(model, ddp.device, ddp.world))
-    step: nn.Module = _TrainStep(model, cfg.l2, ddp.world)
+    sparse = SparseEmbeddings(model) if cfg.sparse_embeddings else None
+    step: nn.Module = _TrainStep(model, cfg.l2, ddp.world, sparse.l2 if sparse else None)
     if ddp.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         step = DistributedDataParallel(step, find_unused_parameters=True)
-    optimizer = _optimizer(cfg, model)
+    optimizer = _optimizer(cfg, model, sparse)
     best_auc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()

@@ -24,6 +24,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "openloop": ("openloop", "open-loop capacity sweep with k6 (fixed arrival rates, p99.9, dropped arrivals)"),
     "freshness": ("freshness", "event/delta/pause -> visible latency under open-loop load, 1 and 2 replicas"),
     "shadow-bench": ("shadow_bench", "live p99 under open-loop load with and without a slow shadow candidate"),
+    "sparse-bench": ("sparse_bench", "training step time against vocabulary size, dense vs sparse embeddings"),
     "loadtest": ("loadtest", "headless Locust steps per candidate count against served stores"),
     "soak": ("soak", "steady load while a new version is published every minute"),
     "download-movielens": ("download", "download the official ml-1m.zip (needs a network)"),

@@ -38,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
         default=1.0,
         help="keep each negative training row with this probability (the calibrator corrects the base rate)",
     )
+    p.add_argument(
+        "--sparse-embeddings",
+        action="store_true",
+        help="sparse embedding updates (SparseAdam on the tables, L2 on looked-up rows): step time does not grow "
+        "with the vocabulary; for id spaces of millions",
+    )
     p.add_argument("--patience", type=int, default=2, help="epochs without a validation-AUC gain before stopping")
     p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
@@ -74,6 +80,7 @@ def _run(args: argparse.Namespace) -> None:
         optimizer=args.optimizer,
         calibration=args.calibration,
         negative_rate=args.negative_rate,
+        sparse_embeddings=args.sparse_embeddings,
         patience=args.patience,
         seed=args.seed,
         progress=not args.no_progress,

@@ -33,13 +33,35 @@ def test_open_loop_run_reports_percentiles_drops_and_the_knee(tiny, tiny_hit, tm
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
     out = tmp_path / "report"
     argv = ["openloop", "--target", f"hit=local:{tmp_path / 'store'}", "--candidates", "50", "--rates", "20", "40"]
+    argv += ["--protocols", "http", "grpc", "--overload"]
     assert main([*argv, "--seconds", "2", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    steps = report["targets"]["hit"]["50"]["steps"]
-    assert [s["offered_rps"] for s in steps] == [20, 40]
-    for s in steps:
-        # open loop: the achieved rate is the offered one, whatever the latency
-        assert s["requests"] == pytest.approx(2 * s["offered_rps"], abs=3) and s["failed"] == 0
-        assert s["p50_ms"] <= s["p99_ms"] <= s["p999_ms"] <= s["max_ms"] and s["dropped"] >= 0
-    assert report["targets"]["hit"]["50"]["knee_rps"] == knee(steps, 20.0)
+    assert set(report["targets"]) == {"hit http", "hit grpc"}  # the same bodies over both protocols
+    for label in report["targets"]:
+        entry = report["targets"][label]["50"]
+        steps = entry["steps"]
+        assert [s["offered_rps"] for s in steps] == [20, 40]
+        for s in steps:
+            # open loop: the achieved rate is the offered one, whatever the latency
+            assert s["requests"] == pytest.approx(2 * s["offered_rps"], abs=3) and s["failed"] == 0, (label, s)
+            assert s["p50_ms"] <= s["p99_ms"] <= s["p999_ms"] <= s["max_ms"] and s["dropped"] >= 0
+        assert entry["knee_rps"] == knee(steps, 20.0) == 40
+        o = entry["overload"]  # 70% and 2x of the knee were run
+        assert (o["at_70"]["offered_rps"], o["at_2x"]["offered_rps"]) == (28, 80) and o["goodput_rps"] > 0
     assert (out / "capacity.png").stat().st_size > 0 and "knee" in (out / "report.md").read_text()
+    assert "Overload" in (out / "report.md").read_text()
+
+
+def test_the_overload_summary_counts_only_sheds_as_expected_failures() -> None:
+    from loadtest.openloop import overload
+
+    def step(rate: int, tag: str) -> dict:  # type: ignore[type-arg]
+        if tag.endswith("-70"):
+            return {"offered_rps": rate, "requests": 700, "failed": 0, "shed": 0, "achieved_rps": 70.0,
+                    "accepted_p99_ms": 8.0}  # fmt: skip
+        return {"offered_rps": rate, "requests": 2000, "failed": 1000, "shed": 990, "achieved_rps": 200.0,
+                "accepted_p99_ms": 12.0}  # fmt: skip
+
+    o = overload(100, step, "t")
+    assert o["accepted_p99_ratio"] == 1.5 and o["goodput_rps"] == 100.0 and o["goodput_share"] == 1.0
+    assert o["failures_other_than_shed"] == 10
