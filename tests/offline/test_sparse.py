@@ -18,7 +18,7 @@ def _one_step(tiny, sparse: bool) -> tuple[torch.Tensor, torch.Tensor, set[int]]
     helper = SparseEmbeddings(model) if sparse else None
     step = _TrainStep(model, cfg.l2, 1, helper.l2 if helper else None)
     optimizer = _optimizer(cfg, model, helper)
-    table = model.ad_tower.embedding.tables["ad_id"].weight
+    table = model.ad_tower.embedding.tables["ad_id"].weight  # type: ignore[index]
     before = table.detach().clone()
     feats, labels = tiny.train.batch(np.arange(64))
     model.train()

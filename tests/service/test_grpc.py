@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -58,6 +59,18 @@ def test_grpc_scores_as_http_does_with_health_reflection_and_errors(store: Path,
                     prerank_pb2.RankRequest(user=prerank_pb2.User(id="nobody"), ad_ids=ads, reject_unknown_user=True),
                     timeout=5,
                 )
+            binary = stub.Rank(
+                prerank_pb2.RankRequest(
+                    user=prerank_pb2.User(id="4"),
+                    ad_ids_le=np.asarray(ads, "<i8").tobytes(),
+                    bids_le=np.asarray(bids, "<f4").tobytes(),
+                    top_k=25,
+                    binary_response=True,
+                ),
+                timeout=10,
+            )
+            with pytest.raises(grpc.RpcError) as ragged:
+                stub.Rank(prerank_pb2.RankRequest(user=prerank_pb2.User(id="4"), ad_ids_le=b"\x01\x02\x03"), timeout=5)
             features = prerank_pb2.User(features={"segment": prerank_pb2.FeatureValue(text="3")})
             by_features = stub.Rank(prerank_pb2.RankRequest(user=features, ad_ids=ads), timeout=10)
     assert list(reply.ad_ids) == http["ad_ids"]
@@ -71,3 +84,6 @@ def test_grpc_scores_as_http_does_with_health_reflection_and_errors(store: Path,
     assert "candidates" in negative.value.details() and "negative" in negative.value.details()
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and "user.id" in unknown.value.details()
     assert by_features.user_known and len(by_features.ad_ids) == len(ads)
+    assert np.frombuffer(binary.ad_ids_le, "<i8").tolist() == http["ad_ids"] and not binary.ad_ids
+    assert np.abs(np.frombuffer(binary.pctr_le, "<f4") - np.asarray(http["pctr"])).max() < 1e-6
+    assert ragged.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ad_ids_le" in ragged.value.details()
