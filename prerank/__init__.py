@@ -15,6 +15,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "rollback": ("rollback", "point the store's live version at an earlier version"),
     "serve": ("serve", "start the HTTP service"),
     "demo": ("demo", "train HIT, publish, serve and send sample requests (the quick start)"),
+    "evaluate": ("evaluate", "AUC, calibrated LogLoss, ECE, GAUC, revenue@k, consistency and reliability of artifacts"),
     "bench": ("bench", "benchmark the scoring path per model, dtype and candidate count"),
     "zoo": ("zoo", "train every model on MovieLens-1M (both protocols, several seeds) and report"),
     "quant-auc": ("quant", "test AUC with ad vectors stored as fp32, bf16 and int8"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class Dataset:
     ad_bids: np.ndarray
     checksum: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: The true click probability of (user row, ad row) pairs, where the data was generated with a
+    #: known one (synthetic worlds); None for logged data.
+    oracle: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def without(self, names: Iterable[str]) -> Dataset:
         """The same data with the named fields left out of the schema (for feature ablations)."""

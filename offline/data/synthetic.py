@@ -45,9 +45,17 @@ def make_synthetic(n_users: int = 2000, n_ads: int = 500, n_rows: int = 100_000,
 
     row_user = rng.integers(0, n_users, n_rows)
     row_ad = rng.integers(0, n_ads, n_rows)
-    in_pref = np.array([category[a] in prefs[u] for u, a in zip(row_user, row_ad, strict=True)])
-    logit = affinity[segment[row_user], category[row_ad]] + 0.5 * in_pref + quality[row_ad] - 1.5
-    labels = (rng.random(n_rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    pref_sets = [frozenset(int(c) for c in p) for p in prefs]
+
+    def oracle(user_rows: np.ndarray, ad_rows: np.ndarray) -> np.ndarray:
+        """The true click probability of each (user row, ad row) pair."""
+        in_pref = np.fromiter(
+            (int(category[a]) in pref_sets[u] for u, a in zip(user_rows, ad_rows, strict=True)), bool, len(user_rows)
+        )
+        logit = affinity[segment[user_rows], category[ad_rows]] + 0.5 * in_pref + quality[ad_rows] - 1.5
+        return np.asarray(1 / (1 + np.exp(-logit)), dtype=np.float64)
+
+    labels = (rng.random(n_rows) < oracle(row_user, row_ad)).astype(np.float32)
 
     vocabs = {
         "user_id": Vocabulary([str(i) for i in range(n_users)]),
@@ -93,6 +101,7 @@ def make_synthetic(n_users: int = 2000, n_ads: int = 500, n_rows: int = 100_000,
         ad_ids=np.arange(n_ads, dtype=np.int64),
         ads=ads,
         ad_bids=bids,
+        oracle=oracle,
         checksum=checksum,
         info={"generator": args},
     )
