@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def test_reliability_bins_are_equal_count_and_ordered() -> None:
     labels = (np.random.default_rng(0).random(1000) < probs).astype(float)
     curve = reliability(labels, probs, bins=10)
     assert [c["n"] for c in curve] == [100] * 10
-    assert all(a["predicted"] < b["predicted"] for a, b in zip(curve, curve[1:], strict=False))
+    assert all(a["predicted"] < b["predicted"] for a, b in itertools.pairwise(curve))
     assert abs(curve[-1]["observed"] - curve[-1]["predicted"]) < 0.1  # calibrated by construction
 
 
