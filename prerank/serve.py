@@ -83,6 +83,8 @@ def _run(args: argparse.Namespace) -> None:
     if port_in_use(args.port, args.host):
         raise UsageError(f"port {args.port} on {args.host} is in use; pass --port")
     settings = settings_from_args(args)
+    if settings.grpc_address and args.workers > 1:
+        raise UsageError("gRPC (PRERANK_GRPC_ADDRESS) serves from one process; use --workers 1 (scale with replicas)")
     import uvicorn
 
     from service.observability import configure_logging

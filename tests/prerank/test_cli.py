@@ -71,13 +71,20 @@ def _dead_redis() -> str:
         (["serve", "--store", "DEAD", "--port", "PORT"], "is unreachable"),
         (["serve", "/nonexistent/artifact", "--store", "local:STORE", "--port", "PORT"], "missing meta.json"),
         (["serve", "--store", "local:STORE", "--device", "tpu", "--port", "PORT"], "device"),
+        (
+            ["serve", "--store", "local:STORE", "--workers", "2", "--grpc-port", "PORT2", "--port", "PORT"],
+            "one process",
+        ),
+        (["ingest", "--store", "local:STORE"], "needs a redis:// store"),
+        (["ads", "pause", "abc", "--store", "DEAD"], "ad ids are integers"),
+        (["experiment", "start", "e", "--store", "local:STORE", "--arm", "a=live:1"], "--salt is required"),
         (["demo", "--data-dir", "/nonexistent", "--port", "PORT"], "no MovieLens-1M files there"),
         (["zoo", "--models", "nope"], "invalid choice: 'nope'"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(argv: list[str], needle: str, tmp_path: Path) -> None:
     (tmp_path / "store").mkdir()
-    subs = {"X": str(tmp_path / "x"), "DEAD": _dead_redis(), "PORT": str(free_port())}
+    subs = {"X": str(tmp_path / "x"), "DEAD": _dead_redis(), "PORT": str(free_port()), "PORT2": str(free_port())}
     subs["local:STORE"] = f"local:{tmp_path / 'store'}"
     argv = [subs.get(a, a) for a in argv]
     t0 = time.monotonic()
