@@ -40,9 +40,10 @@ def deadline_from(header: str | None, default_ms: float | None) -> float | None:
 class Admission:
     """Slots for scoring and a bounded wait for them (one per app, used on the event loop)."""
 
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+    def __init__(self, max_concurrency: int, max_queue: int, max_queue_ms: float | None = None) -> None:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
+        self.max_queue_s = None if max_queue_ms is None else max_queue_ms / 1e3
         self._slots = asyncio.Semaphore(max_concurrency)
         self._active = 0
         self._waiting = 0
@@ -52,7 +53,8 @@ class Admission:
         """Holds a scoring slot for the body of the `async with`.
 
         Raises:
-            Overloaded: every slot is busy and the queue is full (shed).
+            Overloaded: every slot is busy and the queue is full, or the request waited in the
+                queue for `max_queue_ms` (shed: what has queued that long would answer late).
             DeadlineExceeded: the deadline passed while waiting.
         """
         if self._active >= self.max_concurrency and self._waiting >= self.max_queue:
@@ -64,9 +66,19 @@ class Admission:
         QUEUED.inc()
         try:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            limit = self.max_queue_s
+            by_queue = limit is not None and (timeout is None or limit < timeout)
+            if by_queue:
+                timeout = limit
             try:
                 await asyncio.wait_for(self._slots.acquire(), timeout)
             except TimeoutError:
+                if by_queue:
+                    SHED.inc()
+                    raise Overloaded(
+                        "request",
+                        f"over capacity: queued {(limit or 0.0) * 1e3:.0f} ms without a slot; retry shortly",
+                    ) from None
                 DEADLINE_EXPIRED.inc()
                 raise DeadlineExceeded("header.x-request-timeout-ms", "the deadline passed while queued") from None
         finally:

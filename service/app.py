@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
         )
         app.state.settings, app.state.scorer, app.state.follower = settings, scorer, follower
         app.state.tracing = tracing
-        app.state.admission = Admission(settings.max_concurrency, settings.max_queue)
+        app.state.admission = Admission(settings.max_concurrency, settings.max_queue, settings.max_queue_ms)
         await follower.check()
         task = asyncio.create_task(follower.run(settings.poll_seconds))
         follower.watch(task)

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(2.0, gt=0, description="how often the live-version pointer is checked")
     max_concurrency: int = Field(2, ge=1, description="requests scored at once (each holds a torch thread)")
     max_queue: int = Field(16, ge=0, description="requests waiting for a slot; beyond that, 503 + Retry-After")
+    max_queue_ms: float | None = Field(
+        None, gt=0, le=60_000, description="a request queued this long without a slot is shed (503); unset: no limit"
+    )
     request_timeout_ms: float | None = Field(
         None, gt=0, le=60_000, description="default deadline; X-Request-Timeout-Ms overrides it per request"
     )

@@ -83,3 +83,28 @@ def test_deadline_header_parsing() -> None:
     assert deadline_from(None, 1000) == pytest.approx(now + 1.0, abs=0.05)
     for bad in ("abc", "-5", "0", "1e9"):  # malformed or out of range: the default applies
         assert deadline_from(bad, 1000) == pytest.approx(now + 1.0, abs=0.05), bad
+
+
+def test_a_request_queued_longer_than_max_queue_ms_is_shed(store: Path) -> None:
+    """The queue-time limit: a request that waited max_queue_ms for a slot is shed (503), so the
+    requests that are served never wait long, whatever the queue's length."""
+    settings = Settings(store=f"local:{store}", poll_seconds=60, max_concurrency=1, max_queue=8, max_queue_ms=100)
+    with TestClient(create_app(settings)) as client:
+        scorer = client.app.state.scorer  # type: ignore[attr-defined]
+        real = scorer.prerank
+
+        def slow(parsed: Any) -> Any:
+            time.sleep(SLOW_S)
+            return real(parsed)
+
+        scorer.prerank = slow
+        thread, first = _in_background(client)
+        t0 = time.perf_counter()
+        shed = client.post("/prerank", json=BODY)
+        elapsed = time.perf_counter() - t0
+        budget = client.post("/prerank", json=BODY, headers={"X-Request-Timeout-Ms": "50"})  # the shorter one wins
+        thread.join()
+    assert first[0].status_code == 200
+    assert shed.status_code == 503 and "queued 100 ms" in shed.json()["detail"][0]["msg"]
+    assert 0.09 < elapsed < 0.4  # shed after its 100 ms in the queue, not after the slow request
+    assert budget.status_code == 504  # its own deadline came first: 504, not a shed
