@@ -47,6 +47,8 @@ def test_the_dashboard_references_only_metrics_the_service_exposes(store: Path) 
         "version per replica",
         "swaps",
         "hit rate",
+        "freshness",
+        "shadow",
     ):
         assert topic in titles, topic
     provisioned = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
@@ -65,6 +67,8 @@ def test_the_alert_rules_use_only_exposed_metrics(store: Path) -> None:
         "PrerankReplicasOnDifferentVersions",
         "PrerankIndexStale",
         "PrerankStoreErrors",
+        "PrerankReplicasOnDifferentDeltas",
+        "PrerankDeltasRefused",
     } <= names
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -78,7 +82,7 @@ def test_alert_rules_pass_promtool_unit_tests() -> None:
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package 'prometheus')")
     check = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=PROMETHEUS, capture_output=True, text=True)
-    assert check.returncode == 0 and "SUCCESS: 6 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 8 rules found" in check.stdout, check.stdout + check.stderr
     unit = subprocess.run(
         [promtool, "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS, capture_output=True, text=True
     )
