@@ -4,30 +4,18 @@
 // Run by loadtest/openloop.py: k6 run -e URL=... -e BODIES=file.json -e RATE=100 -e SECONDS=20 openloop.js
 import http from 'k6/http';
 import { check } from 'k6';
+import { openLoopOptions } from './openloop_scenario.js';
 import { Counter } from 'k6/metrics';
 
 const shed = new Counter('shed');  // 503 answers: load shed by admission control
 
 const bodies = JSON.parse(open(__ENV.BODIES));
-const rate = parseInt(__ENV.RATE);
 const headers = { 'Content-Type': 'application/json' };
 
-export const options = {
-  discardResponseBodies: true,
-  summaryTrendStats: ['min', 'med', 'p(99)', 'p(99.9)', 'max', 'count'],
+export const options = openLoopOptions({
   // a threshold that always holds, so the summary carries the accepted (2xx) requests' latency apart
   thresholds: { 'http_req_duration{expected_response:true}': ['max>=0'] },
-  scenarios: {
-    open: {
-      executor: 'constant-arrival-rate',
-      rate: rate,
-      timeUnit: '1s',
-      duration: `${__ENV.SECONDS}s`,
-      preAllocatedVUs: Math.max(4, Math.ceil(rate / 10)),
-      maxVUs: Math.max(8, rate),
-    },
-  },
-};
+});
 
 export default function () {
   const body = bodies[(__ITER + __VU * 7919) % bodies.length];

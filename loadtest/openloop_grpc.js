@@ -5,30 +5,17 @@
 import grpc from 'k6/net/grpc';
 import exec from 'k6/execution';
 import { check } from 'k6';
+import { openLoopOptions } from './openloop_scenario.js';
 import { Counter } from 'k6/metrics';
 
 // Bodies as openloop.py writes them for gRPC: ad ids as base64 little-endian int64 (ad_ids_le) and
 // binary_response set, so neither side converts 10k candidates element by element.
 const bodies = JSON.parse(open(__ENV.BODIES));
 const shed = new Counter('shed');  // RESOURCE_EXHAUSTED: load shed by admission control
-const rate = parseInt(__ENV.RATE);
 const client = new grpc.Client();
 client.load([__ENV.PROTO_DIR], 'prerank.proto');
 
-export const options = {
-  discardResponseBodies: true,
-  summaryTrendStats: ['min', 'med', 'p(99)', 'p(99.9)', 'max', 'count'],
-  scenarios: {
-    open: {
-      executor: 'constant-arrival-rate',
-      rate: rate,
-      timeUnit: '1s',
-      duration: `${__ENV.SECONDS}s`,
-      preAllocatedVUs: Math.max(4, Math.ceil(rate / 10)),
-      maxVUs: Math.max(8, rate),
-    },
-  },
-};
+export const options = openLoopOptions();
 
 export default function () {
   if (exec.vu.iterationInScenario === 0) {

@@ -518,33 +518,24 @@ class RedisStore:
         self.events_channel: str | None = self.keys.events
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
-    def current(self) -> str | None:
-        """GET of the pointer; raises ConnectionError (an OSError) when Redis is away."""
-        import redis
-
-        try:
-            value = self.client.get(self.keys.current)
-        except redis.RedisError as exc:
-            raise ConnectionError(f"redis: {exc}") from None
-        return value.decode() if value else None
-
-    def identity(self, version: str) -> str | None:
-        """sha256 of the manifest key (one GET); ConnectionError when Redis is away."""
-        import redis
-
-        try:
-            raw = self.client.get(self.keys.manifest(version))
-        except redis.RedisError as exc:
-            raise ConnectionError(f"redis: {exc}") from None
-        return None if raw is None else hashlib.sha256(raw).hexdigest()
-
     def _call(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` with Redis failures as ConnectionError (an OSError): the store is away."""
         import redis
 
         try:
             return fn(*args)
         except redis.RedisError as exc:
             raise ConnectionError(f"redis: {exc}") from None
+
+    def current(self) -> str | None:
+        """GET of the pointer."""
+        value = self._call(self.client.get, self.keys.current)
+        return value.decode() if value else None
+
+    def identity(self, version: str) -> str | None:
+        """sha256 of the manifest key (one GET)."""
+        raw = self._call(self.client.get, self.keys.manifest(version))
+        return None if raw is None else hashlib.sha256(raw).hexdigest()
 
     def epoch(self) -> str | None:
         value = self._call(self.client.get, self.keys.epoch)

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from loadtest.run import _pin
 from tools.plotting import pyplot
 from tools.procs import free_port, wait_until_ready
 
@@ -118,10 +119,6 @@ def redis_server() -> Iterator[tuple[str, int]]:
         finally:
             proc.kill()
             proc.wait()
-
-
-def _pin(cpus: str) -> list[str]:
-    return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
 @contextmanager

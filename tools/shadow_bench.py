@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tools.freshness import Client, _k6_all, _pin, process
+from loadtest.run import _pin
+from tools.freshness import Client, _k6_all, process
 from tools.procs import free_port
 
 __all__ = ["main", "parser"]

@@ -25,15 +25,20 @@ def slow_client(store: Path, request: pytest.FixtureRequest) -> Iterator[TestCli
     max_queue = getattr(request, "param", 0)
     settings = Settings(store=f"local:{store}", poll_seconds=60, max_concurrency=1, max_queue=max_queue)
     with TestClient(create_app(settings)) as client:
-        scorer = client.app.state.scorer  # type: ignore[attr-defined]
-        real = scorer.prerank
-
-        def slow(parsed: Any) -> Any:
-            time.sleep(SLOW_S)
-            return real(parsed)
-
-        scorer.prerank = slow
+        _slow_down(client)
         yield client
+
+
+def _slow_down(client: TestClient) -> None:
+    """Every request holds its scoring slot SLOW_S longer."""
+    scorer = client.app.state.scorer  # type: ignore[attr-defined]
+    real = scorer.prerank
+
+    def slow(parsed: Any) -> Any:
+        time.sleep(SLOW_S)
+        return real(parsed)
+
+    scorer.prerank = slow
 
 
 def _in_background(client: TestClient, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
@@ -90,14 +95,7 @@ def test_a_request_queued_longer_than_max_queue_ms_is_shed(store: Path) -> None:
     requests that are served never wait long, whatever the queue's length."""
     settings = Settings(store=f"local:{store}", poll_seconds=60, max_concurrency=1, max_queue=8, max_queue_ms=100)
     with TestClient(create_app(settings)) as client:
-        scorer = client.app.state.scorer  # type: ignore[attr-defined]
-        real = scorer.prerank
-
-        def slow(parsed: Any) -> Any:
-            time.sleep(SLOW_S)
-            return real(parsed)
-
-        scorer.prerank = slow
+        _slow_down(client)
         thread, first = _in_background(client)
         t0 = time.perf_counter()
         shed = client.post("/prerank", json=BODY)
