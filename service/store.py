@@ -156,7 +156,7 @@ class ServingVersion:
     def model_version(self) -> str:
         return self.bundle.version
 
-    @property
+    @functools.cached_property
     def rows(self) -> AdRows:
         """The written rows (a view of the buffer; rows no id maps to are dead)."""
         n = self.n_rows
