@@ -4,7 +4,8 @@ A model artifact is a directory::
 
     config.json         {"model": name, "config": {...}}
     schema.json         FeatureSchema.to_dict()
-    vocab.json          {vocab name: [token, ...]}   (id = position + 1, 0 = unknown)
+    vocab.json          {vocab name: [token, ...]}   (id = position + 1, 0 = unknown),
+                        or {vocab name: {"hash_buckets": N}} for a hashed field
     weights.safetensors the uncompiled module's state_dict
     meta.json           format version, model version, seed, protocol, data checksum, code version, metrics
     calibration.json    optional: the logit -> pCTR calibrator (models.calibration), checksummed in meta
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from models.base import PrerankModel
 from models.calibration import CALIBRATION_FILE, Calibrator
@@ -122,7 +124,7 @@ def save_artifact(
     calibrator is not the identity (it changes every served pCTR, so it is part of the model).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in _unique_state(model).items()}
     weights = directory / "weights.safetensors"
     save_file(state, str(weights))
     digest = file_sha256(weights)
@@ -137,12 +139,36 @@ def save_artifact(
     version = f"{model.name}-{identity[:12]}"
     write_json(directory / "config.json", {"model": model.name, "config": asdict(model.config)})
     write_json(directory / "schema.json", model.schema.to_dict())
-    write_json(directory / "vocab.json", {k: v.tokens for k, v in vocabs.items()})
+    write_json(directory / "vocab.json", {k: v.to_json() for k, v in vocabs.items()})
     write_json(
         directory / "meta.json",
         {**meta, **extra, "format_version": FORMAT_VERSION, "model_version": version, "weights_sha256": digest},
     )
     return version
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """State-dict keys that name a tensor an earlier key already names (a shared embedding table)."""
+    first: dict[tuple[int, tuple[int, ...]], str] = {}
+    aliases = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        ident = (id(value), tuple(value.shape))
+        if ident in first:
+            aliases[key] = first[ident]
+        else:
+            first[ident] = key
+    return aliases
+
+
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor once (safetensors refuses tensors sharing memory)."""
+    aliases = _aliases(model)
+    return {k: v for k, v in model.state_dict().items() if k not in aliases}
+
+
+def _with_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved state with the keys of shared tensors filled in again."""
+    return {**state, **{k: state[v] for k, v in _aliases(model).items() if v in state}}
 
 
 def load_artifact(directory: Path, device: str = "cpu") -> Bundle:
@@ -153,7 +179,7 @@ def load_artifact(directory: Path, device: str = "cpu") -> Bundle:
         raise ArtifactError(f"unsupported artifact format {meta.get('format_version')!r}")
     config = _read_json(directory / "config.json")
     schema = FeatureSchema.from_dict(_read_json(directory / "schema.json"))
-    vocabs = {k: Vocabulary(v) for k, v in _read_json(directory / "vocab.json").items()}
+    vocabs = {k: Vocabulary.from_json(v) for k, v in _read_json(directory / "vocab.json").items()}
     weights = directory / "weights.safetensors"
     if not weights.exists():
         raise ArtifactError(f"missing weights.safetensors in {directory}")
@@ -161,7 +187,7 @@ def load_artifact(directory: Path, device: str = "cpu") -> Bundle:
         raise ArtifactError(f"weights checksum mismatch in {directory}")
     model = build_model(config["model"], schema, config["config"])
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(_with_aliases(model, load_file(str(weights))))
     except RuntimeError as exc:
         raise ArtifactError(f"weights do not fit the {config['model']} config: {exc}") from None
     model.eval().to(device)

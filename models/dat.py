@@ -22,7 +22,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema, FeatureSpec, Kind
-from models.layers import EMBEDDING_INIT_STD, MLP, FieldEmbedding
+from models.layers import EMBEDDING_INIT_STD, MLP, FieldEmbedding, embedding_l2
 from models.scoring import maxsim
 
 __all__ = ["DAT", "DATConfig"]
@@ -72,8 +72,9 @@ class DAT(PrerankModel):
         self.ad_aug = nn.Embedding(schema.vocab_sizes[self.ad_key.vocab or ""] + 1, width)
         for table in (self.user_aug, self.ad_aug):
             nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
-        self.user_embedding = FieldEmbedding(schema.user_fields, schema, config.embedding_dim)
-        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, config.embedding_dim)
+        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the sides
+        self.user_embedding = FieldEmbedding(schema.user_fields, schema, config.embedding_dim, shared)
+        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, config.embedding_dim, shared)
         self.user_tower = MLP(self.user_embedding.out_dim + width, config.hidden, config.dropout, config.batch_norm)
         self.ad_tower = MLP(self.ad_embedding.out_dim + width, config.hidden, config.dropout, config.batch_norm)
         self.bias = nn.Parameter(torch.zeros(()))
@@ -109,4 +110,4 @@ class DAT(PrerankModel):
 
     def regularizer(self) -> torch.Tensor:
         aug = self.user_aug.weight.pow(2).sum() + self.ad_aug.weight.pow(2).sum()
-        return self.user_embedding.l2() + self.ad_embedding.l2() + aug
+        return embedding_l2(self.user_embedding, self.ad_embedding) + aug

@@ -10,7 +10,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema
-from models.layers import MLP, FieldEmbedding
+from models.layers import MLP, FieldEmbedding, embedding_l2
 from models.scoring import maxsim
 
 __all__ = ["DSSM", "DSSMConfig"]
@@ -42,8 +42,9 @@ class DSSM(PrerankModel):
     def __init__(self, schema: FeatureSchema, config: DSSMConfig) -> None:
         super().__init__(schema, config)
         self.config: DSSMConfig = config
-        self.user_embedding = FieldEmbedding(schema.user_fields, schema, config.embedding_dim)
-        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, config.embedding_dim)
+        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the sides
+        self.user_embedding = FieldEmbedding(schema.user_fields, schema, config.embedding_dim, shared)
+        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, config.embedding_dim, shared)
         mlp = {"dropout": config.dropout, "batch_norm": config.batch_norm}
         self.user_tower = MLP(self.user_embedding.out_dim, config.hidden, **mlp)  # type: ignore[arg-type]
         self.ad_tower = MLP(self.ad_embedding.out_dim, config.hidden, **mlp)  # type: ignore[arg-type]
@@ -65,4 +66,4 @@ class DSSM(PrerankModel):
         return maxsim(user, ads) * self.config.temperature + self.bias
 
     def regularizer(self) -> torch.Tensor:
-        return self.user_embedding.l2() + self.ad_embedding.l2()
+        return embedding_l2(self.user_embedding, self.ad_embedding)

@@ -7,6 +7,7 @@ the service rebuilds models and encodes raw request values from it, so both side
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -18,8 +19,10 @@ __all__ = [
     "Features",
     "FeatureSchema",
     "FeatureSpec",
+    "HashedVocabulary",
     "Jagged",
     "Kind",
+    "POOLINGS",
     "Side",
     "Vocabulary",
     "default_features",
@@ -39,7 +42,10 @@ class Kind(StrEnum):
 
     SPARSE = "sparse"  # one categorical id per row
     DENSE = "dense"  # one float per row
-    SEQUENCE = "sequence"  # a variable-length list of ids, mean-pooled
+    SEQUENCE = "sequence"  # a variable-length list of ids, pooled (mean or sum)
+
+
+POOLINGS = ("mean", "sum")
 
 
 class Jagged(NamedTuple):
@@ -65,6 +71,13 @@ class FeatureSpec:
         kind: sparse, dense or sequence.
         vocab: name of the vocabulary that encodes it (sparse and sequence only); fields may share one.
         static: slowly changing profile attribute (HIT generators read only these).
+        dim: width of the field's embedding table (None: the model's embedding_dim); a narrower
+            table is projected to the model's width.
+        pooling: how a sequence's embeddings are pooled, "mean" or "sum".
+        max_len: a sequence keeps its `max_len` most recent ids (None: all).
+        newest_first: the sequence lists its newest id first (default: oldest first, as logs append).
+        normalize: (mean, std) a dense value is standardised with, fitted on the training rows.
+        boundaries: a dense value bucketed into a sparse id: id = 1 + number of boundaries <= value.
     """
 
     name: str
@@ -72,10 +85,32 @@ class FeatureSpec:
     kind: Kind
     vocab: str | None = None
     static: bool = False
+    dim: int | None = None
+    pooling: str = "mean"
+    max_len: int | None = None
+    newest_first: bool = False
+    normalize: tuple[float, float] | None = None
+    boundaries: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind is not Kind.DENSE and not self.vocab:
             raise ValueError(f"feature {self.name!r}: {self.kind.value} features need a vocab")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"feature {self.name!r}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.normalize is not None and not self.normalize[1] > 0:
+            raise ValueError(f"feature {self.name!r}: normalize std must be positive")
+
+    def truncate(self, ids: np.ndarray) -> np.ndarray:
+        """A sequence's ids cut to its `max_len` most recent ones."""
+        if self.max_len is None or len(ids) <= self.max_len:
+            return ids
+        return ids[: self.max_len] if self.newest_first else ids[len(ids) - self.max_len :]
+
+    def bucketize(self, values: object) -> np.ndarray:
+        """Bucket ids (1..len(boundaries)+1) of dense values; NaN -> 0 (unknown)."""
+        x = np.asarray(values, dtype=np.float64)
+        ids = np.searchsorted(np.asarray(self.boundaries or (), np.float64), x, side="right") + 1
+        return np.where(np.isnan(x), 0, ids).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -98,10 +133,18 @@ class FeatureSchema:
         return self.side(Side.AD)
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "features": [{**asdict(f), "side": f.side.value, "kind": f.kind.value} for f in self.features],
-            "vocab_sizes": dict(self.vocab_sizes),
-        }
+        defaults = FeatureSpec("", Side.USER, Kind.DENSE)
+        optional = ("dim", "pooling", "max_len", "newest_first", "normalize", "boundaries")
+        features = []
+        for f in self.features:
+            entry = {**asdict(f), "side": f.side.value, "kind": f.kind.value}
+            for key in optional:  # written only when set, so older artifacts' bytes do not change
+                if getattr(f, key) == getattr(defaults, key):
+                    entry.pop(key)
+                elif isinstance(entry[key], tuple):
+                    entry[key] = list(entry[key])
+            features.append(entry)
+        return {"features": features, "vocab_sizes": dict(self.vocab_sizes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> FeatureSchema:
@@ -116,6 +159,12 @@ class FeatureSchema:
                 kind=Kind(f["kind"]),
                 vocab=f.get("vocab"),
                 static=bool(f.get("static", False)),
+                dim=f.get("dim"),
+                pooling=f.get("pooling", "mean"),
+                max_len=f.get("max_len"),
+                newest_first=bool(f.get("newest_first", False)),
+                normalize=tuple(f["normalize"]) if f.get("normalize") is not None else None,
+                boundaries=tuple(f["boundaries"]) if f.get("boundaries") is not None else None,
             )
             for f in raw
         )
@@ -123,7 +172,11 @@ class FeatureSchema:
 
 
 class Vocabulary:
-    """Maps raw values (as strings) to ids 1..N; anything unseen maps to 0 (the OOV/padding id)."""
+    """Maps raw values (as strings) to ids 1..N; anything unseen maps to 0 (the OOV/padding id).
+
+    `Vocabulary.fit(values, min_count=k)` keeps the values seen at least k times; rarer ones share
+    the OOV id 0 with unseen ones. `HashedVocabulary` replaces the token list by hashed buckets.
+    """
 
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = list(tokens)
@@ -135,10 +188,22 @@ class Vocabulary:
         return len(self.tokens)
 
     @classmethod
-    def fit(cls, values: object) -> Vocabulary:
-        """Builds a vocabulary of the distinct values, sorted for determinism."""
-        uniq = np.unique(np.asarray(values).astype(str))
-        return cls([str(u) for u in uniq])
+    def fit(cls, values: object, min_count: int = 1) -> Vocabulary:
+        """Builds a vocabulary of the distinct values seen `min_count` times or more, sorted."""
+        uniq, counts = np.unique(np.asarray(values).astype(str), return_counts=True)
+        return cls([str(u) for u in uniq[counts >= min_count]])
+
+    def to_json(self) -> object:
+        """What vocab.json stores for this vocabulary."""
+        return self.tokens
+
+    @staticmethod
+    def from_json(data: object) -> Vocabulary:
+        if isinstance(data, dict) and "hash_buckets" in data:
+            return HashedVocabulary(int(data["hash_buckets"]))
+        if not isinstance(data, list):
+            raise ValueError('a vocabulary is a token list or {"hash_buckets": N}')
+        return Vocabulary([str(t) for t in data])
 
     def encode(self, values: object) -> np.ndarray:
         """Encodes an iterable of raw values to an int64 array (unknown -> 0)."""
@@ -147,6 +212,32 @@ class Vocabulary:
 
     def encode_one(self, value: object) -> int:
         return self._index.get(str(value), 0)
+
+
+class HashedVocabulary(Vocabulary):
+    """Ids 1..N from a stable 64-bit hash of the value (blake2b), for id spaces too big to list.
+
+    Nothing is fitted and nothing is unseen: distinct values may share a bucket.
+    """
+
+    def __init__(self, buckets: int) -> None:
+        if buckets < 1:
+            raise ValueError(f"hash_buckets must be positive, got {buckets}")
+        super().__init__([])
+        self.buckets = buckets
+
+    def __len__(self) -> int:
+        return self.buckets
+
+    def to_json(self) -> object:
+        return {"hash_buckets": self.buckets}
+
+    def encode_one(self, value: object) -> int:
+        digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") % self.buckets + 1
+
+    def encode(self, values: object) -> np.ndarray:
+        return np.fromiter((self.encode_one(v) for v in values), dtype=np.int64)  # type: ignore[attr-defined]
 
 
 def default_features(fields: tuple[FeatureSpec, ...], rows: int = 1) -> Features:

@@ -27,7 +27,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel, Routed
 from models.features import Features, FeatureSchema, Jagged, Kind
-from models.layers import EMBEDDING_INIT_STD, MLP, FieldEmbedding, jagged_to_padded
+from models.layers import EMBEDDING_INIT_STD, MLP, FieldEmbedding, embedding_l2, jagged_to_padded
 
 __all__ = ["FIT", "FITConfig"]
 
@@ -78,8 +78,9 @@ class FIT(PrerankModel):
         super().__init__(schema, config)
         self.config: FITConfig = config
         d = config.embedding_dim
-        self.user_embedding = FieldEmbedding(schema.user_fields, schema, d)
-        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, d)
+        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the sides
+        self.user_embedding = FieldEmbedding(schema.user_fields, schema, d, shared)
+        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, d, shared)
         meta_dim = self.ad_embedding.out_dim
         self.meta = nn.Parameter(torch.empty(config.meta_rows, meta_dim))
         nn.init.kaiming_uniform_(self.meta, a=math.sqrt(5))
@@ -209,7 +210,7 @@ class FIT(PrerankModel):
         return self.lss(user, ads), {}
 
     def regularizer(self) -> torch.Tensor:
-        total = self.user_embedding.l2() + self.ad_embedding.l2()
+        total = embedding_l2(self.user_embedding, self.ad_embedding)
         if self.behaviour is not None:
             total = total + self.behaviour_table.weight.pow(2).sum()
         return total

@@ -18,7 +18,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema, FeatureSpec
-from models.layers import MLP, FieldEmbedding
+from models.layers import MLP, FieldEmbedding, embedding_l2
 from models.scoring import maxsim
 
 __all__ = ["HIT", "HITConfig", "HITTower"]
@@ -60,10 +60,16 @@ class HITTower(nn.Module):
         config: HIT settings.
     """
 
-    def __init__(self, fields: tuple[FeatureSpec, ...], schema: FeatureSchema, config: HITConfig) -> None:
+    def __init__(
+        self,
+        fields: tuple[FeatureSpec, ...],
+        schema: FeatureSchema,
+        config: HITConfig,
+        shared: dict[str, nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
-        self.embedding = FieldEmbedding(fields, schema, config.embedding_dim)
+        self.embedding = FieldEmbedding(fields, schema, config.embedding_dim, shared)
         self.static_names = tuple(f.name for f in self.embedding.embedded if f.static)
         width = config.heads * config.head_dim
         static_dim = len(self.static_names) * config.embedding_dim
@@ -100,8 +106,9 @@ class HIT(PrerankModel):
     def __init__(self, schema: FeatureSchema, config: HITConfig) -> None:
         super().__init__(schema, config)
         self.config: HITConfig = config
-        self.user_tower = HITTower(schema.user_fields, schema, config)
-        self.ad_tower = HITTower(schema.ad_fields, schema, config)
+        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the towers
+        self.user_tower = HITTower(schema.user_fields, schema, config, shared)
+        self.ad_tower = HITTower(schema.ad_fields, schema, config, shared)
         self.bias = nn.Parameter(torch.zeros(()))
 
     def encode_user(self, features: Features) -> torch.Tensor:
@@ -128,4 +135,4 @@ class HIT(PrerankModel):
         return self.score(user, ad), aux
 
     def regularizer(self) -> torch.Tensor:
-        return self.user_tower.embedding.l2() + self.ad_tower.embedding.l2()
+        return embedding_l2(self.user_tower.embedding, self.ad_tower.embedding)

@@ -20,7 +20,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema, FeatureSpec
-from models.layers import MLP, FieldEmbedding, LightSE
+from models.layers import MLP, FieldEmbedding, LightSE, embedding_l2
 from models.scoring import maxsim
 
 __all__ = ["IntTower", "IntTowerConfig"]
@@ -49,9 +49,15 @@ class IntTowerConfig(ModelConfig):
 class _Tower(nn.Module):
     """Light-SE -> MLP layers, keeping every layer's output."""
 
-    def __init__(self, fields: tuple[FeatureSpec, ...], schema: FeatureSchema, config: IntTowerConfig) -> None:
+    def __init__(
+        self,
+        fields: tuple[FeatureSpec, ...],
+        schema: FeatureSchema,
+        config: IntTowerConfig,
+        shared: dict[str, nn.Module] | None = None,
+    ) -> None:
         super().__init__()
-        self.embedding = FieldEmbedding(fields, schema, config.embedding_dim)
+        self.embedding = FieldEmbedding(fields, schema, config.embedding_dim, shared)
         self.se = LightSE(len(self.embedding.embedded)) if self.embedding.embedded else None
         self.layers = nn.ModuleList()
         width = self.embedding.out_dim
@@ -82,8 +88,9 @@ class IntTower(PrerankModel):
     def __init__(self, schema: FeatureSchema, config: IntTowerConfig) -> None:
         super().__init__(schema, config)
         self.config: IntTowerConfig = config
-        self.user_tower = _Tower(schema.user_fields, schema, config)
-        self.ad_tower = _Tower(schema.ad_fields, schema, config)
+        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the towers
+        self.user_tower = _Tower(schema.user_fields, schema, config, shared)
+        self.ad_tower = _Tower(schema.ad_fields, schema, config, shared)
         self.user_blocks = nn.ModuleList(nn.Linear(w, config.user_heads * config.head_dim) for w in config.hidden)
         self.ad_block = nn.Linear(config.hidden[-1], config.ad_heads * config.head_dim)
         self.bias = nn.Parameter(torch.zeros(()))
@@ -113,4 +120,4 @@ class IntTower(PrerankModel):
         return self.score(user, ad), {"user_repr": last_block, "ad_repr": ad.flatten(1)}
 
     def regularizer(self) -> torch.Tensor:
-        return self.user_tower.embedding.l2() + self.ad_tower.embedding.l2()
+        return embedding_l2(self.user_tower.embedding, self.ad_tower.embedding)

@@ -9,7 +9,7 @@ from torch import nn
 
 from models.features import Features, FeatureSchema, FeatureSpec, Jagged, Kind
 
-__all__ = ["MLP", "FieldEmbedding", "FieldLinear", "LightSE", "jagged_to_padded"]
+__all__ = ["MLP", "FieldEmbedding", "FieldLinear", "LightSE", "embedding_l2", "jagged_to_padded"]
 
 EMBEDDING_INIT_STD = 1e-4
 
@@ -17,38 +17,78 @@ EMBEDDING_INIT_STD = 1e-4
 class FieldEmbedding(nn.Module):
     """Embeds one side's fields and flattens them into a tower input.
 
-    Sparse fields use `nn.Embedding`, sequence fields a mean-pooling `nn.EmbeddingBag`; dense
-    scalars are appended after the embeddings. Tables are owned by the caller-supplied
-    `tables` dict so that generators can share them through `static_vector`.
+    Fields that name the same vocabulary share one table: pass the same `shared` dict to the user
+    and the ad side's FieldEmbedding and a behaviour sequence of categories and the ad's category
+    live in one embedding space. A table used by one sequence field alone is an
+    `nn.EmbeddingBag` (pooled in one kernel); other tables are `nn.Embedding`s, and their sequence
+    fields are pooled by a segment sum. A field whose `dim` is narrower than the model's width D is
+    projected up by a bias-free linear map. Dense scalars, standardised when their spec says so,
+    are appended after the embeddings.
 
     Args:
         fields: the side's fields, in schema order.
-        schema: gives the vocabulary size of each table.
+        schema: gives the vocabulary size of each table and which fields share one.
         dim: embedding width D.
+        shared: vocabulary name -> table, filled and reused across the FieldEmbeddings given it.
 
     Example::
 
-        emb = FieldEmbedding(schema.user_fields, schema, dim=32)
-        x = emb(features)  # (B, n_embedded * D + n_dense)
+        shared: dict[str, nn.Module] = {}
+        user = FieldEmbedding(schema.user_fields, schema, dim=32, shared=shared)
+        ad = FieldEmbedding(schema.ad_fields, schema, dim=32, shared=shared)
+        x = user(features)  # (B, n_embedded * D + n_dense)
     """
 
-    def __init__(self, fields: Sequence[FeatureSpec], schema: FeatureSchema, dim: int) -> None:
+    def __init__(
+        self,
+        fields: Sequence[FeatureSpec],
+        schema: FeatureSchema,
+        dim: int,
+        shared: dict[str, nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.embedded = tuple(f for f in fields if f.kind is not Kind.DENSE)
         self.dense = tuple(f for f in fields if f.kind is Kind.DENSE)
         self.tables = nn.ModuleDict()
+        self.projections = nn.ModuleDict()
+        shared = {} if shared is None else shared
+        users_of = {v: [g for g in schema.features if g.vocab == v] for v in {f.vocab for f in self.embedded}}
         for f in self.embedded:
-            rows = schema.vocab_sizes[f.vocab or ""] + 1
-            table: nn.Embedding | nn.EmbeddingBag = (
-                nn.EmbeddingBag(rows, dim, mode="mean") if f.kind is Kind.SEQUENCE else nn.Embedding(rows, dim)
-            )
-            nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
+            vocab, width = f.vocab or "", f.dim or dim
+            table = shared.get(f"{vocab}/{width}")
+            if table is None:
+                rows = schema.vocab_sizes[vocab] + 1
+                alone = len(users_of[f.vocab]) == 1 and f.kind is Kind.SEQUENCE
+                table = nn.EmbeddingBag(rows, width, mode=f.pooling) if alone else nn.Embedding(rows, width)
+                nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
+                shared[f"{vocab}/{width}"] = table
             self.tables[f.name] = table
+            if width != dim:
+                self.projections[f.name] = nn.Linear(width, dim, bias=False)
+        self._norms = {
+            f.name: (float(f.normalize[0]), float(f.normalize[1])) for f in self.dense if f.normalize is not None
+        }
 
     @property
     def out_dim(self) -> int:
         return len(self.embedded) * self.dim + len(self.dense)
+
+    def _lookup(self, f: FeatureSpec, value: torch.Tensor | Jagged) -> torch.Tensor:
+        table = self.tables[f.name]
+        if not isinstance(value, Jagged):
+            return table(value)
+        if isinstance(table, nn.EmbeddingBag):
+            return table(value.values, value.offsets)
+        rows = value.offsets.shape[0]
+        ends = torch.cat([value.offsets[1:], value.offsets.new_tensor([value.values.shape[0]])])
+        lengths = ends - value.offsets
+        segment = torch.repeat_interleave(torch.arange(rows, device=lengths.device), lengths)
+        vectors = table(value.values)
+        pooled = vectors.new_zeros(rows, vectors.shape[-1]).index_add_(0, segment, vectors)
+        if f.pooling == "mean":
+            pooled = pooled / lengths.clamp(min=1).unsqueeze(1).to(pooled.dtype)
+        return pooled
 
     def embed(self, features: Features, names: Sequence[str] | None = None) -> list[torch.Tensor]:
         """Embeddings of the named (default: all) embedded fields, each (B, D)."""
@@ -56,16 +96,22 @@ class FieldEmbedding(nn.Module):
         for f in self.embedded:
             if names is not None and f.name not in names:
                 continue
-            value = features[f.name]
-            if isinstance(value, Jagged):
-                out.append(self.tables[f.name](value.values, value.offsets))
-            else:
-                out.append(self.tables[f.name](value))
+            vector = self._lookup(f, features[f.name])
+            if f.name in self.projections:
+                vector = self.projections[f.name](vector)
+            out.append(vector)
         return out
 
     def dense_values(self, features: Features) -> list[torch.Tensor]:
-        """Dense scalars, each (B, 1)."""
-        return [torch.as_tensor(features[f.name]).float().unsqueeze(-1) for f in self.dense]
+        """Dense scalars (standardised where the spec says so), each (B, 1)."""
+        out = []
+        for f in self.dense:
+            x = torch.as_tensor(features[f.name]).float()
+            if f.name in self._norms:
+                mean, std = self._norms[f.name]
+                x = (x - mean) / std
+            out.append(x.unsqueeze(-1))
+        return out
 
     def forward(self, features: Features) -> torch.Tensor:
         """Returns the flat tower input (B, n_embedded * D + n_dense)."""
@@ -73,11 +119,21 @@ class FieldEmbedding(nn.Module):
 
     def l2(self) -> torch.Tensor:
         """Sum of squares of every table entry (the reference code's embedding regulariser)."""
-        total = torch.zeros(())
-        for table in self.tables.values():
+        return embedding_l2(self)
+
+
+def embedding_l2(*embeddings: FieldEmbedding) -> torch.Tensor:
+    """Sum of squares of every entry of the embeddings' tables, each shared table counted once."""
+    total = torch.zeros(())
+    seen: set[int] = set()
+    for embedding in embeddings:
+        for table in embedding.tables.values():
+            if id(table) in seen:
+                continue
+            seen.add(id(table))
             weight: torch.Tensor = table.weight  # type: ignore[assignment]
             total = total + weight.pow(2).sum()
-        return total
+    return total
 
 
 class MLP(nn.Sequential):

@@ -19,7 +19,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema
-from models.layers import MLP, FieldEmbedding, FieldLinear
+from models.layers import MLP, FieldEmbedding, FieldLinear, embedding_l2
 
 __all__ = ["COLD", "DCN", "LR", "COLDConfig", "DCNConfig", "DeepFM", "DeepFMConfig", "LRConfig", "SingleTower"]
 
@@ -45,8 +45,9 @@ class SingleTower(PrerankModel):
         super().__init__(schema, config)
         self.config: SingleTowerConfig = config
         dim = config.embedding_dim
-        self.user_embedding = FieldEmbedding(schema.user_fields, schema, dim)
-        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, dim)
+        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the sides
+        self.user_embedding = FieldEmbedding(schema.user_fields, schema, dim, shared)
+        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, dim, shared)
         self.user_linear = FieldLinear(schema.user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(schema.ad_fields, schema) if config.linear else None
         self.n_fields = len(self.user_embedding.embedded) + len(self.ad_embedding.embedded)
@@ -94,7 +95,7 @@ class SingleTower(PrerankModel):
         """Logit (N,) from all field embeddings (N, m, D) and dense values (N, n_dense)."""
 
     def regularizer(self) -> torch.Tensor:
-        total = self.user_embedding.l2() + self.ad_embedding.l2()
+        total = embedding_l2(self.user_embedding, self.ad_embedding)
         for linear in (self.user_linear, self.ad_linear):
             if linear is not None:
                 total = total + linear.l2()

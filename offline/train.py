@@ -22,6 +22,7 @@ from tqdm import tqdm
 from models.artifact import save_artifact, write_json
 from models.base import PrerankModel
 from models.calibration import Calibrator
+from models.features import Features, FeatureSchema, Jagged, Kind
 from models.losses import auxiliary_loss
 from models.provenance import code_version, machine
 from models.registry import build_model, config_from_dict
@@ -46,7 +47,16 @@ class TrainConfig:
         optimizer: "adam" (the default) or "sgd" (plain SGD; its steps scale with the gradient, so
             the DDP equivalence test can see a wrong loss scale).
         patience: epochs without a validation-AUC gain before stopping.
-        l2: weight of the sum of squared embedding entries (reference code: 1e-5).
+        l2: weight of the sum of squared embedding entries per step (reference code: 1e-5).
+        embedding_decay: a Gaussian prior on every embedding entry, in MAP form: the whole-table sum
+            of squares weighs `embedding_decay / n_train` per training row, i.e. once per epoch in
+            all, so it does not fade as the log grows. It shrinks ids with few rows towards 0
+            (their OOV-like start) and leaves ids with many rows to their data.
+        id_dropout: during training, each sparse id and each sequence token is replaced by the OOV
+            id 0 with this probability, so a model learns what an id's other fields say about it
+            (the long tail) instead of memorising ids.
+        lr_decay: on an epoch without a validation gain the learning rate is multiplied by this
+            (1: constant) and training goes on from the best state so far.
         seed: seeds model init and batch order.
         eval_batch_size: rows per inference batch.
         progress: show a progress bar.
@@ -70,6 +80,9 @@ class TrainConfig:
     sparse_embeddings: bool = False
     patience: int = 2
     l2: float = 1e-5
+    embedding_decay: float = 0.0
+    id_dropout: float = 0.0
+    lr_decay: float = 1.0
     seed: int = 42
     eval_batch_size: int = 32768
     progress: bool = True
@@ -145,6 +158,26 @@ def _optimizer(cfg: TrainConfig, model: nn.Module, sparse: SparseEmbeddings | No
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
+def _scale_lr(optimizer: Any, factor: float) -> None:
+    for part in getattr(optimizer, "parts", [optimizer]):
+        for group in part.param_groups:
+            group["lr"] *= factor
+
+
+def drop_ids(feats: Features, schema: FeatureSchema, rate: float, generator: torch.Generator) -> Features:
+    """The batch with each sparse id and sequence token replaced by 0 (OOV) with probability `rate`."""
+    out = dict(feats)
+    for f in schema.features:
+        value = feats.get(f.name)
+        if f.kind is Kind.DENSE or value is None:
+            continue
+        ids = value.values if isinstance(value, Jagged) else value
+        keep = torch.rand(ids.shape, generator=generator, device=ids.device) >= rate
+        dropped = ids * keep
+        out[f.name] = Jagged(dropped, value.offsets) if isinstance(value, Jagged) else dropped
+    return out
+
+
 def shard(rows: np.ndarray, rank: int, world: int) -> np.ndarray:
     """The rows of one batch that rank `rank` of `world` trains on (every world-th row)."""
     return rows[rank::world]
@@ -193,6 +226,7 @@ def train(
     config: TrainConfig | None = None,
     out_dir: Path | None = None,
     baseline: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Trains a registered model on `dataset`; writes an artifact and metrics.json to `out_dir`.
 
@@ -203,6 +237,8 @@ def train(
         config: optimisation settings.
         out_dir: artifact directory (None: nothing written).
         baseline: a DSSM run's metrics.json, for RelaImpr.
+        on_epoch: called with (epoch, validation AUC) after every epoch (`prerank tune`'s pruner);
+            an exception it raises ends training.
 
     Returns:
         TrainResult with the best-validation model and its metrics.
@@ -210,6 +246,10 @@ def train(
     cfg = config or TrainConfig()
     if not 0.0 < cfg.negative_rate <= 1.0:
         raise ValueError(f"negative_rate must be in (0, 1], got {cfg.negative_rate}")
+    if not 0.0 <= cfg.id_dropout < 1.0:
+        raise ValueError(f"id_dropout must be in [0, 1), got {cfg.id_dropout}")
+    if not 0.0 < cfg.lr_decay <= 1.0 or cfg.embedding_decay < 0:
+        raise ValueError("lr_decay must be in (0, 1] and embedding_decay >= 0")
     version_of_code = code_version()  # at the start: the code that trains, not what is edited meanwhile
     ddp = _distributed(cfg.device)
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model and batch order
@@ -218,12 +258,14 @@ def train(
     model = build_model(model_name, dataset.schema, model_cfg).to(ddp.device)
     model = cast(PrerankModel, sync_batch_norm(model, ddp.device, ddp.world))
     sparse = SparseEmbeddings(model) if cfg.sparse_embeddings else None
-    step: nn.Module = _TrainStep(model, cfg.l2, ddp.world, sparse.l2 if sparse else None)
+    l2 = cfg.l2 + cfg.embedding_decay * cfg.batch_size / max(len(dataset.train), 1)
+    step: nn.Module = _TrainStep(model, l2, ddp.world, sparse.l2 if sparse else None)
     if ddp.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         step = DistributedDataParallel(step, find_unused_parameters=True)
     optimizer = _optimizer(cfg, model, sparse)
+    dropper = torch.Generator(device=ddp.device).manual_seed(cfg.seed + ddp.rank)
     best_auc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
     history: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -243,6 +285,8 @@ def train(
             if len(rows) < ddp.world:  # a tail too small to give every rank a row
                 continue
             feats, labels = dataset.train.batch(shard(rows, ddp.rank, ddp.world), ddp.device)
+            if cfg.id_dropout > 0:
+                feats = drop_ids(feats, dataset.schema, cfg.id_dropout, dropper)
             loss = step(feats, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -267,12 +311,17 @@ def train(
             val["logloss"],
             train_seconds,
         )
+        if on_epoch is not None:
+            on_epoch(epoch, val["auc"])
         if val["auc"] > best_auc:
             best_auc, best_state, best_epoch, bad = val["auc"], copy.deepcopy(model.state_dict()), epoch, 0
         else:
             bad += 1
             if bad >= cfg.patience:
                 break
+            if cfg.lr_decay != 1.0:  # go on from the best state, with smaller steps
+                model.load_state_dict(best_state)
+                _scale_lr(optimizer, cfg.lr_decay)
     model.load_state_dict(best_state)
     model.to("cpu")  # artifacts and test metrics are device-independent
     test = evaluate(model, dataset.test, cfg.eval_batch_size)

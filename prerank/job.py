@@ -100,9 +100,14 @@ def add_data_args(parser: argparse.ArgumentParser, default_dataset: str = "synth
 
 
 def json_object(text: str) -> dict[str, object]:
-    """argparse type: a JSON object."""
+    """argparse type: a JSON object, given inline or as the path of a .json file holding one."""
     import json
 
+    if text.endswith(".json") and not text.lstrip().startswith("{"):
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:

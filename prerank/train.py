@@ -19,7 +19,18 @@ def parser() -> argparse.ArgumentParser:
     p = job_parser("train", "Train a model with early stopping on validation AUC; write an artifact directory.")
     add_data_args(p)
     p.add_argument("--model", default="hit", choices=sorted(MODELS), help="registered model (default: hit)")
-    p.add_argument("--model-config", type=json_object, default={}, help="JSON overrides, e.g. '{\"heads\": 4}'")
+    p.add_argument(
+        "--model-config",
+        type=json_object,
+        default={},
+        help="model overrides as JSON, e.g. '{\"heads\": 4}', or a .json file (prerank tune writes one)",
+    )
+    p.add_argument(
+        "--train-config",
+        type=json_object,
+        default={},
+        help="training settings as JSON or a .json file (prerank tune's train_config.json); flags given explicitly win",
+    )
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30)")
     p.add_argument("--batch-size", type=int, default=2048)
@@ -45,6 +56,19 @@ def parser() -> argparse.ArgumentParser:
         "with the vocabulary; for id spaces of millions",
     )
     p.add_argument("--patience", type=int, default=2, help="epochs without a validation-AUC gain before stopping")
+    p.add_argument("--l2", type=float, default=1e-5, help="per-step weight of the embeddings' sum of squares")
+    p.add_argument(
+        "--embedding-decay",
+        type=float,
+        default=0.0,
+        help="Gaussian prior on embeddings in MAP form (whole-table L2 once per epoch); shrinks rare ids",
+    )
+    p.add_argument(
+        "--id-dropout", type=float, default=0.0, help="replace each training id by OOV with this probability"
+    )
+    p.add_argument(
+        "--lr-decay", type=float, default=1.0, help="on an epoch without a gain: lr *= this, resume from the best state"
+    )
     p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -54,11 +78,43 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_settings(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, object]:
+    """TrainConfig fields from --train-config, overridden by the flags given on the command line."""
+    from dataclasses import fields
+
+    from offline.train import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)} - {"progress", "device", "seed"}
+    unknown = sorted(set(args.train_config) - known)
+    if unknown:
+        raise UsageError(f"--train-config: unknown keys {unknown}; choose from {sorted(known)}")
+    flags = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "calibration": args.calibration,
+        "negative_rate": args.negative_rate,
+        "sparse_embeddings": args.sparse_embeddings,
+        "patience": args.patience,
+        "l2": args.l2,
+        "embedding_decay": args.embedding_decay,
+        "id_dropout": args.id_dropout,
+        "lr_decay": args.lr_decay,
+    }
+    given = {a.split("=")[0].removeprefix("--").replace("-", "_") for a in argv if a.startswith("--")}
+    return {**flags, **{k: v for k, v in args.train_config.items() if k not in given}}
+
+
 def _run(args: argparse.Namespace) -> None:
     # Cheap checks first: a typo in the config or a missing baseline fails before any data loads.
     config_from_dict(args.model, dict(args.model_config))
     if not 0.0 < args.negative_rate <= 1.0:
         raise UsageError(f"--negative-rate must be in (0, 1], got {args.negative_rate}")
+    if not 0.0 <= args.id_dropout < 1.0:
+        raise UsageError(f"--id-dropout must be in [0, 1), got {args.id_dropout}")
+    if not 0.0 < args.lr_decay <= 1.0 or args.embedding_decay < 0 or args.l2 < 0:
+        raise UsageError("--lr-decay must be in (0, 1]; --embedding-decay and --l2 must be >= 0")
     if args.baseline is not None and not args.baseline.exists():
         raise UsageError(f"--baseline {args.baseline}: no such file or directory")
     if args.device.startswith("cuda"):
@@ -73,19 +129,15 @@ def _run(args: argparse.Namespace) -> None:
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     if args.drop_features:
         dataset = dataset.without(args.drop_features)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        calibration=args.calibration,
-        negative_rate=args.negative_rate,
-        sparse_embeddings=args.sparse_embeddings,
-        patience=args.patience,
-        seed=args.seed,
-        progress=not args.no_progress,
-        device=args.device,
-    )
+    try:
+        cfg = TrainConfig(
+            **_train_settings(args, args.argv),  # type: ignore[arg-type]
+            seed=args.seed,
+            progress=not args.no_progress,
+            device=args.device,
+        )
+    except TypeError as exc:
+        raise UsageError(f"--train-config: {exc}") from None
     result = train(dataset, args.model, args.model_config, cfg, args.out, baseline)
     if result.artifact is None:  # a non-zero torchrun rank: rank 0 reports
         return
@@ -100,7 +152,9 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    code = run_job("train", parser(), _run, argv)
+    p = parser()
+    p.set_defaults(argv=list(sys.argv[1:] if argv is None else argv))  # which flags were given
+    code = run_job("train", p, _run, argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, skip interpreter teardown once the work is done: gloo's threads can abort
         # a rank while static objects are destroyed, failing a run that succeeded.

@@ -79,13 +79,17 @@ def _encode_value(spec: FeatureSpec, value: object, version: ServingVersion) -> 
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return Problem(where, f"must be a finite number, got {value!r}", "value_error")
         return torch.tensor([float(value)])
+    if spec.boundaries is not None:  # a dense value bucketed into a sparse id
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return Problem(where, f"must be a finite number, got {value!r}", "value_error")
+        return torch.from_numpy(spec.bucketize([value]))
     vocab = version.bundle.vocabs[spec.vocab or ""]
     if spec.kind is Kind.SEQUENCE:
         if not isinstance(value, list):
             return Problem(where, f"must be a list of ids, got {type(value).__name__}", "value_error")
-        ids = torch.from_numpy(vocab.encode(value))
-        ids = ids[ids > 0]  # unknown tokens carry no information in a mean pool
-        return Jagged(ids, torch.zeros(1, dtype=torch.int64))
+        encoded = vocab.encode(value)
+        encoded = spec.truncate(encoded[encoded > 0])  # unknown tokens carry no information in a pool
+        return Jagged(torch.from_numpy(encoded), torch.zeros(1, dtype=torch.int64))
     if isinstance(value, list | float):
         return Problem(where, f"must be a single id (string or integer), got {value!r}", "value_error")
     return torch.tensor([vocab.encode_one(value)])

@@ -37,53 +37,147 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.features import FeatureSchema, FeatureSpec, Kind, Side, Vocabulary
+from models.features import FeatureSchema, FeatureSpec, HashedVocabulary, Kind, Side, Vocabulary
 from models.tables import FeatureTable
 from offline.data.dataset import Dataset, Split, files_sha256
 
-__all__ = ["SCHEMA_SUFFIXES", "TableSpec", "load_tabular", "read_table_spec"]
+__all__ = ["SCHEMA_SUFFIXES", "ColumnSpec", "TableSpec", "load_tabular", "read_table_spec", "split_rows"]
 
 SCHEMA_SUFFIXES = (".toml", ".json")
 TEST_FRACTION = 0.2
 VALID_FRACTION = 0.125  # of the train+valid rows, i.e. 10% of all rows
 
 
-@dataclass(frozen=True)
-class ColumnSpec:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """One `[[features]]` entry of a schema file."""
+
     column: str
-    name: str
+    name: str = ""  # defaults to the column
     side: Side
     kind: Kind
     static: bool = False
     separator: str = "|"
+    vocab: str = ""  # the vocabulary (and embedding table) it shares; defaults to its name
+    min_count: int = Field(1, ge=1)
+    hash_buckets: int | None = Field(None, ge=1)
+    dim: int | None = Field(None, ge=1)
+    pooling: Literal["mean", "sum"] = "mean"
+    max_len: int | None = Field(None, ge=1)
+    newest_first: bool = False
+    normalize: bool = False
+    buckets: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> ColumnSpec:
+        given = self.model_fields_set
+        only = {
+            Kind.DENSE: {"normalize", "buckets"},
+            Kind.SEQUENCE: {"separator", "pooling", "max_len", "newest_first"},
+        }
+        embedded = {"vocab", "min_count", "hash_buckets", "dim"}
+        for kind, keys in only.items():
+            if self.kind is not kind and given & keys:
+                raise ValueError(f"{sorted(given & keys)} apply to {kind.value} features only")
+        if self.kind is Kind.DENSE and given & (embedded - {"dim"}):
+            raise ValueError(f"{sorted(given & embedded)} apply to sparse and sequence features only")
+        if self.kind is Kind.DENSE and "dim" in given and self.buckets is None:
+            raise ValueError("dim applies to embedded features (sparse, sequence, or dense with buckets)")
+        if self.normalize and self.buckets is not None:
+            raise ValueError("a dense feature is either normalized or bucketed, not both")
+        if self.hash_buckets is not None and self.min_count != 1:
+            raise ValueError("hash_buckets and min_count exclude each other (a hashed field has no fitted vocabulary)")
+        object.__setattr__(self, "name", self.name or self.column)
+        object.__setattr__(self, "vocab", self.vocab or self.name)
+        return self
 
 
-@dataclass(frozen=True)
-class TableSpec:
-    """A parsed schema file."""
+class LabelSpec(_Strict):
+    column: str
+    threshold: float | None = None
 
-    name: str
+
+class TableSpec(_Strict):
+    """A parsed schema file; `files` are resolved against the data directory."""
+
+    name: str = ""
     files: tuple[Path, ...]
     user_key: str
     ad_key: str
-    label: str
-    label_threshold: float | None
+    label: LabelSpec
     features: tuple[ColumnSpec, ...]
     timestamp: str | None = None
     bid: str | None = None
 
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `files = "a.csv"` is one file, not a list of letters
+            return [value]
+        return value
 
-def _require(raw: dict[str, Any], key: str, where: str) -> Any:
-    if key not in raw:
-        raise ValueError(f"{where}: missing required key: {key}")
-    return raw[key]
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, value: Any) -> Any:
+        return {"column": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableSpec:
+        names = [f.name for f in self.features]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"feature names must be unique, repeated: {duplicated}")
+        for side in (Side.USER, Side.AD):
+            if not any(f.side is side for f in self.features):
+                raise ValueError(f"needs at least one {side.value} feature")
+        by_vocab: dict[str, list[ColumnSpec]] = {}
+        for f in self.features:
+            if f.kind is not Kind.DENSE:
+                by_vocab.setdefault(f.vocab, []).append(f)
+            elif f.buckets is not None and f.vocab in {g.vocab for g in self.features if g is not f}:
+                raise ValueError(f"{f.name}: a bucketed dense feature cannot share a vocabulary")
+        for vocab, fields in by_vocab.items():
+            for key in ("min_count", "hash_buckets", "dim"):
+                if len({getattr(f, key) for f in fields}) > 1:
+                    raise ValueError(f"the fields of vocab {vocab!r} ({[f.name for f in fields]}) must agree on {key}")
+        return self
+
+    @property
+    def columns(self) -> set[str]:
+        """Every column the schema reads."""
+        cols = {self.user_key, self.ad_key, self.label.column, *(f.column for f in self.features)}
+        return cols | {c for c in (self.timestamp, self.bid) if c}
+
+
+def _one_line(where: str, raw: dict[str, Any], exc: ValidationError) -> str:
+    """The first validation error as one line: where, which key (and which feature's column), what."""
+    first = exc.errors()[0]
+    loc = list(first["loc"])
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if len(loc) > 1 and loc[0] == "features" and isinstance(loc[1], int):
+        features = raw.get("features")
+        entry = features[loc[1]] if isinstance(features, list) and loc[1] < len(features) else None
+        if isinstance(entry, dict) and "column" in entry:
+            key += f" (column {entry['column']!r})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if first["type"] == "missing":
+        return f"{where}: missing required key: {key}{more}"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key: {key}{more}"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] != "value_error":
+        msg += f", got {first['input']!r}"
+    return f"{where}: {key + ': ' if key else ''}{msg}{more}"
 
 
 def read_table_spec(path: Path, data_dir: Path | None = None) -> TableSpec:
@@ -96,43 +190,28 @@ def read_table_spec(path: Path, data_dir: Path | None = None) -> TableSpec:
         raw: dict[str, Any] = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
-    where = str(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a schema is a table of keys, got {type(raw).__name__}")
+    try:
+        spec = TableSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(_one_line(str(path), raw, exc)) from None
     base = Path(data_dir) if data_dir is not None else path.parent
-    files = tuple(base / f for f in _require(raw, "files", where))
-    label = _require(raw, "label", where)
-    label = label if isinstance(label, dict) else {"column": label}
-    features = []
-    for i, f in enumerate(_require(raw, "features", where)):
-        at = f"{where}: features[{i}]"
-        column = _require(f, "column", at)
-        try:
-            side, kind = Side(_require(f, "side", at)), Kind(_require(f, "kind", at))
-        except ValueError as exc:
-            raise ValueError(f"{at} ({column}): {exc}") from None
-        unknown = set(f) - {"column", "name", "side", "kind", "static", "separator"}
-        if unknown:
-            raise ValueError(f"{at} ({column}): unknown keys {sorted(unknown)}")
-        features.append(
-            ColumnSpec(column, f.get("name", column), side, kind, bool(f.get("static", False)), f.get("separator", "|"))
-        )
-    names = [f.name for f in features]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}: feature names must be unique")
-    spec = TableSpec(
-        name=raw.get("name", path.stem),
-        files=files,
-        user_key=_require(raw, "user_key", where),
-        ad_key=_require(raw, "ad_key", where),
-        label=_require(label, "column", f"{where}: label"),
-        label_threshold=label.get("threshold"),
-        features=tuple(features),
-        timestamp=raw.get("timestamp"),
-        bid=raw.get("bid"),
-    )
-    for side in (Side.USER, Side.AD):
-        if not any(f.side is side for f in spec.features):
-            raise ValueError(f"{where}: needs at least one {side.value} feature")
-    return spec
+    return spec.model_copy(update={"name": spec.name or path.stem, "files": tuple(base / f for f in spec.files)})
+
+
+def split_rows(n: int, timestamped: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, valid, test) row positions of an n-row table (rows in time order if `timestamped`).
+
+    Test: the latest 20% (time order) or a random 20%; valid: a random 1/8 of the rest.
+    """
+    n_test = round(n * TEST_FRACTION)
+    rng = np.random.default_rng(seed)
+    order = np.arange(n) if timestamped else rng.permutation(n)
+    train_valid, test = order[: n - n_test], order[n - n_test :]
+    shuffled = rng.permutation(train_valid)
+    n_valid = round(len(train_valid) * VALID_FRACTION)
+    return np.sort(shuffled[n_valid:]), np.sort(shuffled[:n_valid]), test
 
 
 def _read(spec: TableSpec) -> pd.DataFrame:
@@ -141,28 +220,27 @@ def _read(spec: TableSpec) -> pd.DataFrame:
         if not f.exists():
             raise FileNotFoundError(f"data file {f} not found (set --data-dir?)")
         if f.name.endswith((".parquet", ".pq")):
-            frames.append(pd.read_parquet(f))
+            frames.append(pd.read_parquet(f, columns=None))
         else:
             frames.append(pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""]))
     frame = pd.concat(frames, ignore_index=True)
-    needed = {spec.user_key, spec.ad_key, spec.label, *(f.column for f in spec.features)}
-    needed |= {c for c in (spec.timestamp, spec.bid) if c}
-    missing = sorted(needed - set(frame.columns))
+    missing = sorted(spec.columns - set(frame.columns))
     if missing:
         raise ValueError(f"{spec.name}: columns {missing} not in {[f.name for f in spec.files]}")
     return frame
 
 
 def _labels(frame: pd.DataFrame, spec: TableSpec) -> np.ndarray:
-    values = pd.to_numeric(frame[spec.label], errors="coerce")
+    column = spec.label.column
+    values = pd.to_numeric(frame[column], errors="coerce")
     if values.isna().any():
-        bad = frame.loc[values.isna(), spec.label].iloc[0]
-        raise ValueError(f"{spec.name}: label column {spec.label!r} holds a non-number ({bad!r})")
-    if spec.label_threshold is not None:
-        return (values.to_numpy() >= spec.label_threshold).astype(np.float32)
+        bad = frame.loc[values.isna(), column].iloc[0]
+        raise ValueError(f"{spec.name}: label column {column!r} holds a non-number ({bad!r})")
+    if spec.label.threshold is not None:
+        return (values.to_numpy() >= spec.label.threshold).astype(np.float32)
     labels = values.to_numpy().astype(np.float32)
     if not np.isin(labels, (0.0, 1.0)).all():
-        raise ValueError(f"{spec.name}: label {spec.label!r} must be 0/1 (or give label.threshold)")
+        raise ValueError(f"{spec.name}: label {column!r} must be 0/1 (or give label.threshold)")
     return labels
 
 
@@ -170,23 +248,102 @@ def _tokens(values: pd.Series, separator: str) -> list[list[str]]:
     return [[] if not isinstance(v, str) or not v else v.split(separator) for v in values]
 
 
+def _strings(values: pd.Series) -> pd.Series:
+    """Raw values as the strings vocabularies hold (integral floats from Parquet as integers)."""
+    if pd.api.types.is_float_dtype(values) and ((values.dropna() % 1) == 0).all():
+        return values.astype("Int64").astype(str)
+    return values.astype(str)
+
+
+def _numbers(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+
+
+def _fit_vocabs(frame: pd.DataFrame, spec: TableSpec) -> dict[str, Vocabulary]:
+    """One vocabulary per vocab name, over the training values of every field that shares it."""
+    values: dict[str, list[np.ndarray]] = {}
+    first: dict[str, ColumnSpec] = {}
+    for c in spec.features:
+        if c.kind is Kind.DENSE:
+            continue
+        first.setdefault(c.vocab, c)
+        if c.kind is Kind.SPARSE:
+            part = _strings(frame[c.column]).to_numpy()
+        else:
+            part = np.array([t for x in _tokens(frame[c.column], c.separator) for t in x], dtype=object)
+        values.setdefault(c.vocab, []).append(part)
+    vocabs: dict[str, Vocabulary] = {}
+    for vocab, parts in values.items():
+        c = first[vocab]
+        if c.hash_buckets is not None:
+            vocabs[vocab] = HashedVocabulary(c.hash_buckets)
+        else:
+            joined = np.concatenate(parts) if parts else np.zeros(0, object)
+            vocabs[vocab] = Vocabulary.fit(joined if len(joined) else np.array([""]), c.min_count)
+    return vocabs
+
+
+def _feature_specs(frame: pd.DataFrame, spec: TableSpec, vocabs: dict[str, Vocabulary]) -> dict[str, FeatureSpec]:
+    """The model-side spec of each field; dense statistics are fitted on `frame` (the training rows)."""
+    out = {}
+    for c in spec.features:
+        common: dict[str, Any] = {"static": c.static, "dim": c.dim}
+        if c.kind is Kind.DENSE and c.buckets is not None:
+            x = _numbers(frame[c.column])
+            x = x[~np.isnan(x)]
+            qs = np.quantile(x, np.linspace(0, 1, c.buckets + 1)[1:-1]) if len(x) else np.zeros(0)
+            boundaries = tuple(float(b) for b in np.unique(qs))
+            vocabs[c.vocab] = Vocabulary([f"bucket{i}" for i in range(len(boundaries) + 1)])
+            out[c.name] = FeatureSpec(c.name, c.side, Kind.SPARSE, c.vocab, boundaries=boundaries, **common)
+        elif c.kind is Kind.DENSE:
+            normalize = None
+            if c.normalize:
+                x = np.nan_to_num(_numbers(frame[c.column]))
+                normalize = (float(x.mean()), float(x.std()) or 1.0)
+            out[c.name] = FeatureSpec(c.name, c.side, c.kind, None, static=c.static, normalize=normalize)
+        elif c.kind is Kind.SEQUENCE:
+            out[c.name] = FeatureSpec(
+                c.name,
+                c.side,
+                c.kind,
+                c.vocab,
+                pooling=c.pooling,
+                max_len=c.max_len,
+                newest_first=c.newest_first,
+                **common,
+            )
+        else:
+            out[c.name] = FeatureSpec(c.name, c.side, c.kind, c.vocab, **common)
+    return out
+
+
 def _table(
-    frame: pd.DataFrame, rows: np.ndarray, columns: list[ColumnSpec], vocabs: dict[str, Vocabulary]
+    frame: pd.DataFrame,
+    rows: np.ndarray,
+    columns: list[ColumnSpec],
+    specs: dict[str, FeatureSpec],
+    vocabs: dict[str, Vocabulary],
 ) -> FeatureTable:
     """The named columns of `rows`, encoded."""
     part = frame.iloc[rows]
     table = FeatureTable(len(rows))
     for c in columns:
-        if c.kind is Kind.DENSE:
-            table.dense[c.name] = pd.to_numeric(part[c.column], errors="coerce").fillna(0.0).to_numpy(np.float32)
+        f = specs[c.name]
+        if f.boundaries is not None:
+            table.sparse[c.name] = f.bucketize(_numbers(part[c.column]))
+        elif c.kind is Kind.DENSE:
+            table.dense[c.name] = np.nan_to_num(_numbers(part[c.column])).astype(np.float32)
         elif c.kind is Kind.SPARSE:
-            table.sparse[c.name] = vocabs[c.name].encode(part[c.column].astype(str))
-        else:
-            lists = _tokens(part[c.column], c.separator)
+            table.sparse[c.name] = vocabs[c.vocab].encode(_strings(part[c.column]))
+        else:  # unknown and rare tokens are dropped (as the server does), then the most recent kept
+            vocab = vocabs[c.vocab]
+            lists = [
+                f.truncate(ids[ids > 0]) for ids in (vocab.encode(x) for x in _tokens(part[c.column], c.separator))
+            ]
             offsets = np.zeros(len(lists) + 1, np.int64)
             np.cumsum([len(x) for x in lists], out=offsets[1:])
-            flat = [t for x in lists for t in x]
-            table.sequences[c.name] = (vocabs[c.name].encode(flat), offsets)
+            values = np.concatenate(lists) if lists else np.zeros(0, np.int64)
+            table.sequences[c.name] = (values.astype(np.int64), offsets)
     return table
 
 
@@ -209,31 +366,18 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
     n = len(frame)
     if n < 10:
         raise ValueError(f"{spec.name}: {n} rows is too few to split")
-    n_test = round(n * TEST_FRACTION)
-    rng = np.random.default_rng(seed)
-    order = np.arange(n) if spec.timestamp else rng.permutation(n)
-    train_valid, test = order[: n - n_test], order[n - n_test :]
-    shuffled = rng.permutation(train_valid)
-    n_valid = round(len(train_valid) * VALID_FRACTION)
-    valid, train = np.sort(shuffled[:n_valid]), np.sort(shuffled[n_valid:])
+    train, valid, test = split_rows(n, bool(spec.timestamp), seed)
 
-    vocabs: dict[str, Vocabulary] = {}
     fit = frame.iloc[train]
-    for c in spec.features:
-        if c.kind is Kind.SPARSE:
-            vocabs[c.name] = Vocabulary.fit(fit[c.column].astype(str))
-        elif c.kind is Kind.SEQUENCE:
-            vocabs[c.name] = Vocabulary.fit(
-                np.array([t for x in _tokens(fit[c.column], c.separator) for t in x] or [""])
-            )
-
+    vocabs = _fit_vocabs(fit, spec)
+    specs = _feature_specs(fit, spec, vocabs)
     user_cols = [c for c in spec.features if c.side in (Side.USER, Side.CONTEXT)]
     ad_cols = [c for c in spec.features if c.side is Side.AD]
     context = [c.column for c in user_cols if c.side is Side.CONTEXT]
     row_user, user_rep = _representatives(frame[[spec.user_key, *context]].astype(str))
     row_ad, ad_rep = _representatives(frame[[spec.ad_key]].astype(str))
-    users = _table(frame, user_rep, user_cols, vocabs)
-    ads = _table(frame, ad_rep, ad_cols, vocabs)
+    users = _table(frame, user_rep, user_cols, specs, vocabs)
+    ads = _table(frame, ad_rep, ad_cols, specs, vocabs)
 
     def split(idx: np.ndarray) -> Split:
         return Split(row_user[idx], row_ad[idx], labels[idx], users, ads)
@@ -252,12 +396,9 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
     if spec.bid:
         per_ad = pd.to_numeric(frame[spec.bid], errors="coerce").groupby(row_ad).mean()
         bids = per_ad.reindex(range(len(ad_rep))).fillna(1.0).to_numpy(np.float32)
+    used = {f.vocab for f in specs.values() if f.vocab}
     schema = FeatureSchema(
-        tuple(
-            FeatureSpec(c.name, c.side, c.kind, c.name if c.kind is not Kind.DENSE else None, c.static)
-            for c in spec.features
-        ),
-        {k: len(v) for k, v in vocabs.items()},
+        tuple(specs[c.name] for c in spec.features), {k: len(v) for k, v in vocabs.items() if k in used}
     )
     spec_digest = hashlib.sha256(Path(schema_file).read_bytes()).hexdigest()
     return Dataset(
@@ -269,7 +410,7 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
         valid=split(valid),
         test=split(test),
         user_keys=frame[spec.user_key].iloc[serving_rep].astype(str).tolist(),
-        users=_table(frame, serving_rep, user_cols, vocabs),
+        users=_table(frame, serving_rep, user_cols, specs, vocabs),
         ad_ids=ad_ids,
         ads=ads,
         ad_bids=bids,

@@ -118,7 +118,7 @@ features = [
         (
             'files=["rows.csv"]\nuser_key="u"\nad_key="a"\nlabel="y"\n'
             'features=[{column="u", side="usr", kind="sparse"}]',
-            "'usr' is not a valid Side",
+            "features[0].side (column 'u'): Input should be 'user', 'ad' or 'context', got 'usr'",
         ),
         (
             'files=["rows.csv"]\nuser_key="u"\nad_key="a"\nlabel="y"\n'

@@ -1,0 +1,184 @@
+"""Hyper-parameter search on the validation split with Optuna.
+
+    prerank tune --dataset world.toml --model hit --trials 20 --out runs/tune/hit
+
+Each trial trains with sampled optimisation and model settings and reports the validation AUC
+after every epoch; Optuna's median pruner stops trials that fall behind the median of earlier
+trials at the same epoch. The study lives in a local SQLite file (`OUT/study.db`): running the
+same command again resumes it up to the trial budget. The test split is never read while
+searching. The best trial is written as
+
+* `OUT/model_config.json`: for `prerank train --model-config OUT/model_config.json`,
+* `OUT/train_config.json`: for `prerank train --train-config OUT/train_config.json`,
+* `OUT/tune.md` and `OUT/tune.json`: every trial with its parameters, value and state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from models.provenance import code_version, machine
+from models.registry import config_from_dict
+from offline.data import Dataset
+from offline.train import TrainConfig, train
+
+__all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "run_study", "suggest"]
+
+log = logging.getLogger(__name__)
+
+#: TrainConfig fields a train-config file may set.
+TRAIN_KEYS = tuple(
+    f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress", "device", "eval_batch_size")
+)
+
+#: What a trial samples: name -> (kind, low/choices, high, log). Model keys are used only when the
+#: model's config has them.
+SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
+    "lr": ("float", 3e-4, 1e-2, True),
+    "batch_size": ("categorical", (256, 512, 1024, 2048)),
+    "id_dropout": ("float", 0.0, 0.5, False),
+    "embedding_decay": ("float", 1e-3, 30.0, True),
+    "lr_decay": ("categorical", (0.3, 1.0)),
+    "model.dropout": ("float", 0.0, 0.5, False),
+    "model.embedding_dim": ("categorical", (8, 16, 32)),
+}
+
+
+def suggest(trial: Any, model: str, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train overrides, model config) sampled for one trial, over `base` (the fixed settings)."""
+    model_fields = set(asdict(config_from_dict(model, {})))
+    train_cfg = dict(base.get("train", {}))
+    model_cfg = dict(base.get("model_config", {}))
+    for name, spec in SEARCH_SPACE.items():
+        target = model_cfg if name.startswith("model.") else train_cfg
+        key = name.removeprefix("model.")
+        if name.startswith("model.") and key not in model_fields:
+            continue
+        if spec[0] == "float":
+            target[key] = trial.suggest_float(name, spec[1], spec[2], log=spec[3])
+        else:
+            target[key] = trial.suggest_categorical(name, list(spec[1]))
+    return train_cfg, model_cfg
+
+
+def _objective(dataset: Dataset, model: str, base: dict[str, Any], epochs: int, seed: int) -> Callable[[Any], float]:
+    import optuna
+
+    def objective(trial: Any) -> float:
+        train_cfg, model_cfg = suggest(trial, model, base)
+        cfg = TrainConfig(**{**train_cfg, "epochs": epochs, "seed": seed, "progress": False, "calibration": "none"})
+
+        def report(epoch: int, valid_auc: float) -> None:
+            trial.report(valid_auc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: valid AUC {valid_auc:.4f}")
+
+        result = train(dataset, model, model_cfg, cfg, on_epoch=report)
+        trial.set_user_attr("best_epoch", result.metrics["best_epoch"])
+        trial.set_user_attr("train", {k: v for k, v in asdict(cfg).items() if k in TRAIN_KEYS})
+        trial.set_user_attr("model_config", model_cfg)
+        return float(result.metrics["valid_auc"])
+
+    return objective
+
+
+def run_study(
+    dataset: Dataset,
+    model: str,
+    out: Path,
+    trials: int,
+    seed: int = 0,
+    epochs: int = 30,
+    base: dict[str, Any] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) the study in OUT/study.db until it holds `trials` finished trials."""
+    import optuna
+
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=f"{dataset.name}-{model}",
+        storage=f"sqlite:///{out / 'study.db'}",
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+    )
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = sum(t.state in finished for t in study.trials)
+    started = time.perf_counter()
+    if done < trials:
+        log.info("study %s: %d of %d trials done, running %d", study.study_name, done, trials, trials - done)
+        study.optimize(
+            _objective(dataset, model, base or {}, epochs, seed),
+            n_trials=trials - done,
+            timeout=timeout,
+            catch=(),
+        )
+    best = study.best_trial
+    model_config = best.user_attrs["model_config"]
+    train_config = best.user_attrs["train"]
+    (out / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n")
+    (out / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    summary = {
+        "dataset": dataset.describe(),
+        "model": model,
+        "study": study.study_name,
+        "seed": seed,
+        "epochs_cap": epochs,
+        "trials_budget": trials,
+        "best": {"number": best.number, "valid_auc": best.value, "params": best.params},
+        "model_config": model_config,
+        "train_config": train_config,
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "epochs": len(t.intermediate_values),
+            }
+            for t in study.trials
+        ],
+        "seconds_this_run": time.perf_counter() - started,
+        "code_version": code_version(),
+        "machine": machine(),
+    }
+    (out / "tune.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "tune.md").write_text(_markdown(summary, out))
+    return summary
+
+
+def _markdown(summary: dict[str, Any], out: Path) -> str:
+    names = list(SEARCH_SPACE)
+    lines = [
+        f"# `prerank tune`: {summary['model']} on {summary['dataset']['dataset']}",
+        "",
+        f"Study `{summary['study']}` in `study.db`, TPE seed {summary['seed']}, median pruner, "
+        f"{summary['trials_budget']} trials, epoch cap {summary['epochs_cap']}; objective: validation AUC "
+        "(the test split is not read).",
+        "",
+        f"Best: trial {summary['best']['number']}, validation AUC {summary['best']['valid_auc']:.4f}. Train with:",
+        "",
+        "```bash",
+        f"prerank train --model {summary['model']} --model-config {out / 'model_config.json'} "
+        f"--train-config {out / 'train_config.json'} ...",
+        "```",
+        "",
+        "| trial | state | valid AUC | epochs | " + " | ".join(names) + " |",
+        "|" + "---|" * (4 + len(names)),
+    ]
+    for t in summary["trials"]:
+        value = "-" if t["value"] is None else f"{t['value']:.4f}"
+        params = [t["params"].get(n) for n in names]
+        cells = ["-" if p is None else (f"{p:.4g}" if isinstance(p, float) else str(p)) for p in params]
+        lines.append(f"| {t['number']} | {t['state']} | {value} | {t['epochs']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Code {summary['code_version']}; machine: {summary['machine']}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""`prerank tune`: hyper-parameter search on the validation split (Optuna, resumable SQLite study)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.registry import MODELS
+from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_object, run_job
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = job_parser(
+        "tune",
+        "Search optimisation and model settings on the validation split with Optuna (TPE sampler, median "
+        "pruner); the study is a SQLite file under --out, so the same command resumes it. Writes the best "
+        "trial as model_config.json and train_config.json for prerank train, and tune.md with every trial.",
+    )
+    add_data_args(p)
+    p.add_argument("--model", default="hit", choices=sorted(MODELS), help="registered model (default: hit)")
+    p.add_argument("--out", type=Path, required=True, help="study folder (study.db, best configs, tune.md)")
+    p.add_argument("--trials", type=int, default=20, help="trial budget of the study, resumed runs included")
+    p.add_argument("--epochs", type=int, default=30, help="epoch cap per trial (early stopping as in train)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument(
+        "--base",
+        type=json_object,
+        default={},
+        help='fixed settings the search starts from: {"train": {...}, "model_config": {...}} (JSON or .json file)',
+    )
+    add_threads_arg(p, default=1)
+    return p
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.trials < 1 or args.epochs < 1:
+        raise UsageError("--trials and --epochs must be >= 1")
+    unknown = sorted(set(args.base) - {"train", "model_config"})
+    if unknown:
+        raise UsageError(f"--base: unknown keys {unknown}; use 'train' and 'model_config'")
+    from models.registry import config_from_dict
+    from offline.data import load_dataset
+    from offline.train import TrainConfig
+    from offline.tune import run_study
+
+    config_from_dict(args.model, dict(args.base.get("model_config", {})))
+    try:
+        TrainConfig(**args.base.get("train", {}))
+    except TypeError as exc:
+        raise UsageError(f"--base train: {exc}") from None
+    dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+    summary = run_study(dataset, args.model, args.out, args.trials, args.seed, args.epochs, args.base, args.timeout)
+    best = summary["best"]
+    states = [t["state"] for t in summary["trials"]]
+    print(
+        f"{args.model} on {dataset.name}: best trial {best['number']} valid AUC {best['valid_auc']:.4f} "
+        f"({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned) -> {args.out / 'model_config.json'}, "
+        f"{args.out / 'train_config.json'}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_job("tune", parser(), _run, argv)

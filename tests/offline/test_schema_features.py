@@ -1,0 +1,272 @@
+"""Schema-file features: shared vocabularies, min_count/OOV, hashed ids, dense normalisation and
+bucketing, sequence pooling and truncation, and the schema's own validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models.artifact import load_artifact
+from models.features import HashedVocabulary, Vocabulary
+from models.registry import MODELS, build_model
+from offline.data import load_dataset
+from offline.export import export
+from offline.train import TrainConfig, predict, train
+from prerank.cli import main
+from service.app import create_app
+from service.config import Settings
+
+BASE = """
+files = "rows.csv"
+user_key = "u"
+ad_key = "a"
+label = "y"
+"""
+
+
+def _frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "u": rng.integers(0, 60, n),
+            "a": rng.integers(0, 40, n),
+            "cat": rng.integers(0, 8, n),
+            "tags": ["|".join(map(str, rng.integers(0, 8, rng.integers(0, 7)))) for _ in range(n)],
+            "price": rng.lognormal(2.0, 1.0, n).round(3),
+            "age": rng.integers(18, 70, n),
+            "y": rng.integers(0, 2, n),
+        }
+    )
+
+
+def _schema(tmp_path: Path, features: str, frame: pd.DataFrame | None = None) -> str:
+    (frame if frame is not None else _frame()).to_csv(tmp_path / "rows.csv", index=False)
+    (tmp_path / "s.toml").write_text(BASE + features)
+    return str(tmp_path / "s.toml")
+
+
+SHARED = """
+[[features]]
+column = "u"
+side = "user"
+kind = "sparse"
+[[features]]
+column = "tags"
+side = "user"
+kind = "sequence"
+vocab = "category"
+max_len = 3
+[[features]]
+column = "age"
+side = "user"
+kind = "dense"
+buckets = 4
+[[features]]
+column = "a"
+side = "ad"
+kind = "sparse"
+[[features]]
+column = "cat"
+side = "ad"
+kind = "sparse"
+vocab = "category"
+[[features]]
+column = "price"
+side = "ad"
+kind = "dense"
+normalize = true
+"""
+
+
+def _tables(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Field -> embedding weight (the LR part's width-1 tables, their own sharing, left out)."""
+    return {
+        name: module.weight
+        for m in net.modules()
+        if hasattr(m, "tables")
+        for name, module in m.tables.items()
+        if module.weight.shape[1] > 1
+    }
+
+
+@pytest.mark.parametrize("model", ["hit", "dssm", "inttower", "fit", "cold", "dcn"])
+def test_a_shared_vocabulary_is_one_embedding_table_across_the_towers(tmp_path: Path, model: str) -> None:
+    ds = load_dataset(_schema(tmp_path, SHARED))
+    specs = {f.name: f for f in ds.schema.features}
+    assert specs["tags"].vocab == specs["cat"].vocab == "category" and "tags" not in ds.vocabs
+    net = build_model(model, ds.schema, {})
+    tables = _tables(net)
+    assert tables["tags"] is tables["cat"]  # one tensor, trained by both fields
+    assert len({id(t) for t in tables.values()}) == len(tables) - 1
+    n_unique = sum(p.numel() for p in net.parameters())
+    assert n_unique < sum(p.numel() for _, p in net.named_parameters(remove_duplicate=False))
+    # the artifact stores it once and loads it back shared, with identical predictions
+    result = train(ds, model, {}, TrainConfig(epochs=1, batch_size=128, progress=False), tmp_path / "art")
+    bundle = load_artifact(tmp_path / "art")
+    loaded = _tables(bundle.model)
+    assert loaded["tags"] is loaded["cat"]
+    np.testing.assert_allclose(predict(bundle.model, ds.test), predict(result.model, ds.test), rtol=1e-6)
+
+
+def test_min_count_sends_rare_values_to_the_oov_id(tmp_path: Path) -> None:
+    frame = _frame()
+    frame["a"] = frame["a"] % 10  # ten ads with ~60 rows each ...
+    frame.loc[:5, "a"] = 999  # ... and one rare ad id, 6 rows in all
+    text = SHARED.replace(
+        'column = "a"\nside = "ad"\nkind = "sparse"', 'column = "a"\nside = "ad"\nkind = "sparse"\nmin_count = 20'
+    )
+    ds = load_dataset(_schema(tmp_path, text, frame))
+    vocab = ds.vocabs["a"]
+    assert vocab.encode_one("999") == 0  # rarer than 20 in the training rows: the OOV id
+    assert sorted(vocab.tokens) == [str(i) for i in range(10)]
+    assert (ds.ads.sparse["a"] == 0).sum() == 1 and (ds.ads.sparse["a"] > 0).sum() == 10
+    # the schema without min_count keeps it
+    plain = load_dataset(_schema(tmp_path, SHARED, frame))
+    assert plain.vocabs["a"].encode_one("999") > 0
+
+
+def test_hashed_ids_are_stable_buckets_and_round_trip_the_artifact(tmp_path: Path) -> None:
+    text = SHARED.replace(
+        'column = "u"\nside = "user"\nkind = "sparse"',
+        'column = "u"\nside = "user"\nkind = "sparse"\nhash_buckets = 16',
+    )
+    ds = load_dataset(_schema(tmp_path, text))
+    vocab = ds.vocabs["u"]
+    assert isinstance(vocab, HashedVocabulary) and len(vocab) == 16 == ds.schema.vocab_sizes["u"]
+    ids = ds.users.sparse["u"]
+    assert ids.min() >= 1 and ids.max() <= 16 and len(np.unique(ids)) > 8
+    assert vocab.encode_one("never seen") == HashedVocabulary(16).encode_one("never seen") >= 1  # no OOV
+    train(ds, "dssm", {}, TrainConfig(epochs=1, batch_size=128, progress=False), tmp_path / "art")
+    assert isinstance(load_artifact(tmp_path / "art").vocabs["u"], HashedVocabulary)
+    assert Vocabulary.from_json(vocab.to_json()).encode_one("x") == vocab.encode_one("x")
+
+
+def test_dense_normalisation_bucketing_and_sequence_truncation(tmp_path: Path) -> None:
+    frame = _frame()
+    ds = load_dataset(_schema(tmp_path, SHARED, frame))
+    specs = {f.name: f for f in ds.schema.features}
+    mean, std = specs["price"].normalize  # type: ignore[misc]
+    assert 5 < mean < 20 and std > 0  # lognormal(2, 1): fitted on the training rows
+    assert ds.ads.dense["price"].max() > 20  # stored raw: the model standardises it
+    age = specs["age"]
+    assert age.kind.value == "sparse" and age.boundaries is not None and len(age.boundaries) == 3
+    assert ds.schema.vocab_sizes["age"] == 4
+    assert set(np.unique(ds.users.sparse["age"])) <= {1, 2, 3, 4}
+    assert age.bucketize([-1.0, 1e9, float("nan")]).tolist() == [1, 4, 0]
+    values, offsets = ds.users.sequences["tags"]
+    lengths = np.diff(offsets)
+    assert lengths.max() == 3 and (values > 0).all()  # truncated to max_len, unknown tokens dropped
+    # most recent kept: the last 3 of "1|2|3|4|5" in the file's (oldest-first) order
+    assert specs["tags"].truncate(np.array([1, 2, 3, 4, 5])).tolist() == [3, 4, 5]
+
+
+def test_sum_pooling_differs_from_mean_pooling(tmp_path: Path) -> None:
+    ds_mean = load_dataset(_schema(tmp_path, SHARED))
+    ds_sum = load_dataset(_schema(tmp_path, SHARED.replace("max_len = 3", 'max_len = 3\npooling = "sum"')))
+    torch.manual_seed(0)
+    a = build_model("dssm", ds_mean.schema, {})
+    torch.manual_seed(0)
+    b = build_model("dssm", ds_sum.schema, {})
+    feats, _ = ds_mean.train.batch(np.arange(64))
+    emb_a = a.user_embedding.embed(feats, ["tags"])[0]
+    emb_b = b.user_embedding.embed(feats, ["tags"])[0]
+    lengths = torch.from_numpy(np.diff(ds_mean.train.users.sequences["tags"][1])[ds_mean.train.user_rows[:64]])
+    torch.testing.assert_close(emb_b, emb_a * lengths.clamp(min=1).unsqueeze(1).float())
+
+
+def test_served_pctr_applies_buckets_truncation_and_normalisation_like_training(tmp_path: Path) -> None:
+    ds = load_dataset(_schema(tmp_path, SHARED))
+    result = train(ds, "dssm", {}, TrainConfig(epochs=1, batch_size=128, progress=False), tmp_path / "art")
+    assert result.artifact is not None
+    export(result.artifact, ds, f"local:{tmp_path / 'store'}")
+    # a user row as the server receives it: raw values, a long history (newest last), a raw age
+    history = ["7", "7", "6", "1", "2", "3"]
+    features = {"u": "3", "tags": history, "age": 44}
+    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
+        ad_ids = ds.ad_ids[:20].tolist()
+        r = client.post(
+            "/prerank", json={"user": {"features": features}, "candidates": {"ad_ids": ad_ids}, "top_k": 20}
+        )
+        assert r.status_code == 200, r.text
+        served = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
+        bad = client.post(
+            "/prerank", json={"user": {"features": {**features, "age": "old"}}, "candidates": {"ad_ids": ad_ids}}
+        )
+        assert bad.status_code == 422 and "age" in bad.text
+    # the same row encoded offline: bucketed age, the last 3 known tokens, standardised price (in the model)
+    spec = {f.name: f for f in ds.schema.features}
+    vocab = ds.vocabs["category"]
+    tags = spec["tags"].truncate(vocab.encode(history))
+    feats = {
+        "u": torch.tensor([ds.vocabs["u"].encode_one("3")]),
+        "tags": __import__("models.features", fromlist=["Jagged"]).Jagged(
+            torch.from_numpy(tags), torch.zeros(1, dtype=torch.int64)
+        ),
+        "age": torch.from_numpy(spec["age"].bucketize([44])),
+    }
+    model = result.model.eval()
+    ad_rows = np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids])
+    ad_feats = ds.ads.take(ad_rows)
+    with torch.inference_mode():
+        logits = model.score(model.encode_user(feats), model.encode_ad(ad_feats))
+    offline = torch.sigmoid(logits.reshape(-1)).numpy()
+    np.testing.assert_allclose([served[a] for a in ad_ids], offline, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("features", "needle"),
+    [
+        (
+            '[[features]]\ncolumn = "u"\nside = "user"\nkind = "sparse"\ncolour = "red"\n',
+            "unknown key: features[0].colour (column 'u')",
+        ),
+        (
+            '[[features]]\ncolumn = "u"\nside = "user"\nkind = "sparse"\nmin_count = "many"\n',
+            "features[0].min_count (column 'u'): Input should be a valid integer",
+        ),
+        (
+            '[[features]]\ncolumn = "u"\nside = "user"\nkind = "sparse"\nnormalize = true\n',
+            "['normalize'] apply to dense features only",
+        ),
+        (
+            '[[features]]\ncolumn = "u"\nside = "user"\nkind = "sparse"\n'
+            '[[features]]\ncolumn = "nope"\nside = "ad"\nkind = "sparse"\n',
+            "columns ['nope'] not in ['rows.csv']",
+        ),
+        (
+            '[[features]]\ncolumn = "u"\nside = "user"\nkind = "sparse"\nvocab = "x"\nmin_count = 2\n'
+            '[[features]]\ncolumn = "a"\nside = "ad"\nkind = "sparse"\nvocab = "x"\n',
+            "must agree on min_count",
+        ),
+        ('[[features]]\ncolumn = "u"\nside = "user"\nkind = "sparse"\n', "needs at least one ad feature"),
+    ],
+)
+def test_schema_errors_are_one_line_cli_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], features: str, needle: str
+) -> None:
+    schema = _schema(tmp_path, features)
+    assert main(["train", "--dataset", schema, "--out", str(tmp_path / "o"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_files_given_as_one_string_is_one_file(tmp_path: Path) -> None:
+    ds = load_dataset(_schema(tmp_path, SHARED))  # BASE writes files = "rows.csv"
+    assert len(ds.train) + len(ds.valid) + len(ds.test) == 600
+
+
+def test_every_model_trains_with_every_schema_feature(tmp_path: Path) -> None:
+    text = SHARED.replace("max_len = 3", 'max_len = 3\npooling = "sum"')
+    text = text.replace(
+        'column = "u"\nside = "user"\nkind = "sparse"', 'column = "u"\nside = "user"\nkind = "sparse"\ndim = 8'
+    )
+    ds = load_dataset(_schema(tmp_path, text))
+    assert {f.name: f.dim for f in ds.schema.features}["u"] == 8
+    for model in sorted(MODELS):
+        result = train(ds, model, {}, TrainConfig(epochs=1, batch_size=128, progress=False))
+        assert np.isfinite(result.metrics["test_logloss"]), model
