@@ -41,13 +41,14 @@ def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[d
 
 @torch.inference_mode()
 def candidate_scores(bundle: Bundle, dataset: Dataset, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Calibrated pCTR of each user (row) against its candidate ads (rows), (n_users, n_candidates),
-    through the serving path: ad rows from the ad tower, one user tower call per user."""
+    """Calibrated pCTR of each user (a row of the test split's user table, its context included)
+    against its candidate ads (rows), (n_users, n_candidates), through the serving path: ad rows
+    from the ad tower, one user tower call per user."""
     model = bundle.model
     model.eval()
     vectors, routes = encode_ads(model, dataset.ads)
     ads = AdRows.quantize(join_ads(vectors, routes), "float32")
-    user_table = dataset.users.select(bundle.schema.user_fields)
+    user_table = dataset.test.users.select(bundle.schema.user_fields)
     out = np.empty(candidates.shape, np.float64)
     for i, u in enumerate(users):
         user = model.encode_user(user_table.take(np.array([u])))

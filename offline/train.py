@@ -55,6 +55,10 @@ class TrainConfig:
         id_dropout: during training, each sparse id and each sequence token is replaced by the OOV
             id 0 with this probability, so a model learns what an id's other fields say about it
             (the long tail) instead of memorising ids.
+        distill_from: an artifact (typically the DCN ranking reference) whose calibrated pCTR of each
+            training row is a soft label next to the click: loss = BCE(click) + distill_weight *
+            BCE(teacher pCTR); "" (the default) trains on clicks alone.
+        distill_weight: the soft labels' weight.
         lr_decay: on an epoch without a validation gain the learning rate is multiplied by this
             (1: constant) and training goes on from the best state so far.
         seed: seeds model init and batch order.
@@ -83,6 +87,8 @@ class TrainConfig:
     embedding_decay: float = 0.0
     id_dropout: float = 0.0
     lr_decay: float = 1.0
+    distill_from: str = ""
+    distill_weight: float = 1.0
     seed: int = 42
     eval_batch_size: int = 32768
     progress: bool = True
@@ -135,9 +141,13 @@ class _TrainStep(nn.Module):
         self.model, self.l2, self.world = model, l2, world
         self.regularizer = regularizer or model.regularizer
 
-    def forward(self, feats: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, feats: dict[str, Any], labels: torch.Tensor, soft: torch.Tensor | None = None, soft_weight: float = 0.0
+    ) -> torch.Tensor:
         logits, aux = self.model.forward_train(feats)
         loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
+        if soft is not None:  # distillation: the teacher's probabilities as soft labels
+            loss = loss + soft_weight * F.binary_cross_entropy_with_logits(logits, soft, reduction="sum")
         if aux:
             loss = loss + auxiliary_loss(self.model, aux, labels)
         if self.l2:  # the regulariser is not split across ranks: each adds 1/world of it
@@ -156,6 +166,21 @@ def _optimizer(cfg: TrainConfig, model: nn.Module, sparse: SparseEmbeddings | No
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+
+
+def _teacher_probabilities(cfg: TrainConfig, dataset: Dataset) -> np.ndarray | None:
+    """The distillation teacher's calibrated pCTR of every training row, or None without a teacher."""
+    if not cfg.distill_from:
+        return None
+    from models.artifact import load_artifact
+
+    bundle = load_artifact(Path(cfg.distill_from))
+    if bundle.schema.features != dataset.schema.features:
+        missing = sorted({f.name for f in bundle.schema.features} - {f.name for f in dataset.schema.features})
+        if missing:
+            raise ValueError(f"distill_from {cfg.distill_from}: the teacher reads fields the data lacks: {missing}")
+    logits = predict_logits(bundle.model, dataset.train, cfg.eval_batch_size)
+    return bundle.calibrator.probabilities(logits).astype(np.float32)
 
 
 def _scale_lr(optimizer: Any, factor: float) -> None:
@@ -265,6 +290,7 @@ def train(
 
         step = DistributedDataParallel(step, find_unused_parameters=True)
     optimizer = _optimizer(cfg, model, sparse)
+    teacher = _teacher_probabilities(cfg, dataset)
     dropper = torch.Generator(device=ddp.device).manual_seed(cfg.seed + ddp.rank)
     best_auc, best_state, best_epoch, bad = -1.0, copy.deepcopy(model.state_dict()), 0, 0
     history: list[dict[str, float]] = []
@@ -287,7 +313,10 @@ def train(
             feats, labels = dataset.train.batch(shard(rows, ddp.rank, ddp.world), ddp.device)
             if cfg.id_dropout > 0:
                 feats = drop_ids(feats, dataset.schema, cfg.id_dropout, dropper)
-            loss = step(feats, labels)
+            soft = None
+            if teacher is not None:
+                soft = torch.from_numpy(teacher[shard(rows, ddp.rank, ddp.world)]).to(ddp.device)
+            loss = step(feats, labels, soft, cfg.distill_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

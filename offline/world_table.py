@@ -3,11 +3,15 @@
     prerank worlds --out results/worlds
 
 For each structure a world is generated once into `RUNS/<structure>/data/` (world seed 0), then
-each (structure, model, seed) trains with the CLI defaults (what `prerank train` gives a new user)
-into `RUNS/<structure>/<model>-s<seed>.json` (metrics with seeds, data sha256, code version and
-per-epoch history); runs already there are reused, so an interrupted table resumes. The report
+each (structure, model, seed) trains with the CLI defaults (what `prerank train` gives a new user,
+the calibrator included) into the artifact `RUNS/<structure>/<model>-s<seed>/` (metrics.json with
+seeds, data sha256, code version and per-epoch history); runs already there are reused, so an
+interrupted table resumes. Then `offline.evaluate` scores each seed's artifacts on the test rows
+(calibrated LogLoss, ECE, GAUC) and on simulated candidate sets scored by the world's true click
+probability (revenue@10 against the oracle order; consistency: the share of the DCN reference's
+top 10 kept in a model's top 100), into `RUNS/<structure>/evaluate-s<seed>.json`. The report
 (`OUT/worlds.md`, `worlds.json`, `worlds.png`) gives each model's test AUC (mean ± std over seeds),
-LogLoss, and its gaps to the attainable and the Bayes AUC of the same test rows.
+its gaps to the attainable and the Bayes AUC of the same test rows, and those business metrics.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +56,22 @@ def _train_one(schema: str, model: str, seed: int, out: str, train_overrides: di
     from offline.train import TrainConfig, train
 
     dataset = load_dataset(schema)
-    overrides = dict(train_overrides)
+    overrides = {"calibration": "auto", **train_overrides}  # the CLI's default
     model_config = overrides.pop("model_config", {})
     cfg = TrainConfig(seed=seed, progress=False, **overrides)
-    metrics = train(dataset, model, model_config, cfg).metrics
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    return metrics
+    return train(dataset, model, model_config, cfg, Path(out)).metrics
+
+
+def _evaluate_one(schema: str, artifacts: dict[str, str], out: str, seed: int) -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from offline.data import load_dataset
+    from offline.evaluate import evaluate_artifacts
+
+    dataset = load_dataset(schema)
+    reference = "dcn" if "dcn" in artifacts else None
+    paths = {k: Path(v) for k, v in artifacts.items()}
+    result = evaluate_artifacts(paths, dataset, reference, n_users=300, n_candidates=1000, k=10, big_k=100, seed=seed)
+    Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 def run_worlds(
@@ -87,8 +99,8 @@ def run_worlds(
             if tuned is not None and (tuned / f"{structure}-{model}.json").exists():
                 overrides = json.loads((tuned / f"{structure}-{model}.json").read_text())
             for seed in seeds:
-                out = runs / structure / f"{model}-s{seed}.json"
-                if not out.exists():
+                out = runs / structure / f"{model}-s{seed}"
+                if not (out / "metrics.json").exists():
                     todo.append((str(data / f"{structure}.toml"), model, seed, str(out), overrides))
     log.info("%d runs to train", len(todo))
     started = time.perf_counter()
@@ -97,6 +109,16 @@ def run_worlds(
         for job, future in zip(todo, futures, strict=True):
             m = future.result()
             log.info("%s: test AUC %.4f (%.0fs elapsed)", job[3], m["test_auc"], time.perf_counter() - started)
+        evaluations: list[Future[None]] = []
+        for structure in structures:
+            schema = str(runs / structure / "data" / f"{structure}.toml")
+            for seed in seeds:
+                out = runs / structure / f"evaluate-s{seed}.json"
+                artifacts = {m: str(runs / structure / f"{m}-s{seed}") for m in models}
+                if not out.exists() or set(json.loads(out.read_text())["rows"]) != set(artifacts):
+                    evaluations.append(pool.submit(_evaluate_one, schema, artifacts, str(out), seed))
+        for done in evaluations:
+            done.result()
 
 
 def worlds_summary(runs: Path) -> list[dict[str, Any]]:
@@ -106,13 +128,23 @@ def worlds_summary(runs: Path) -> list[dict[str, Any]]:
         ref = json.loads(data.read_text())
         structure = ref["structure"]
         groups: dict[str, list[dict[str, Any]]] = {}
-        for path in sorted((runs / structure).glob("*-s*.json")):
+        for path in sorted((runs / structure).glob("*-s*/metrics.json")):
             m = json.loads(path.read_text())
             groups.setdefault(m["model"], []).append(m)
+        evaluated: dict[str, list[dict[str, Any]]] = {}
+        for path in sorted((runs / structure).glob("evaluate-s*.json")):
+            for model, row in json.loads(path.read_text())["rows"].items():
+                evaluated.setdefault(model, []).append(row)
         for model in [m for m in MODELS if m in groups]:
             ms = groups[model]
             aucs = [m["test_auc"] for m in ms]
             mean = statistics.mean(aucs)
+            business = evaluated.get(model, [])
+
+            def avg(key: str, business: list[dict[str, Any]] = business) -> float | None:
+                values = [b[key] for b in business if b.get(key) is not None]
+                return statistics.mean(values) if values else None
+
             rows.append(
                 {
                     "structure": structure,
@@ -121,6 +153,11 @@ def worlds_summary(runs: Path) -> list[dict[str, Any]]:
                     "auc_mean": mean,
                     "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
                     "logloss_mean": statistics.mean(m["test_logloss"] for m in ms),
+                    "calibrated_logloss": avg("logloss"),
+                    "ece": avg("ece"),
+                    "gauc": avg("gauc"),
+                    "revenue_at_10": avg("revenue_at_k"),
+                    "consistency": avg("consistency"),
                     "attainable_auc": ref["attainable"]["auc"],
                     "bayes_auc": ref["bayes"]["auc"],
                     "bayes_logloss": ref["bayes"]["logloss"],
@@ -147,22 +184,24 @@ def worlds_report(runs: Path, out: Path) -> Path:
     """Writes OUT/worlds.md (the table between markers), worlds.json, worlds.png and copies of the runs."""
     out.mkdir(parents=True, exist_ok=True)
     rows = worlds_summary(runs)
-    for path in sorted(runs.glob("*/*-s*.json")) + sorted(runs.glob("*/data/reference.json")):
-        target = out / "runs" / path.parent.name / path.name if path.parent.name != "data" else None
-        if target is None:
-            target = out / "runs" / path.parent.parent.name / "reference.json"
+    copies = [(p, f"{p.parent.parent.name}/reference.json") for p in sorted(runs.glob("*/data/reference.json"))]
+    copies += [(p, f"{p.parent.parent.name}/{p.parent.name}.json") for p in sorted(runs.glob("*/*-s*/metrics.json"))]
+    copies += [(p, f"{p.parent.name}/{p.name}") for p in sorted(runs.glob("*/evaluate-s*.json"))]
+    for path, name in copies:
+        target = out / "runs" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(path.read_text())
     lines = [
-        "| world | Bayes AUC | attainable AUC | model | seeds | test AUC mean ± std | LogLoss | gap to attainable "
-        "| gap to Bayes | best epochs | s/epoch |",
-        "|" + "---|" * 11,
+        "| world | Bayes AUC | attainable AUC | model | seeds | test AUC mean ± std | gap to attainable | gap to Bayes "
+        "| LogLoss (calibrated) | ECE | GAUC | revenue@10 | consistency | best epochs | s/epoch |",
+        "|" + "---|" * 15,
     ]
     for r in rows:
         lines.append(
             f"| {r['structure']} | {r['bayes_auc']:.4f} | {r['attainable_auc']:.4f} | {r['model']} | "
-            f"{len(r['seeds'])} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['logloss_mean']:.4f} | "
-            f"{r['gap_to_attainable']:+.4f} | {r['gap_to_bayes']:+.4f} | {r['best_epochs']} | "
+            f"{len(r['seeds'])} | {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['gap_to_attainable']:+.4f} | "
+            f"{r['gap_to_bayes']:+.4f} | {_fmt(r['calibrated_logloss'])} | {_fmt(r['ece'])} | {_fmt(r['gauc'])} | "
+            f"{_fmt(r['revenue_at_10'])} | {_fmt(r['consistency'])} | {r['best_epochs']} | "
             f"{r['seconds_per_epoch']:.1f} |"
         )
     worlds = {r["structure"]: r for r in rows}
@@ -180,6 +219,10 @@ def worlds_report(runs: Path, out: Path) -> Path:
     )
     _plot(rows, out / "worlds.png")
     return out / "worlds.md"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -200,7 +243,3 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def describe_size(size: dict[str, int]) -> str:
-    return json.dumps({**asdict(WorldConfig()), **size})

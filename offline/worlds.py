@@ -49,7 +49,7 @@ from offline.data.dataset import files_sha256
 from offline.data.tabular import split_rows
 from offline.metrics import auc, logloss
 
-__all__ = ["STRUCTURES", "WorldConfig", "fit_attainable", "generate_world", "world_logits"]
+__all__ = ["STRUCTURES", "WorldConfig", "attach_oracle", "fit_attainable", "generate_world", "world_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,35 @@ def _build(config: WorldConfig) -> _World:
 
 def world_logits(model: _ClickModel, batch: dict[str, torch.Tensor], rows: np.ndarray) -> torch.Tensor:
     return model({k: v[rows] for k, v in batch.items()})
+
+
+#: Which model inputs belong to the user side (with the row's context and time) and the ad side.
+USER_INPUTS = ("user", "segment", "age", "history", "position", "time")
+AD_INPUTS = ("ad", "category", "advertiser", "price_z")
+
+
+def attach_oracle(dataset: Any, reference: Path) -> None:
+    """Gives a world loaded through its schema its true click probability (`Dataset.oracle`).
+
+    The world is rebuilt from the config in reference.json (generation is deterministic; the data
+    checksum is checked). oracle(user rows, ad rows) pairs the user side of each user-table row's
+    source log row (its fields, context and time) with the ad side of each ad-table row's.
+    """
+    ref = json.loads(Path(reference).read_text())
+    if dataset.user_source_rows is None or dataset.ad_source_rows is None:
+        raise ValueError("the dataset does not record its source rows")
+    if dataset.checksum != ref["data_sha256"]:
+        raise ValueError(f"{reference}: data sha256 differs from the log's (regenerate the world)")
+    world = _build(WorldConfig(**ref["config"]))
+    user_src, ad_src = dataset.user_source_rows, dataset.ad_source_rows
+
+    def oracle(user_rows: np.ndarray, ad_rows: np.ndarray) -> np.ndarray:
+        u, a = torch.from_numpy(user_src[user_rows]), torch.from_numpy(ad_src[ad_rows])
+        batch = {k: world.batch[k][u] for k in USER_INPUTS} | {k: world.batch[k][a] for k in AD_INPUTS}
+        with torch.no_grad():
+            return torch.sigmoid(world.truth(batch)).double().numpy()
+
+    dataset.oracle = oracle
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
         "--id-dropout", type=float, default=0.0, help="replace each training id by OOV with this probability"
     )
     p.add_argument(
+        "--distill-from",
+        type=Path,
+        help="a ranking artifact (e.g. DCN) whose pCTR of each training row is a soft label beside the click",
+    )
+    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the soft labels (default: 1)")
+    p.add_argument(
         "--lr-decay", type=float, default=1.0, help="on an epoch without a gain: lr *= this, resume from the best state"
     )
     p.add_argument("--seed", type=int, default=42, help="model init and batch-order seed")
@@ -101,6 +107,8 @@ def _train_settings(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, 
         "embedding_decay": args.embedding_decay,
         "id_dropout": args.id_dropout,
         "lr_decay": args.lr_decay,
+        "distill_from": str(args.distill_from) if args.distill_from else "",
+        "distill_weight": args.distill_weight,
     }
     given = {a.split("=")[0].removeprefix("--").replace("-", "_") for a in argv if a.startswith("--")}
     return {**flags, **{k: v for k, v in args.train_config.items() if k not in given}}
@@ -115,6 +123,8 @@ def _run(args: argparse.Namespace) -> None:
         raise UsageError(f"--id-dropout must be in [0, 1), got {args.id_dropout}")
     if not 0.0 < args.lr_decay <= 1.0 or args.embedding_decay < 0 or args.l2 < 0:
         raise UsageError("--lr-decay must be in (0, 1]; --embedding-decay and --l2 must be >= 0")
+    if args.distill_from is not None and not (args.distill_from / "meta.json").exists():
+        raise UsageError(f"--distill-from {args.distill_from}: not an artifact directory")
     if args.baseline is not None and not args.baseline.exists():
         raise UsageError(f"--baseline {args.baseline}: no such file or directory")
     if args.device.startswith("cuda"):

@@ -31,7 +31,13 @@ def load_dataset(name: str, protocol: str = "paper", data_dir: Path | str | None
     its data files are (default: beside the schema file) and `seed` seeds the split.
     """
     if name.endswith(SCHEMA_SUFFIXES):
-        return load_tabular(Path(name), Path(data_dir) if data_dir is not None else None, seed)
+        dataset = load_tabular(Path(name), Path(data_dir) if data_dir is not None else None, seed)
+        reference = Path(name).parent / "reference.json"
+        if reference.exists() and dataset.name.startswith("world-"):  # a generated world: its true CTR
+            from offline.worlds import attach_oracle
+
+            attach_oracle(dataset, reference)
+        return dataset
     if name == "synthetic":
         return make_synthetic()
     if name.startswith("synthetic:"):  # synthetic:N -> N ads (serving benchmarks need a large corpus)

@@ -67,6 +67,9 @@ class Dataset:
     #: The true click probability of (user row, ad row) pairs, where the data was generated with a
     #: known one (synthetic worlds); None for logged data.
     oracle: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    #: For schema-file data: the log row each user-table / ad-table row was taken from.
+    user_source_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
+    ad_source_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def without(self, names: Iterable[str]) -> Dataset:
         """The same data with the named fields left out of the schema (for feature ablations)."""

@@ -415,6 +415,8 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
         ads=ads,
         ad_bids=bids,
         checksum=files_sha256(spec.files),
+        user_source_rows=user_rep,
+        ad_source_rows=ad_rep,
         info={
             "schema_file": Path(schema_file).name,
             "schema_sha256": spec_digest,

@@ -270,3 +270,20 @@ def test_every_model_trains_with_every_schema_feature(tmp_path: Path) -> None:
     for model in sorted(MODELS):
         result = train(ds, model, {}, TrainConfig(epochs=1, batch_size=128, progress=False))
         assert np.isfinite(result.metrics["test_logloss"]), model
+
+
+def test_the_readme_documents_every_schema_key_with_an_example_that_validates(tmp_path: Path) -> None:
+    from offline.data.tabular import ColumnSpec, TableSpec, read_table_spec
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Your own data: a schema file") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```", section.index("```toml\n") + 8)]
+    (tmp_path / "example.toml").write_text(example)
+    spec = read_table_spec(tmp_path / "example.toml")
+    assert spec.files == (tmp_path / "impressions.parquet",) and len(spec.features) == 8
+    table = section[: section.index("### Data protocols")]
+    for key in ColumnSpec.model_fields:
+        assert f"| `{key}` |" in table, key
+    for key in set(TableSpec.model_fields) - {"features"}:
+        assert f"{key} =" in example, key
+    assert "[[features]]" in example

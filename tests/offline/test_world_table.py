@@ -1,0 +1,34 @@
+"""`prerank worlds` on a tiny size: worlds, runs, evaluation and the report, from one command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prerank.cli import main
+
+
+def test_the_worlds_table_from_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    args = ["worlds", "--runs", str(runs), "--out", str(out), "--structures", "cross", "--models", "dssm", "dcn"]
+    size = ["--users", "300", "--ads", "100", "--rows", "12000", "--seeds", "1", "2"]
+    assert main([*args, *size]) == 0
+    table = (out / "worlds.md").read_text()
+    report = json.loads((out / "worlds.json").read_text())
+    rows = {r["model"]: r for r in report["rows"]}
+    assert set(rows) == {"dssm", "dcn"} and all(r["seeds"] == [1, 2] for r in rows.values())
+    ref = json.loads((runs / "cross" / "data" / "reference.json").read_text())
+    for r in rows.values():
+        assert r["bayes_auc"] == ref["bayes"]["auc"] and r["attainable_auc"] == ref["attainable"]["auc"]
+        assert r["gap_to_attainable"] == pytest.approx(r["auc_mean"] - ref["attainable"]["auc"])
+        assert 0 <= r["ece"] < 0.2 and 0 < r["revenue_at_10"] <= 1 and r["gauc"] is not None
+    assert rows["dcn"]["consistency"] == pytest.approx(1.0)  # the reference keeps its own top 10
+    assert "| cross |" in table and "revenue@10" in table and (out / "worlds.png").stat().st_size > 10_000
+    assert len(list((out / "runs" / "cross").glob("*.json"))) == 1 + 4 + 2  # reference, runs, evaluations
+    # a second call trains nothing and rebuilds the same table
+    mtime = (runs / "cross" / "dcn-s1" / "metrics.json").stat().st_mtime
+    assert main([*args, *size]) == 0
+    assert (runs / "cross" / "dcn-s1" / "metrics.json").stat().st_mtime == mtime
+    capsys.readouterr()

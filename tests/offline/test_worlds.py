@@ -1,0 +1,181 @@
+"""Generated worlds (known click probability, Bayes and attainable AUC) and `prerank tune`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from offline.data import load_dataset
+from offline.train import TrainConfig, train
+from offline.worlds import STRUCTURES, WorldConfig, generate_world
+from prerank import generate
+from prerank.cli import main
+
+TINY = {"users": 300, "ads": 100, "rows": 12000}
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    root = tmp_path_factory.mktemp("worlds")
+    return {s: (root / s, generate_world(WorldConfig(structure=s, **TINY), root / s)) for s in STRUCTURES}
+
+
+def test_the_cli_lists_the_generators_structures() -> None:
+    assert generate.STRUCTURES == STRUCTURES
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_a_world_loads_through_its_schema_with_the_split_its_reference_was_computed_on(
+    worlds: dict[str, tuple[Path, dict]], structure: str
+) -> None:
+    folder, ref = worlds[structure]
+    ds = load_dataset(str(folder / f"{structure}.toml"))
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == tuple(ref["rows"].values()) == (8400, 1200, 2400)
+    frame = pd.read_parquet(folder / "impressions.parquet")
+    # the test rows are the latest 20% of the log, the rows the reference numbers are computed on
+    np.testing.assert_array_equal(ds.test.labels, frame["click"].to_numpy()[-2400:])
+    assert ref["positive_rate"]["test"] == pytest.approx(float(ds.test.labels.mean()))
+    specs = {f.name: f for f in ds.schema.features}
+    assert specs["history"].vocab == specs["category"].vocab == "category"  # shared, as the schema says
+    # the reference: no learner beats the true probabilities; the oracle-structure learner is
+    # between chance and Bayes; and the numbers are real (recomputed here from the file)
+    bayes, attainable = ref["bayes"], ref["attainable"]
+    assert 0.5 < attainable["auc"] <= bayes["auc"] + 0.01 and bayes["auc"] > 0.7
+    assert attainable["logloss"] >= bayes["logloss"] - 0.01
+    assert ref["data_sha256"] and ref["config"]["structure"] == structure and ref["code_version"]
+
+
+def test_the_same_config_writes_the_same_bytes(tmp_path: Path, worlds: dict[str, tuple[Path, dict]]) -> None:
+    ref = generate_world(WorldConfig(structure="cross", **TINY), tmp_path / "again")
+    assert ref["data_sha256"] == worlds["cross"][1]["data_sha256"]
+    other = generate_world(WorldConfig(structure="cross", **TINY, seed=1), tmp_path / "other")
+    assert other["data_sha256"] != ref["data_sha256"]
+
+
+def test_the_bayes_auc_is_the_auc_of_the_true_probabilities(tmp_path: Path) -> None:
+    """A learner-free check: the log's labels are Bernoulli draws of the recorded probabilities."""
+    from offline.metrics import auc
+    from offline.worlds import _build
+
+    world = _build(WorldConfig(structure="sequence", **TINY))
+    labels = world.frame["click"].to_numpy()
+    assert abs(labels.mean() - world.probability.mean()) < 0.02  # clicks follow the probabilities
+    ref = generate_world(WorldConfig(structure="sequence", **TINY), tmp_path / "s")
+    assert ref["bayes"]["auc"] == pytest.approx(auc(labels[-2400:], world.probability[-2400:]))
+    shuffled = np.random.default_rng(0).permutation(world.probability[-2400:])
+    assert auc(labels[-2400:], shuffled) < ref["bayes"]["auc"] - 0.1
+
+
+def test_a_model_learns_a_world_between_chance_and_bayes(worlds: dict[str, tuple[Path, dict]]) -> None:
+    folder, ref = worlds["cross"]
+    ds = load_dataset(str(folder / "cross.toml"))
+    m = train(ds, "dcn", {}, TrainConfig(epochs=5, batch_size=256, progress=False)).metrics
+    assert 0.6 < m["test_auc"] < ref["bayes"]["auc"]
+
+
+def test_generate_cli_writes_a_world_and_bad_sizes_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["generate", "--structure", "maxsim", "--users", "300", "--ads", "80", "--rows", "3000", "--format", "csv"]
+    assert main([*args, "--out", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "Bayes AUC" in out and (tmp_path / "w" / "impressions.csv").exists()
+    assert json.loads((tmp_path / "w" / "reference.json").read_text())["config"]["users"] == 300
+    assert main(["generate", "--rows", "5", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "at least" in err and len(err.splitlines()) == 1
+
+
+def test_tune_improves_a_deliberately_bad_config_and_resumes(
+    tmp_path: Path, worlds: dict[str, tuple[Path, dict]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = worlds["cross"]
+    schema = str(folder / "cross.toml")
+    ds = load_dataset(schema)
+    bad = {"lr": 1e-6, "batch_size": 2048}  # barely moves in 3 epochs
+    bad_auc = train(ds, "dcn", {}, TrainConfig(epochs=3, progress=False, **bad)).metrics["valid_auc"]
+    study = tmp_path / "study"
+    args = ["tune", "--dataset", schema, "--model", "dcn", "--out", str(study), "--epochs", "3", "--seed", "0"]
+    assert main([*args, "--trials", "4", "--base", json.dumps({"train": bad})]) == 0
+    summary = json.loads((study / "tune.json").read_text())
+    assert summary["best"]["valid_auc"] > bad_auc + 0.03
+    assert len(summary["trials"]) == 4
+    tuned = json.loads((study / "train_config.json").read_text())
+    assert tuned["lr"] != bad["lr"] and (study / "model_config.json").exists() and (study / "tune.md").exists()
+    # the written configs train as they are
+    out = tmp_path / "art"
+    cmd = ["train", "--dataset", schema, "--model", "dcn", "--out", str(out), "--no-progress", "--epochs", "3"]
+    assert (
+        main(
+            [
+                *cmd,
+                "--model-config",
+                str(study / "model_config.json"),
+                "--train-config",
+                str(study / "train_config.json"),
+            ]
+        )
+        == 0
+    )
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["train_config"]["lr"] == tuned["lr"] and trained["train_config"]["epochs"] == 3
+    # resuming: the same study, one more trial
+    assert main([*args, "--trials", "5"]) == 0
+    assert len(json.loads((study / "tune.json").read_text())["trials"]) == 5
+    capsys.readouterr()
+
+
+def test_a_loaded_world_carries_its_true_click_probability(worlds: dict[str, tuple[Path, dict]]) -> None:
+    from offline.worlds import _build
+
+    folder, ref = worlds["cross"]
+    ds = load_dataset(str(folder / "cross.toml"))
+    assert ds.oracle is not None
+    truth = _build(WorldConfig(structure="cross", **TINY)).probability[-2400:]
+    # cross has no time term, so pairing each test row's user and ad gives that row's probability
+    np.testing.assert_allclose(ds.oracle(ds.test.user_rows, ds.test.ad_rows), truth, rtol=1e-9)
+    assert ref["bayes"]["auc"] > 0.7
+
+
+def test_evaluate_reports_revenue_and_consistency_on_a_world(
+    tmp_path: Path, worlds: dict[str, tuple[Path, dict]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, ref = worlds["maxsim"]
+    schema = str(folder / "maxsim.toml")
+    for model in ("hit", "dcn"):
+        cmd = ["train", "--dataset", schema, "--model", model, "--out", str(tmp_path / model), "--epochs", "2"]
+        assert main([*cmd, "--no-progress", "--batch-size", "256"]) == 0
+    out = tmp_path / "eval"
+    args = ["evaluate", f"hit={tmp_path / 'hit'}", f"dcn={tmp_path / 'dcn'}", "--dataset", schema]
+    assert main([*args, "--reference", "dcn", "--users", "40", "--candidates", "80", "--out", str(out)]) == 0
+    result = json.loads((out / "evaluate.json").read_text())
+    assert result["bayes_auc"] == pytest.approx(ref["bayes"]["auc"])
+    hit = result["rows"]["hit"]
+    assert 0 < hit["revenue_at_k"] <= 1 and 0 <= hit["consistency"] <= 1
+    assert result["rows"]["dcn"]["consistency"] == pytest.approx(1.0)
+    capsys.readouterr()
+
+
+def test_distillation_from_the_ranking_reference_pulls_the_student_towards_it(
+    tmp_path: Path, worlds: dict[str, tuple[Path, dict]]
+) -> None:
+    from models.artifact import load_artifact
+    from offline.train import predict
+
+    folder, _ = worlds["cross"]
+    ds = load_dataset(str(folder / "cross.toml"))
+    cfg = {"epochs": 3, "batch_size": 256, "progress": False, "calibration": "none"}
+    train(ds, "dcn", {}, TrainConfig(**cfg), tmp_path / "dcn")
+    teacher = predict(load_artifact(tmp_path / "dcn").model, ds.test)
+    plain = train(ds, "hit", {}, TrainConfig(**cfg))
+    student = train(ds, "hit", {}, TrainConfig(**cfg, distill_from=str(tmp_path / "dcn"), distill_weight=3.0))
+    gap = {
+        name: float(np.abs(predict(r.model, ds.test) - teacher).mean())
+        for name, r in (("plain", plain), ("distilled", student))
+    }
+    assert gap["distilled"] < 0.8 * gap["plain"], gap
+    assert student.metrics["train_config"]["distill_from"] == str(tmp_path / "dcn")
