@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_tune_improves_a_deliberately_bad_config_and_resumes(
     schema = str(folder / "cross.toml")
     ds = load_dataset(schema)
     bad = {"lr": 1e-6, "batch_size": 2048}  # barely moves in 3 epochs
-    bad_auc = train(ds, "dcn", {}, TrainConfig(epochs=3, progress=False, **bad)).metrics["valid_auc"]
+    bad_auc = train(ds, "dcn", {}, TrainConfig(epochs=3, progress=False, lr=1e-6, batch_size=2048)).metrics["valid_auc"]
     study = tmp_path / "study"
     args = ["tune", "--dataset", schema, "--model", "dcn", "--out", str(study), "--epochs", "3", "--seed", "0"]
     assert main([*args, "--trials", "4", "--base", json.dumps({"train": bad})]) == 0
@@ -168,11 +169,11 @@ def test_distillation_from_the_ranking_reference_pulls_the_student_towards_it(
 
     folder, _ = worlds["cross"]
     ds = load_dataset(str(folder / "cross.toml"))
-    cfg = {"epochs": 3, "batch_size": 256, "progress": False, "calibration": "none"}
-    train(ds, "dcn", {}, TrainConfig(**cfg), tmp_path / "dcn")
+    cfg = TrainConfig(epochs=3, batch_size=256, progress=False, calibration="none")
+    train(ds, "dcn", {}, cfg, tmp_path / "dcn")
     teacher = predict(load_artifact(tmp_path / "dcn").model, ds.test)
-    plain = train(ds, "hit", {}, TrainConfig(**cfg))
-    student = train(ds, "hit", {}, TrainConfig(**cfg, distill_from=str(tmp_path / "dcn"), distill_weight=3.0))
+    plain = train(ds, "hit", {}, cfg)
+    student = train(ds, "hit", {}, dataclasses.replace(cfg, distill_from=str(tmp_path / "dcn"), distill_weight=3.0))
     gap = {
         name: float(np.abs(predict(r.model, ds.test) - teacher).mean())
         for name, r in (("plain", plain), ("distilled", student))
