@@ -21,6 +21,7 @@ __all__ = [
     "add_data_args",
     "add_threads_arg",
     "job_parser",
+    "json_arg",
     "json_object",
     "run_job",
     "usable_cpus",
@@ -99,15 +100,13 @@ def add_data_args(parser: argparse.ArgumentParser, default_dataset: str = "synth
     parser.add_argument("--split-seed", type=int, default=1023, help="seed of the 80/20 split (reference: 1023)")
 
 
-def json_object(text: str) -> dict[str, object]:
-    """argparse type: a JSON object, given inline or as the path of a .json file holding one."""
+def json_object(text: str) -> dict[str, object] | Path:
+    """argparse type: a JSON object given inline, or the path of a .json file (read by `json_arg`
+    when the job runs, so a missing file is a one-line job error and `--help` never reads files)."""
     import json
 
     if text.endswith(".json") and not text.lstrip().startswith("{"):
-        try:
-            text = Path(text).read_text()
-        except OSError as exc:
-            raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror}") from None
+        return Path(text)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -115,6 +114,23 @@ def json_object(text: str) -> dict[str, object]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
+
+
+def json_arg(value: dict[str, object] | Path, flag: str) -> dict[str, object]:
+    """The object of a `json_object` argument, reading the file it names."""
+    import json
+
+    if isinstance(value, dict):
+        return value
+    try:
+        data = json.loads(value.read_text())
+    except OSError as exc:
+        raise UsageError(f"{flag} {value}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} {value}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{flag} {value}: must hold a JSON object")
+    return data
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from models.registry import MODELS, config_from_dict
 from offline.train import OPTIMIZERS
-from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_object, run_job
+from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_arg, json_object, run_job
 
 __all__ = ["main", "parser"]
 
@@ -115,6 +115,8 @@ def _train_settings(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, 
 
 
 def _run(args: argparse.Namespace) -> None:
+    args.model_config = json_arg(args.model_config, "--model-config")
+    args.train_config = json_arg(args.train_config, "--train-config")
     # Cheap checks first: a typo in the config or a missing baseline fails before any data loads.
     config_from_dict(args.model, dict(args.model_config))
     if not 0.0 < args.negative_rate <= 1.0:

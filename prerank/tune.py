@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.registry import MODELS
-from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_object, run_job
+from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_arg, json_object, run_job
 
 __all__ = ["main", "parser"]
 
@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
+    args.base = json_arg(args.base, "--base")
     if args.trials < 1 or args.epochs < 1:
         raise UsageError("--trials and --epochs must be >= 1")
     unknown = sorted(set(args.base) - {"train", "model_config"})
