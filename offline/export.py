@@ -72,9 +72,16 @@ def _check_schema(bundle: Bundle, dataset: Dataset) -> None:
 
 
 def export(
-    artifact: Path, dataset: Dataset, store_url: str, dtype: str = "float32", keep: int = KEEP_VERSIONS
+    artifact: Path,
+    dataset: Dataset,
+    store_url: str,
+    dtype: str = "float32",
+    keep: int = KEEP_VERSIONS,
+    blobs: str | None = None,
 ) -> dict[str, Any]:
     """Encodes every ad with the artifact's model and publishes a new index version.
+
+    `blobs`: an fsspec URL where a redis:// store's version files go (Redis keeps the manifest).
 
     Returns:
         The published manifest.
@@ -103,7 +110,7 @@ def export(
         "ad_hashes": dataset.ads.select(bundle.schema.ad_fields).row_hashes(),
         "ad_sparse": dataset.ads.select(bundle.schema.ad_fields).sparse,
     }
-    publisher = open_publisher(store_url, keep)
+    publisher = open_publisher(store_url, keep, blobs)
     staged = publisher.staging_dir()
     try:
         shutil.copytree(artifact, staged / MODEL_SUBDIR)

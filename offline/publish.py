@@ -49,11 +49,15 @@ class Publisher(Protocol):
     def rollback(self, version: str) -> None: ...
 
 
-def open_publisher(url: str, keep: int = KEEP_VERSIONS) -> Publisher:
+def open_publisher(url: str, keep: int = KEEP_VERSIONS, blobs: str | None = None) -> Publisher:
+    """The publisher of a store URL; `blobs` (redis:// stores only) is an fsspec URL (a local
+    directory, file://, s3://, gs://, ...) that receives the version files instead of Redis."""
     scheme, location = parse_store_url(url)
     if scheme == "local":
+        if blobs:
+            raise ValueError("a blob store goes with a redis:// store (a local: store is already files)")
         return LocalPublisher(Path(location), keep)
-    return RedisPublisher(location, keep)
+    return RedisPublisher(location, keep, blobs=blobs)
 
 
 def _verify_staged(staged: Path) -> None:
@@ -147,19 +151,48 @@ return n
 """
 
 
+def _sha256(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def _files(staged: Path) -> list[str]:
     return sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file() and p.name != "manifest.json")
 
 
 class RedisPublisher:
-    """A Redis store: each file of a version in binary chunks, a manifest, a `current` key."""
+    """A Redis store: each file of a version in binary chunks, a manifest, a `current` key.
 
-    def __init__(self, url: str, keep: int = KEEP_VERSIONS, prefix: str | None = None) -> None:
+    With `blobs` (an fsspec URL), the files go to `<blobs>/<prefix>/<version>/<path>` in that file
+    or object store instead, and Redis keeps only the manifest (sizes, sha256 and each file's URL),
+    the pointer and the events: Redis memory per version is the manifest's few kilobytes, whatever
+    the corpus size. Each manifest records `redis_bytes`, what the version stores in Redis.
+    """
+
+    def __init__(
+        self, url: str, keep: int = KEEP_VERSIONS, prefix: str | None = None, blobs: str | None = None
+    ) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url, socket_timeout=30)
         self.keys = RedisKeys(prefix) if prefix else RedisKeys()
         self.keep = keep
+        self.blobs = blobs.rstrip("/") if blobs else None
+
+    def _blob_root(self, version: str) -> str:
+        assert self.blobs is not None
+        return f"{self.blobs}/{self.keys.prefix}/{version}"
+
+    def _blob_fs(self) -> Any:
+        import fsspec
+
+        assert self.blobs is not None
+        fs, _ = fsspec.core.url_to_fs(self.blobs)
+        return fs
 
     def staging_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="prerank-stage-")) / "version"
@@ -175,9 +208,21 @@ class RedisPublisher:
         version = f"v{int(number):06d}"
         manifest["version"] = version
         written: list[str] = []
+        blobs_written = False
         try:
             files = []
+            redis_bytes = 0
             for rel in _files(staged):
+                if self.blobs is not None:
+                    digest, size = _sha256(staged / rel)
+                    url = f"{self._blob_root(version)}/{rel}"
+                    blobs_written = True
+                    fs = self._blob_fs()
+                    target = fs._strip_protocol(url)
+                    fs.makedirs(fs._parent(target), exist_ok=True)
+                    fs.put_file(str(staged / rel), target)
+                    files.append({"path": rel, "size": size, "sha256": digest, "blob": url})
+                    continue
                 data = (staged / rel).read_bytes()
                 chunks = [data[i : i + REDIS_CHUNK_BYTES] for i in range(0, len(data), REDIS_CHUNK_BYTES)] or [b""]
                 pipe = self.client.pipeline(transaction=False)
@@ -186,11 +231,17 @@ class RedisPublisher:
                     pipe.set(key, chunk)
                     written.append(key)
                 pipe.execute()
+                redis_bytes += len(data)
                 files.append(
                     {"path": rel, "size": len(data), "chunks": len(chunks), "sha256": hashlib.sha256(data).hexdigest()}
                 )
             manifest["files"] = files
             manifest["published"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if self.blobs is not None:
+                manifest["blobs"] = self._blob_root(version)
+            manifest["redis_bytes"] = 0
+            text = json.dumps(manifest, sort_keys=True)
+            manifest["redis_bytes"] = redis_bytes + len(text) + 32  # the manifest, its own size field included
             self.client.set(self.keys.manifest(version), json.dumps(manifest, sort_keys=True))
             written.append(self.keys.manifest(version))
             self._verify(version)
@@ -205,6 +256,8 @@ class RedisPublisher:
                     self.client.delete(*written)
                 except Exception:
                     log.warning("could not clean up partial version %s", version)
+            if blobs_written:
+                self._delete_blobs(version)
             raise
         finally:
             shutil.rmtree(staged.parent, ignore_errors=True)
@@ -222,10 +275,24 @@ class RedisPublisher:
         for name in names[: -self.keep] if self.keep > 0 else []:
             if name == current:
                 continue
+            raw = self.client.get(self.keys.manifest(name))
             keys = list(self.client.scan_iter(match=self.keys.version_pattern(name), count=1000))
             if keys:
                 self.client.delete(*keys)
             self.client.zrem(self.keys.versions, name)
+            if raw and json.loads(raw).get("blobs"):
+                self._delete_blobs(name, json.loads(raw)["blobs"])
+
+    def _delete_blobs(self, version: str, root: str | None = None) -> None:
+        import fsspec
+
+        url = root or self._blob_root(version)
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+        except Exception:
+            log.warning("could not delete the blobs of %s at %s", version, url)
 
     def versions(self) -> list[dict[str, Any]]:
         out = []

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from models.artifact import load_artifact
 from models.rows import VECTOR_DTYPES
-from prerank.job import add_data_args, add_threads_arg, job_parser, run_job
+from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, run_job
 from storage import check_store
 
 __all__ = ["main", "parser"]
@@ -20,6 +21,13 @@ def parser() -> argparse.ArgumentParser:
     add_data_args(p)
     p.add_argument("--store", required=True, help="local:DIR or redis://[:password@]host:port/db (rediss:// for TLS)")
     p.add_argument("--keep", type=int, default=5, help="published versions to keep (default: 5)")
+    p.add_argument(
+        "--blobs",
+        default=os.environ.get("PRERANK_BLOB_URL") or None,
+        help="redis:// stores: put the version files in this file or object store (a directory or any fsspec "
+        "URL: file://, s3://, gs://); Redis keeps the manifest, checksums, pointer and events "
+        "(default: $PRERANK_BLOB_URL, else the files go into Redis)",
+    )
     p.add_argument("--dtype", default="float32", choices=VECTOR_DTYPES, help="stored vector type (default: float32)")
     p.add_argument(
         "--delta",
@@ -33,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     check_store(args.store)  # before any data is loaded or any ad encoded
+    if args.blobs and not args.store.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError("--blobs goes with a redis:// store (a local: store already holds files)")
     bundle = load_artifact(args.artifact)  # the artifact is complete and its checksum holds
     if args.delta:
         from offline.delta import check_live_model
@@ -52,8 +62,12 @@ def _run(args: argparse.Namespace) -> None:
         else:
             print(f"published delta {done['seq']} on {done['version']} ({counts}) to {args.store}")
         return
-    manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep)
-    print(f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}")
+    manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep, args.blobs)
+    where = f" (files in {manifest['blobs']})" if manifest.get("blobs") else ""
+    print(
+        f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}{where}; "
+        f"{manifest.get('redis_bytes', 0):,} bytes in Redis"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

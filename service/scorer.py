@@ -156,11 +156,14 @@ class Scorer:
             online = self.online.get(str(user.id))
             if online is not None:
                 event = online.last_event
-                tokens = version.click_tokens(np.asarray(online.clicks, dtype=np.int64))
+                tokens = version.click_tokens(np.asarray(online.clicks, dtype=np.int64))  # most recent last
                 seq = feats[link.user_field]
                 if len(tokens) and isinstance(seq, Jagged):
-                    added = torch.from_numpy(tokens).to(seq.values.device)
-                    feats[link.user_field] = Jagged(torch.cat([seq.values, added]), seq.offsets)
+                    spec = fields[link.user_field]
+                    stored = seq.values.cpu().numpy()
+                    ids = np.concatenate([tokens[::-1], stored] if spec.newest_first else [stored, tokens])
+                    kept = torch.from_numpy(spec.truncate(ids)).to(seq.values.device)
+                    feats[link.user_field] = Jagged(kept, seq.offsets)
         for name, value in encoded.items():
             feats[name] = cast(torch.Tensor | Jagged, value)
         return feats, known, event

@@ -1,4 +1,9 @@
-"""The Redis key scheme of a published store and the chunked download of one version."""
+"""The Redis key scheme of a published store and the download of one version.
+
+A version's files are either binary chunks in Redis, or (published with a blob store) files in
+a file or object store named by an fsspec URL in the manifest; either way the manifest in Redis
+holds each file's size and sha256, checked on every read.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 
 from models.artifact import ArtifactError, write_json
 
-__all__ = ["REDIS_CHUNK_BYTES", "REDIS_PREFIX", "RedisKeys", "fetch_redis_file", "fetch_redis_version"]
+__all__ = ["REDIS_CHUNK_BYTES", "REDIS_PREFIX", "RedisKeys", "fetch_redis_file", "fetch_redis_version", "read_blob"]
 
 REDIS_PREFIX = "prerank"
 REDIS_CHUNK_BYTES = 4 * 1024 * 1024
@@ -67,14 +72,29 @@ def _manifest(get_many: Callable[[list[str]], list[bytes | None]], keys: RedisKe
     return manifest
 
 
+def read_blob(url: str) -> bytes:
+    """The bytes of a version file in a file or object store (any fsspec URL)."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as fh:
+            data: bytes = fh.read()
+    except FileNotFoundError:
+        raise ArtifactError(f"blob {url} is missing from the object store") from None
+    return data
+
+
 def _file(
     get_many: Callable[[list[str]], list[bytes | None]], keys: RedisKeys, version: str, entry: dict[str, Any]
 ) -> bytes:
     rel = str(entry["path"])
-    chunks = get_many([keys.chunk(version, rel, i) for i in range(int(entry["chunks"]))])
-    if any(c is None for c in chunks):
-        raise ArtifactError(f"version {version}: {rel} is incomplete in the store")
-    data = b"".join(c for c in chunks if c is not None)
+    if "blob" in entry:  # the bytes live in an object store; Redis holds the manifest and checksum
+        data = read_blob(str(entry["blob"]))
+    else:
+        chunks = get_many([keys.chunk(version, rel, i) for i in range(int(entry["chunks"]))])
+        if any(c is None for c in chunks):
+            raise ArtifactError(f"version {version}: {rel} is incomplete in the store")
+        data = b"".join(c for c in chunks if c is not None)
     if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise ArtifactError(f"version {version}: checksum mismatch in {rel}")
     return data
