@@ -167,8 +167,20 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _with_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A saved state with the keys of shared tensors filled in again."""
-    return {**state, **{k: state[v] for k, v in _aliases(model).items() if v in state}}
+    """A saved state with the keys of shared tensors filled in again.
+
+    Raises:
+        ArtifactError: the file holds two different tensors where the model shares one (weights
+            saved before the fields' tables were shared): loading would keep only one of them.
+    """
+    aliases = _aliases(model)
+    for key, canonical in aliases.items():
+        if key in state and canonical in state and not torch.equal(state[key], state[canonical]):
+            raise ArtifactError(
+                f"weights hold separate tables {canonical!r} and {key!r} where the model shares one "
+                "(trained before shared vocabularies shared tables): retrain, or set share_tables false"
+            )
+    return {**state, **{k: state[v] for k, v in aliases.items() if v in state}}
 
 
 def load_artifact(directory: Path, device: str = "cpu") -> Bundle:

@@ -52,6 +52,9 @@ class ModelConfig:
     hidden: tuple[int, ...] = (300, 300, 32)
     dropout: float = 0.3
     batch_norm: bool = True
+    #: Fields that name one vocabulary share one embedding table across the user and the ad side
+    #: (within a side they always do).
+    share_tables: bool = True
 
 
 class PrerankModel(nn.Module, ABC):

@@ -42,7 +42,8 @@ class DSSM(PrerankModel):
     def __init__(self, schema: FeatureSchema, config: DSSMConfig) -> None:
         super().__init__(schema, config)
         self.config: DSSMConfig = config
-        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the sides
+        # fields of one vocabulary share a table across the sides (unless the config says not to)
+        shared: dict[str, nn.Module] | None = {} if config.share_tables else None
         self.user_embedding = FieldEmbedding(schema.user_fields, schema, config.embedding_dim, shared)
         self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, config.embedding_dim, shared)
         mlp = {"dropout": config.dropout, "batch_norm": config.batch_norm}

@@ -78,7 +78,8 @@ class FIT(PrerankModel):
         super().__init__(schema, config)
         self.config: FITConfig = config
         d = config.embedding_dim
-        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the sides
+        # fields of one vocabulary share a table across the sides (unless the config says not to)
+        shared: dict[str, nn.Module] | None = {} if config.share_tables else None
         self.user_embedding = FieldEmbedding(schema.user_fields, schema, d, shared)
         self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, d, shared)
         meta_dim = self.ad_embedding.out_dim

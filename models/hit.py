@@ -106,7 +106,8 @@ class HIT(PrerankModel):
     def __init__(self, schema: FeatureSchema, config: HITConfig) -> None:
         super().__init__(schema, config)
         self.config: HITConfig = config
-        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the towers
+        # fields of one vocabulary share a table across the towers (unless the config says not to)
+        shared: dict[str, nn.Module] | None = {} if config.share_tables else None
         self.user_tower = HITTower(schema.user_fields, schema, config, shared)
         self.ad_tower = HITTower(schema.ad_fields, schema, config, shared)
         self.bias = nn.Parameter(torch.zeros(()))

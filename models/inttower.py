@@ -88,7 +88,8 @@ class IntTower(PrerankModel):
     def __init__(self, schema: FeatureSchema, config: IntTowerConfig) -> None:
         super().__init__(schema, config)
         self.config: IntTowerConfig = config
-        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the towers
+        # fields of one vocabulary share a table across the towers (unless the config says not to)
+        shared: dict[str, nn.Module] | None = {} if config.share_tables else None
         self.user_tower = _Tower(schema.user_fields, schema, config, shared)
         self.ad_tower = _Tower(schema.ad_fields, schema, config, shared)
         self.user_blocks = nn.ModuleList(nn.Linear(w, config.user_heads * config.head_dim) for w in config.hidden)

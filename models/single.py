@@ -45,7 +45,8 @@ class SingleTower(PrerankModel):
         super().__init__(schema, config)
         self.config: SingleTowerConfig = config
         dim = config.embedding_dim
-        shared: dict[str, nn.Module] = {}  # fields of one vocabulary share a table across the sides
+        # fields of one vocabulary share a table across the sides (unless the config says not to)
+        shared: dict[str, nn.Module] | None = {} if config.share_tables else None
         self.user_embedding = FieldEmbedding(schema.user_fields, schema, dim, shared)
         self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, dim, shared)
         self.user_linear = FieldLinear(schema.user_fields, schema) if config.linear else None

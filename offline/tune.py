@@ -32,9 +32,12 @@ __all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "run_study", "suggest"]
 
 log = logging.getLogger(__name__)
 
-#: TrainConfig fields a train-config file may set.
+#: TrainConfig fields the written train config holds (the epoch cap and the calibrator are left to
+#: the run that uses it).
 TRAIN_KEYS = tuple(
-    f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress", "device", "eval_batch_size")
+    f.name
+    for f in fields(TrainConfig)
+    if f.name not in ("seed", "progress", "device", "eval_batch_size", "epochs", "calibration")
 )
 
 #: What a trial samples: name -> (kind, low/choices, high, log). Model keys are used only when the

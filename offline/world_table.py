@@ -85,8 +85,8 @@ def run_worlds(
 ) -> None:
     """Generates missing worlds and trains every missing (structure, model, seed), `jobs` at a time.
 
-    `tuned`: a folder of `prerank tune` outputs named `<structure>-<model>.json` (a train config with
-    a "model_config" key); a model without one trains with the defaults.
+    `tuned`: a folder holding `prerank tune` outputs as `<structure>-<model>/` (its
+    train_config.json and model_config.json); a model without one trains with the defaults.
     """
     unknown = sorted(set(models) - set(MODELS)) + sorted(set(structures) - set(STRUCTURES))
     if unknown:
@@ -96,8 +96,10 @@ def run_worlds(
         data = _world(runs, structure, size or {})
         for model in models:
             overrides: dict[str, Any] = {}
-            if tuned is not None and (tuned / f"{structure}-{model}.json").exists():
-                overrides = json.loads((tuned / f"{structure}-{model}.json").read_text())
+            study = tuned / f"{structure}-{model}" if tuned is not None else None
+            if study is not None and (study / "train_config.json").exists():
+                overrides = json.loads((study / "train_config.json").read_text())
+                overrides["model_config"] = json.loads((study / "model_config.json").read_text())
             for seed in seeds:
                 out = runs / structure / f"{model}-s{seed}"
                 if not (out / "metrics.json").exists():

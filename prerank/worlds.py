@@ -31,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ads", type=int, default=4_000)
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    p.add_argument("--tuned", type=Path, help="folder of <structure>-<model>.json train configs (prerank tune)")
+    p.add_argument(
+        "--tuned", type=Path, help="folder of prerank tune outputs, one <structure>-<model>/ per tuned model"
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs")
     return p
 

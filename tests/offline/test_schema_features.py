@@ -287,3 +287,19 @@ def test_the_readme_documents_every_schema_key_with_an_example_that_validates(tm
     for key in set(TableSpec.model_fields) - {"features"}:
         assert f"{key} =" in example, key
     assert "[[features]]" in example
+
+
+def test_weights_with_separate_tables_do_not_load_into_a_shared_table(tmp_path: Path) -> None:
+    import json as _json
+
+    from models.artifact import ArtifactError
+
+    ds = load_dataset(_schema(tmp_path, SHARED))
+    train(ds, "dssm", {"share_tables": False}, TrainConfig(epochs=1, batch_size=128, progress=False), tmp_path / "a")
+    separate = _tables(load_artifact(tmp_path / "a").model)
+    assert separate["tags"] is not separate["cat"]
+    config = _json.loads((tmp_path / "a" / "config.json").read_text())
+    config["config"]["share_tables"] = True  # as an artifact from before tables were shared would read
+    (tmp_path / "a" / "config.json").write_text(_json.dumps(config))
+    with pytest.raises(ArtifactError, match="separate tables"):
+        load_artifact(tmp_path / "a")
