@@ -106,9 +106,11 @@ def run_study(
 
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A heartbeat marks the trials of a killed run as failed when the study resumes.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}", heartbeat_interval=30, grace_period=90)
     study = optuna.create_study(
         study_name=f"{dataset.name}-{model}",
-        storage=f"sqlite:///{out / 'study.db'}",
+        storage=storage,
         load_if_exists=True,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
@@ -127,7 +129,7 @@ def run_study(
         )
     best = study.best_trial
     model_config = best.user_attrs["model_config"]
-    train_config = best.user_attrs["train"]
+    train_config = {k: v for k, v in best.user_attrs["train"].items() if k in TRAIN_KEYS}
     (out / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     (out / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
     summary = {

@@ -99,6 +99,7 @@ def run_worlds(
             study = tuned / f"{structure}-{model}" if tuned is not None else None
             if study is not None and (study / "train_config.json").exists():
                 overrides = json.loads((study / "train_config.json").read_text())
+                overrides = {k: v for k, v in overrides.items() if k not in ("epochs", "calibration")}
                 overrides["model_config"] = json.loads((study / "model_config.json").read_text())
             for seed in seeds:
                 out = runs / structure / f"{model}-s{seed}"
