@@ -26,6 +26,7 @@ def test_the_worlds_table_from_one_command(tmp_path: Path, capsys: pytest.Captur
         assert 0 <= r["ece"] < 0.2 and 0 < r["revenue_at_10"] <= 1 and r["gauc"] is not None
     assert rows["dcn"]["consistency"] == pytest.approx(1.0)  # the reference keeps its own top 10
     assert "| cross |" in table and "revenue@10" in table and (out / "worlds.png").stat().st_size > 10_000
+    assert (out / "reliability.png").stat().st_size > 10_000
     assert len(list((out / "runs" / "cross").glob("*.json"))) == 1 + 4 + 2  # reference, runs, evaluations
     # a second call trains nothing and rebuilds the same table
     mtime = (runs / "cross" / "dcn-s1" / "metrics.json").stat().st_mtime
