@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -106,8 +107,11 @@ def run_study(
 
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # A heartbeat marks the trials of a killed run as failed when the study resumes.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}", heartbeat_interval=30, grace_period=90)
+    # A heartbeat marks the trials of a killed run as failed when the study resumes (an Optuna
+    # feature still flagged experimental; its warning says nothing a user can act on).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}", heartbeat_interval=30, grace_period=90)
     study = optuna.create_study(
         study_name=f"{dataset.name}-{model}",
         storage=storage,
