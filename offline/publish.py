@@ -187,13 +187,6 @@ class RedisPublisher:
         assert self.blobs is not None
         return f"{self.blobs}/{self.keys.prefix}/{version}"
 
-    def _blob_fs(self) -> Any:
-        import fsspec
-
-        assert self.blobs is not None
-        fs, _ = fsspec.core.url_to_fs(self.blobs)
-        return fs
-
     def staging_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="prerank-stage-")) / "version"
 
@@ -209,18 +202,21 @@ class RedisPublisher:
         manifest["version"] = version
         written: list[str] = []
         blobs_written = False
+        if self.blobs is not None:
+            import fsspec
+
+            fs, blob_root = fsspec.core.url_to_fs(self._blob_root(version))
         try:
             files = []
             redis_bytes = 0
             for rel in _files(staged):
                 if self.blobs is not None:
                     digest, size = _sha256(staged / rel)
-                    url = f"{self._blob_root(version)}/{rel}"
+                    target = f"{blob_root}/{rel}"
                     blobs_written = True
-                    fs = self._blob_fs()
-                    target = fs._strip_protocol(url)
-                    fs.makedirs(fs._parent(target), exist_ok=True)
+                    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                     fs.put_file(str(staged / rel), target)
+                    url = f"{self._blob_root(version)}/{rel}"
                     files.append({"path": rel, "size": size, "sha256": digest, "blob": url})
                     continue
                 data = (staged / rel).read_bytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 from models.artifact import load_artifact
 from models.rows import VECTOR_DTYPES
 from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, run_job
-from storage import check_store
+from storage import check_store, parse_store_url
 
 __all__ = ["main", "parser"]
 
@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     check_store(args.store)  # before any data is loaded or any ad encoded
-    if args.blobs and not args.store.startswith(("redis://", "rediss://", "unix://")):
+    if args.blobs and parse_store_url(args.store).scheme != "redis":
         raise UsageError("--blobs goes with a redis:// store (a local: store already holds files)")
     bundle = load_artifact(args.artifact)  # the artifact is complete and its checksum holds
     if args.delta:
