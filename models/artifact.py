@@ -296,8 +296,11 @@ def load_index(directory: Path) -> IndexData:
     routes = tensors.get("routes")
     if routes is not None and routes.shape != (vectors.shape[0],):
         raise ArtifactError(f"index {manifest.get('version')}: {tuple(routes.shape)} routes for {len(vectors)} ads")
-    user_ids = _read_json(directory / "user_ids.json")
-    users = FeatureTable.from_tensors(load_file(str(directory / "users.safetensors")), "user", len(user_ids))
+    if manifest.get("user_store", {}).get("mode") == "per-request":  # rows in the store, read per request
+        user_ids, users = [], FeatureTable(0)
+    else:
+        user_ids = _read_json(directory / "user_ids.json")
+        users = FeatureTable.from_tensors(load_file(str(directory / "users.safetensors")), "user", len(user_ids))
     scales = tensors.get("scales")
     if (scales is None) != (manifest["dtype"] != "int8") or (scales is not None and scales.shape != (len(vectors),)):
         raise ArtifactError(f"index {manifest.get('version')}: int8 rows need one scale per row, other dtypes none")

@@ -26,6 +26,7 @@ __all__ = [
     "Side",
     "Vocabulary",
     "default_features",
+    "move_features",
 ]
 
 
@@ -238,6 +239,14 @@ class HashedVocabulary(Vocabulary):
 
     def encode(self, values: object) -> np.ndarray:
         return np.fromiter((self.encode_one(v) for v in values), dtype=np.int64)  # type: ignore[attr-defined]
+
+
+def move_features(feats: Features, device: str | torch.device) -> Features:
+    """The same inputs on `device`."""
+    return {
+        k: Jagged(v.values.to(device), v.offsets.to(device)) if isinstance(v, Jagged) else v.to(device)
+        for k, v in feats.items()
+    }
 
 
 def default_features(fields: tuple[FeatureSpec, ...], rows: int = 1) -> Features:

@@ -78,10 +78,12 @@ def export(
     dtype: str = "float32",
     keep: int = KEEP_VERSIONS,
     blobs: str | None = None,
+    users: str = "auto",
 ) -> dict[str, Any]:
     """Encodes every ad with the artifact's model and publishes a new index version.
 
     `blobs`: an fsspec URL where a redis:// store's version files go (Redis keeps the manifest).
+    `users`: auto, replicated or per-request (see `offline.publish.open_publisher`).
 
     Returns:
         The published manifest.
@@ -110,7 +112,7 @@ def export(
         "ad_hashes": dataset.ads.select(bundle.schema.ad_fields).row_hashes(),
         "ad_sparse": dataset.ads.select(bundle.schema.ad_fields).sparse,
     }
-    publisher = open_publisher(store_url, keep, blobs)
+    publisher = open_publisher(store_url, keep, blobs, users)
     staged = publisher.staging_dir()
     try:
         shutil.copytree(artifact, staged / MODEL_SUBDIR)

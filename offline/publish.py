@@ -19,7 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from safetensors.torch import load_file
+
 from models.artifact import MODEL_SUBDIR, ArtifactError, load_artifact, load_index, write_json
+from models.tables import FeatureTable
 from storage import (
     CURRENT_POINTER,
     REDIS_CHUNK_BYTES,
@@ -30,6 +34,7 @@ from storage import (
     read_pointer,
     version_sort_key,
 )
+from storage.user_features import UserRowCodec, bucket_of, choose_user_store, n_buckets
 
 __all__ = ["KEEP_VERSIONS", "LocalPublisher", "Publisher", "RedisPublisher", "open_publisher"]
 
@@ -49,15 +54,33 @@ class Publisher(Protocol):
     def rollback(self, version: str) -> None: ...
 
 
-def open_publisher(url: str, keep: int = KEEP_VERSIONS, blobs: str | None = None) -> Publisher:
-    """The publisher of a store URL; `blobs` (redis:// stores only) is an fsspec URL (a local
-    directory, file://, s3://, gs://, ...) that receives the version files instead of Redis."""
+#: Files of the replicated user store; a per-request version keeps them out of the store.
+USER_FILES = ("users.safetensors", "user_ids.json")
+#: Users packed and written per Redis pipeline.
+USER_BATCH = 50_000
+#: Buckets whose MEMORY USAGE is summed to measure a per-request user store.
+MEMORY_SAMPLE = 2_000
+
+
+def open_publisher(url: str, keep: int = KEEP_VERSIONS, blobs: str | None = None, users: str = "auto") -> Publisher:
+    """The publisher of a store URL.
+
+    Args:
+        blobs: redis:// stores only: an fsspec URL (a local directory, file://, s3://, gs://, ...)
+            that receives the version files instead of Redis.
+        users: where the user feature table goes: `replicated` (a file every replica loads),
+            `per-request` (packed rows in Redis, read per request; redis:// stores only), or
+            `auto` (per-request above storage.user_features.REPLICATED_MAX_USERS users).
+    """
+    choose_user_store(users, 0)  # a bad mode fails before any work
     scheme, location = parse_store_url(url)
     if scheme == "local":
         if blobs:
             raise ValueError("a blob store goes with a redis:// store (a local: store is already files)")
+        if users == "per-request":
+            raise ValueError("per-request user rows go with a redis:// store (a local: store replicates them)")
         return LocalPublisher(Path(location), keep)
-    return RedisPublisher(location, keep, blobs=blobs)
+    return RedisPublisher(location, keep, blobs=blobs, users=users)
 
 
 def _verify_staged(staged: Path) -> None:
@@ -171,10 +194,20 @@ class RedisPublisher:
     or object store instead, and Redis keeps only the manifest (sizes, sha256 and each file's URL),
     the pointer and the events: Redis memory per version is the manifest's few kilobytes, whatever
     the corpus size. Each manifest records `redis_bytes`, what the version stores in Redis.
+
+    With `users` resolving to `per-request` (see `open_publisher`), the user table is written as
+    packed rows into bucketed hashes (storage.user_features) and its files stay out of the
+    version; the manifest's `user_store` block holds the layout, the bucket count and the
+    measured Redis bytes per user.
     """
 
     def __init__(
-        self, url: str, keep: int = KEEP_VERSIONS, prefix: str | None = None, blobs: str | None = None
+        self,
+        url: str,
+        keep: int = KEEP_VERSIONS,
+        prefix: str | None = None,
+        blobs: str | None = None,
+        users: str = "auto",
     ) -> None:
         import redis
 
@@ -182,6 +215,7 @@ class RedisPublisher:
         self.keys = RedisKeys(prefix) if prefix else RedisKeys()
         self.keep = keep
         self.blobs = blobs.rstrip("/") if blobs else None
+        self.users = users
 
     def _blob_root(self, version: str) -> str:
         assert self.blobs is not None
@@ -209,7 +243,16 @@ class RedisPublisher:
         try:
             files = []
             redis_bytes = 0
+            per_request = choose_user_store(self.users, int(manifest.get("n_users", 0))) == "per-request"
+            if per_request:
+                manifest["user_store"] = self._write_users(staged, version, written)
+                redis_bytes += manifest["user_store"]["redis_bytes"]
+                manifest["checksums"] = {k: v for k, v in manifest.get("checksums", {}).items() if k not in USER_FILES}
+            else:
+                manifest["user_store"] = {"mode": "replicated", "n_users": int(manifest.get("n_users", 0))}
             for rel in _files(staged):
+                if per_request and rel in USER_FILES:
+                    continue
                 if self.blobs is not None:
                     digest, size = _sha256(staged / rel)
                     target = f"{blob_root}/{rel}"
@@ -259,6 +302,52 @@ class RedisPublisher:
             shutil.rmtree(staged.parent, ignore_errors=True)
         self._prune(version)
         return manifest
+
+    def _write_users(self, staged: Path, version: str, written: list[str]) -> dict[str, Any]:
+        """Writes the staged user table as packed rows into bucketed hashes; returns `user_store`."""
+        user_ids = [str(u) for u in json.loads((staged / "user_ids.json").read_text())]
+        table = FeatureTable.from_tensors(load_file(str(staged / "users.safetensors")), "user", len(user_ids))
+        codec = UserRowCodec.for_table(table)
+        buckets = n_buckets(len(user_ids))
+        of = np.fromiter((bucket_of(u, buckets) for u in user_ids), np.int64, len(user_ids))
+        order = np.argsort(of, kind="stable")
+        t0 = time.perf_counter()
+        keys = set()
+        for start in range(0, len(order), USER_BATCH):
+            rows = order[start : start + USER_BATCH]
+            packed = codec.pack(table, rows)
+            pipe = self.client.pipeline(transaction=False)
+            run: dict[str, bytes] = {}
+            current = -1
+            for row, data in zip(rows.tolist(), packed, strict=True):
+                if of[row] != current:
+                    if run:
+                        pipe.hset(self.keys.user_bucket(version, current), mapping=run)  # type: ignore[arg-type]
+                    current, run = int(of[row]), {}
+                    keys.add(current)
+                run[user_ids[row]] = data
+            if run:
+                pipe.hset(self.keys.user_bucket(version, current), mapping=run)  # type: ignore[arg-type]
+            pipe.execute()
+        written.extend(self.keys.user_bucket(version, b) for b in sorted(keys))
+        seconds = time.perf_counter() - t0
+        sample = sorted(keys)[:MEMORY_SAMPLE]
+        pipe = self.client.pipeline(transaction=False)
+        for b in sample:
+            pipe.memory_usage(self.keys.user_bucket(version, b), samples=0)
+        sampled = sum(int(n or 0) for n in pipe.execute())
+        sampled_users = int(np.isin(of, np.array(sample, np.int64)).sum()) if sample else 0
+        per_user = sampled / sampled_users if sampled_users else 0.0
+        log.info("wrote %d user rows into %d buckets in %.1fs", len(user_ids), len(keys), seconds)
+        return {
+            "mode": "per-request",
+            "n_users": len(user_ids),
+            "buckets": buckets,
+            "codec": codec.to_json(),
+            "bytes_per_user": round(per_user, 1),
+            "redis_bytes": round(per_user * len(user_ids)),
+            "write_seconds": round(seconds, 2),
+        }
 
     def _verify(self, version: str) -> None:
         """Reads the version back from Redis and loads it, as a server would."""

@@ -28,6 +28,14 @@ def parser() -> argparse.ArgumentParser:
         "URL: file://, s3://, gs://); Redis keeps the manifest, checksums, pointer and events "
         "(default: $PRERANK_BLOB_URL, else the files go into Redis)",
     )
+    p.add_argument(
+        "--user-store",
+        default=os.environ.get("PRERANK_USER_STORE") or "auto",
+        choices=("auto", "replicated", "per-request"),
+        help="where the user feature table goes: replicated (a file every replica loads into memory), "
+        "per-request (packed rows in Redis, one read per request; redis:// stores), or auto (per-request above "
+        "1,000,000 users) (default: $PRERANK_USER_STORE, else auto)",
+    )
     p.add_argument("--dtype", default="float32", choices=VECTOR_DTYPES, help="stored vector type (default: float32)")
     p.add_argument(
         "--delta",
@@ -43,6 +51,8 @@ def _run(args: argparse.Namespace) -> None:
     check_store(args.store)  # before any data is loaded or any ad encoded
     if args.blobs and parse_store_url(args.store).scheme != "redis":
         raise UsageError("--blobs goes with a redis:// store (a local: store already holds files)")
+    if args.user_store == "per-request" and parse_store_url(args.store).scheme != "redis":
+        raise UsageError("--user-store per-request goes with a redis:// store (a local: store replicates users)")
     bundle = load_artifact(args.artifact)  # the artifact is complete and its checksum holds
     if args.delta:
         from offline.delta import check_live_model
@@ -62,8 +72,11 @@ def _run(args: argparse.Namespace) -> None:
         else:
             print(f"published delta {done['seq']} on {done['version']} ({counts}) to {args.store}")
         return
-    manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep, args.blobs)
+    manifest = export(args.artifact, dataset, args.store, args.dtype, args.keep, args.blobs, args.user_store)
     where = f" (files in {manifest['blobs']})" if manifest.get("blobs") else ""
+    users = manifest.get("user_store", {})
+    if users.get("mode") == "per-request":
+        where += f"; {users['n_users']:,} users per request, {users['bytes_per_user']} bytes each in Redis"
     print(
         f"published index {manifest['version']} ({manifest['n_ads']} ads, {manifest['dtype']}) to {args.store}{where}; "
         f"{manifest.get('redis_bytes', 0):,} bytes in Redis"

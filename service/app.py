@@ -27,7 +27,7 @@ from service.routes import router
 from service.schemas import PrerankRequest, RetrieveRequest
 from service.scorer import Scorer
 from service.store import open_store
-from service.users import OnlineUsers
+from service.users import UserStore
 from storage import parse_store_url
 
 __all__ = ["create_app"]
@@ -59,10 +59,15 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
         expected = load_artifact(Path(settings.artifact)).version if settings.artifact else None
-        online = None
-        if settings.online_users and parse_store_url(settings.store).scheme == "redis":
-            online = OnlineUsers(settings.store, timeout=settings.online_timeout_ms / 1000)
-        scorer = Scorer(settings.device, online)
+        users = None
+        if parse_store_url(settings.store).scheme == "redis":
+            users = UserStore(
+                settings.store,
+                timeout=settings.online_timeout_ms / 1000,
+                cache_size=settings.user_cache_size,
+                online=settings.online_users,
+            )
+        scorer = Scorer(settings.device, users)
         follower = Follower(
             open_store(settings.store), scorer, settings.device, expected, settings.memory_budget_mb * 2**20
         )

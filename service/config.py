@@ -41,7 +41,12 @@ class Settings(BaseSettings):
     online_users: bool = Field(
         True, description="read each request's user from the online user store (redis:// stores; prerank ingest)"
     )
-    online_timeout_ms: float = Field(20.0, gt=0, le=1000, description="timeout of one online user-store read")
+    online_timeout_ms: float = Field(
+        20.0, gt=0, le=1000, description="timeout of one user-store round trip (online row and per-request features)"
+    )
+    user_cache_size: int = Field(
+        100_000, ge=1, description="decoded user rows kept in memory for versions with a per-request user store"
+    )
     memory_budget_mb: int = Field(
         4096, ge=0, description="most MiB of versions held at once: live + experiment arms + shadow (0: no limit)"
     )

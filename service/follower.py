@@ -28,7 +28,7 @@ from service.metrics import (
     record_version,
 )
 from service.scorer import Scorer
-from service.store import ServingVersion, Store
+from service.store import ServingVersion, Store, probe_user
 from storage.experiments import Experiment, ShadowConfig
 
 
@@ -148,8 +148,7 @@ class Follower:
         expected = None if any_model else self.expected_model
         loaded = self._catch_up(self.store.load(version, self.device, expected))
         with torch.inference_mode():  # warm-up: first calls allocate and pick kernels
-            users = loaded.index.users
-            user = loaded.bundle.model.encode_user(users.take(torch.zeros(1, dtype=torch.int64).numpy(), self.device))
+            user = loaded.bundle.model.encode_user(probe_user(loaded.bundle, loaded.index, self.device))
             rows = torch.arange(min(len(loaded.rows), 1024)).numpy()
             for _ in range(3):
                 loaded.bundle.model.score(user, self.scorer.gather(loaded, rows))

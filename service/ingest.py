@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from storage import RedisKeys, fetch_redis_file
+from storage.user_features import bucket_of
 from storage.users import APPLY_EVENT, DEDUPE_WINDOW, HISTORY_MAX
 
 __all__ = ["Event", "EventSource", "IngestStats", "Ingestor", "KnownUsers", "RawEvent", "RedisStreamSource"]
@@ -160,17 +161,22 @@ class RedisStreamSource:
 
 
 class KnownUsers:
-    """The user ids of the live version (its user_ids.json), re-read when the pointer moves."""
+    """Whether the live version knows a user: its user_ids.json (replicated user store), or the
+    user's row in the version's bucketed hashes (per-request store). Follows the pointer."""
 
     def __init__(self, client: Any, keys: RedisKeys, refresh_seconds: float = 2.0) -> None:
         self.client, self.keys, self.refresh_seconds = client, keys, refresh_seconds
         self.version: str | None = None
         self.ids: frozenset[str] = frozenset()
+        self.buckets = 0  # > 0: the live version stores its users per request
         self._checked = 0.0
 
     def __call__(self, user_id: str) -> bool:
         if time.monotonic() - self._checked > self.refresh_seconds:
             self._refresh()
+        if self.buckets and self.version is not None:
+            key = self.keys.user_bucket(self.version, bucket_of(user_id, self.buckets))
+            return bool(self.client.hexists(key, user_id))
         return user_id in self.ids
 
     def _refresh(self) -> None:
@@ -181,10 +187,16 @@ class KnownUsers:
         version = raw.decode() if raw else None
         if version is None or version == self.version:
             return
-        _, data = fetch_redis_file(self.client.mget, self.keys, version, "user_ids.json")
-        self.ids = frozenset(str(u) for u in json.loads(data))
+        manifest = json.loads(self.client.get(self.keys.manifest(version)) or b"{}")
+        block = manifest.get("user_store", {})
+        if block.get("mode") == "per-request":
+            self.ids, self.buckets = frozenset(), int(block["buckets"])
+            log.info("user directory: per-request rows of %s", version, extra={"event": "users_loaded"})
+        else:
+            _, data = fetch_redis_file(self.client.mget, self.keys, version, "user_ids.json")
+            self.ids, self.buckets = frozenset(str(u) for u in json.loads(data)), 0
+            log.info("user directory: %d users of %s", len(self.ids), version, extra={"event": "users_loaded"})
         self.version = version
-        log.info("user directory: %d users of %s", len(self.ids), version, extra={"event": "users_loaded"})
 
 
 @dataclass

@@ -154,8 +154,12 @@ async def sample(
         raise NotReady("version", "no model/index version is loaded")
     rng = np.random.default_rng()
     ad_ids = version.live_ids
-    user_ids = version.index.user_ids
     picked_ads = rng.choice(ad_ids, size=min(ads, len(ad_ids)), replace=False)
+    store = request.app.state.scorer.users
+    if version.user_codec is not None and store is not None:  # per-request user store: sample Redis
+        picked = await run_in_threadpool(store.sample, version.version, version.user_buckets, users)
+        return json_response({"ad_ids": picked_ads, "user_ids": picked})
+    user_ids = version.index.user_ids
     picked_users = rng.choice(len(user_ids), size=min(users, len(user_ids)), replace=False)
     return json_response({"ad_ids": picked_ads, "user_ids": [user_ids[i] for i in picked_users]})
 

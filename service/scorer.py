@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from models.base import AdBatch
-from models.features import Features, FeatureSpec, Jagged, Kind, default_features
+from models.features import Features, FeatureSpec, Jagged, Kind, default_features, move_features
 from service.errors import InvalidInput, NotReady, Problem, UnknownUser, VersionUnavailable
 from service.schemas import PrerankRequest, RetrieveRequest, UserInput
 from service.store import ServingVersion
-from service.users import OnlineUsers
+from service.users import Lookup, UserStore
 
 __all__ = ["ScoreResult", "Scorer"]
 
@@ -100,12 +100,13 @@ class Scorer:
 
     Args:
         device: torch device of the ad matrix and the model.
-        online: the online user store; its recent clicks extend the history field (if any).
+        users: the Redis user stores: per-request snapshot rows (versions published with them) and
+            online rows, whose recent clicks extend the history field (if any).
     """
 
-    def __init__(self, device: str = "cpu", online: OnlineUsers | None = None) -> None:
+    def __init__(self, device: str = "cpu", users: UserStore | None = None) -> None:
         self.device = device
-        self.online = online
+        self.users = users
         self._live: ServingVersion | None = None
         self._swap_lock = threading.Lock()
         self.arms: Any = None  # service.experiments.ArmSet of the running experiment, or None
@@ -142,28 +143,47 @@ class Scorer:
         problems += [p for p in encoded.values() if isinstance(p, Problem)]
         if problems:
             raise InvalidInput.of(problems)
-        row = version.user_rows.get(str(user.id)) if user.id is not None else None
-        known = row is not None or bool(user.features)
-        if row is None and not user.features and unknown_user == "reject":
-            raise UnknownUser(_user_loc("id"), f"user {user.id!r} is not in the user feature store")
-        if row is not None:
-            feats = version.index.users.take(np.array([row], dtype=np.int64), self.device)
-        else:
-            feats = default_features(schema.user_fields)
-        event = None
         link = version.history
-        if self.online is not None and user.id is not None and link is not None and link.user_field not in encoded:
-            online = self.online.get(str(user.id))
-            if online is not None:
-                event = online.last_event
-                tokens = version.click_tokens(np.asarray(online.clicks, dtype=np.int64))  # most recent last
-                seq = feats[link.user_field]
-                if len(tokens) and isinstance(seq, Jagged):
-                    spec = fields[link.user_field]
-                    stored = seq.values.cpu().numpy()
-                    ids = np.concatenate([tokens[::-1], stored] if spec.newest_first else [stored, tokens])
-                    kept = torch.from_numpy(spec.truncate(ids)).to(seq.values.device)
-                    feats[link.user_field] = Jagged(kept, seq.offsets)
+        want_online = self.users is not None and link is not None and link.user_field not in encoded
+        found = Lookup()
+        stored: Features | None = None
+        if user.id is not None:
+            if version.user_codec is not None:  # per-request user store: read the row from Redis
+                if self.users is not None:
+                    found = self.users.lookup(
+                        str(user.id),
+                        online=want_online,
+                        version=version.version,
+                        codec=version.user_codec,
+                        buckets=version.user_buckets,
+                    )
+                else:
+                    found = Lookup(available=False)
+                if found.features is not None:
+                    stored = found.features.take(np.zeros(1, dtype=np.int64), self.device)
+            else:
+                row = version.user_rows.get(str(user.id))
+                if row is not None:
+                    stored = version.index.users.take(np.array([row], dtype=np.int64), self.device)
+                if want_online:
+                    assert self.users is not None
+                    found = self.users.lookup(str(user.id), online=True)
+        known = stored is not None or bool(user.features)
+        if stored is None and not user.features and unknown_user == "reject" and found.available:
+            raise UnknownUser(_user_loc("id"), f"user {user.id!r} is not in the user feature store")
+        feats = stored if stored is not None else default_features(schema.user_fields)
+        event = None
+        online = found.online if want_online else None
+        if online is not None and link is not None:
+            event = online.last_event
+            tokens = version.click_tokens(np.asarray(online.clicks, dtype=np.int64))  # most recent last
+            seq = feats[link.user_field]
+            if len(tokens) and isinstance(seq, Jagged):
+                spec = fields[link.user_field]
+                history = seq.values.cpu().numpy()
+                ids = np.concatenate([tokens[::-1], history] if spec.newest_first else [history, tokens])
+                kept = torch.from_numpy(spec.truncate(ids)).to(seq.values.device)
+                feats[link.user_field] = Jagged(kept, seq.offsets)
         for name, value in encoded.items():
             feats[name] = cast(torch.Tensor | Jagged, value)
         return feats, known, event
@@ -229,11 +249,7 @@ class Scorer:
 
     def encode_user(self, version: ServingVersion, feats: Features) -> torch.Tensor:
         """The user tower on the serving device, (1, H_u, p)."""
-        device = version.rows.device
-        moved: Features = {
-            k: Jagged(v.values.to(device), v.offsets.to(device)) if isinstance(v, Jagged) else v.to(device)
-            for k, v in feats.items()
-        }
+        moved = move_features(feats, version.rows.device)
         with torch.inference_mode():
             return version.bundle.model.encode_user(moved)
 

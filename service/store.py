@@ -22,7 +22,7 @@ import torch
 
 from models.artifact import ANN_FILE, MODEL_SUBDIR, ArtifactError, Bundle, IndexData, load_artifact, load_index
 from models.base import split_ads
-from models.features import Kind, default_features
+from models.features import Features, Kind, default_features, move_features
 from models.rows import AdRows
 from storage import VERSIONS_DIR, RedisKeys, fetch_redis_version, parse_store_url, read_pointer
 from storage.deltas import AdDelta, read_deltas, read_paused
@@ -36,6 +36,7 @@ from storage.experiments import (
     write_config,
     write_local_config,
 )
+from storage.user_features import UserRowCodec
 
 __all__ = [
     "IdIndex",
@@ -133,7 +134,9 @@ class ServingVersion:
     bids: np.ndarray = field(repr=False)  # (n_rows,) bid of each row
     ads: IdIndex = field(repr=False)  # every ad of the version and its deltas
     ranked: IdIndex = field(repr=False)  # `ads` less the paused ones: what requests see
-    user_rows: dict[str, int] = field(repr=False)
+    user_rows: dict[str, int] = field(repr=False)  # replicated user store: user id -> row of index.users
+    user_codec: UserRowCodec | None = field(default=None, repr=False)  # per-request store: its row layout
+    user_buckets: int = 0  # per-request store: its hash buckets
     ann: Any = field(default=None, repr=False)  # faiss index over the base rows' heads, when published
     ann_rows: int = 0  # rows the ANN index covers (the base version's)
     delta_seq: int = 0  # highest store change number applied (deltas and pauses)
@@ -366,19 +369,45 @@ def build_version(
         ads=ads,
         ranked=ads,
         user_rows={k: i for i, k in enumerate(index.user_ids)},
+        user_codec=user_codec(index),
+        user_buckets=int(index.manifest.get("user_store", {}).get("buckets", 0)),
         ann=ann,
         ann_rows=len(ids) if ann is not None else 0,
     )
 
 
+def user_codec(index: IndexData) -> UserRowCodec | None:
+    """The packed-row layout of a per-request user store, or None (the table is in memory)."""
+    block = index.manifest.get("user_store", {})
+    if block.get("mode") != "per-request":
+        return None
+    try:
+        return UserRowCodec.from_json(block["codec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"version {index.manifest.get('version')}: bad user_store block: {exc}") from None
+
+
+def probe_user(bundle: Bundle, index: IndexData, device: str = "cpu") -> Features:
+    """Inputs of one user for checks and warm-up: the first stored user, or defaults."""
+    if index.users.n_rows:
+        return index.users.select(bundle.schema.user_fields).take(np.zeros(1, np.int64), device)
+    defaults = default_features(bundle.schema.user_fields)
+    return defaults if device == "cpu" else move_features(defaults, device)
+
+
 def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
     """The user tower's output must be scorable against the stored rows."""
     users = index.users
-    missing = {f.name for f in bundle.schema.user_fields} - set(users.sparse) - set(users.dense) - set(users.sequences)
+    codec = user_codec(index)
+    if codec is not None:
+        present = {name for name, _, _ in codec.fixed} | {name for name, _ in codec.sequences}
+    else:
+        present = set(users.sparse) | set(users.dense) | set(users.sequences)
+    missing = {f.name for f in bundle.schema.user_fields} - present
     if missing:
         raise ArtifactError(f"version {version}: user feature store lacks {sorted(missing)}")
     stored = index.rows
-    if users.n_rows == 0 or len(stored) == 0:
+    if (codec is None and users.n_rows == 0) or len(stored) == 0:
         raise ArtifactError(f"version {version}: empty index or user store")
     with torch.inference_mode():
         vectors, routes = split_ads(bundle.model.encode_ad(default_features(bundle.schema.ad_fields)))
@@ -390,7 +419,7 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
             )
         if (routes is None) != (stored.routes is None):
             raise ArtifactError(f"version {version}: the model and the index disagree on ad routes")
-        user = bundle.model.encode_user(users.take(np.zeros(1, np.int64)))
+        user = bundle.model.encode_user(probe_user(bundle, index))
         try:
             out = bundle.model.score(user, stored.take(torch.zeros(1, dtype=torch.int64)))
         except RuntimeError as exc:

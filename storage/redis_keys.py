@@ -50,6 +50,10 @@ class RedisKeys:
     def chunk(self, version: str, path: str, index: int) -> str:
         return f"{self.prefix}:version:{version}:file:{path}:{index}"
 
+    def user_bucket(self, version: str, bucket: int) -> str:
+        """A hash of packed user feature rows of `version` (storage.user_features), user id -> row."""
+        return f"{self.prefix}:version:{version}:users:{bucket}"
+
     def deltas(self, version: str) -> str:
         """Stream of the ad deltas published on top of `version`."""
         return f"{self.prefix}:version:{version}:deltas"

@@ -12,7 +12,7 @@ import redis
 from offline.export import export
 from prerank.cli import main
 from service.ingest import PREDICTED_CLICKS, Ingestor, KnownUsers, RedisStreamSource
-from service.users import OnlineUsers
+from service.users import UserStore
 from storage import RedisKeys
 from storage.users import parse_user_row
 from tests.conftest import serve, wait_for
@@ -100,7 +100,7 @@ def test_bad_events_are_dead_lettered_and_never_touch_a_row(tiny, tiny_hit, redi
 
 
 def test_online_store_down_means_snapshot_features_fast_and_no_error(tiny, tiny_hit, redis_server) -> None:  # type: ignore[no-untyped-def]
-    dead = OnlineUsers(f"redis://127.0.0.1:{free_port()}/0", timeout=0.02, cooldown=5)
+    dead = UserStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.02, cooldown=5)
     started = time.perf_counter()
     assert dead.get("4") is None  # connection refused: None, and the breaker opens
     assert all(dead.get("4") is None for _ in range(100))
