@@ -1,5 +1,10 @@
 """FAISS index over the ad heads, built at export for whole-corpus retrieval.
 
+Chosen by the corpus size: an HNSW graph up to `HNSW_MAX_VECTORS` ad heads (best recall per
+query, but its build grows superlinearly: hours at tens of millions on 2 cores), and an inverted
+file (IVF, flat lists) above it, which builds in minutes (k-means on a sample, then one
+assignment pass) and searches `nprobe` of its `nlist` lists.
+
 Id mapping (read by service/scorer.py): FAISS id = ad row * H_a + head. HNSW graphs search
 inner products poorly when vector norms vary, so the index uses the standard reduction of
 maximum inner product to nearest neighbour: each ad head a becomes [a, sqrt(M^2 - |a|^2)] (M the
@@ -12,24 +17,57 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["build_ann"]
+__all__ = ["HNSW_MAX_VECTORS", "build_ann", "ivf_lists"]
+
+#: Ad heads up to which the index is HNSW; above, IVF.
+HNSW_MAX_VECTORS = 1_000_000
+#: IVF lists searched per query, stored in the index (the scorer reads it from there).
+IVF_NPROBE = 64
+#: Training points per IVF list (FAISS warns below 39).
+IVF_TRAIN_PER_LIST = 50
+_ADD_BATCH = 1_000_000
 
 
-def build_ann(vectors: torch.Tensor, hnsw_m: int = 32, ef_construction: int = 80) -> np.ndarray:
-    """An HNSW index over every ad head for maximum inner product, serialised to bytes (uint8 array).
+def ivf_lists(n_vectors: int) -> int:
+    """nlist for an IVF index over `n_vectors`: the power of two nearest sqrt(n), at least 256."""
+    return max(256, 2 ** round(np.log2(max(np.sqrt(n_vectors), 1.0))))
+
+
+def _augment(flat: np.ndarray, max_sq_norm: float) -> np.ndarray:
+    """[a, sqrt(M^2 - |a|^2)] per row, float32 (MIPS -> L2)."""
+    flat = flat.astype(np.float64)
+    extra = np.sqrt(np.maximum(max_sq_norm - (flat**2).sum(axis=1), 0.0))[:, None]
+    return np.ascontiguousarray(np.hstack([flat, extra]), dtype=np.float32)
+
+
+def build_ann(vectors: torch.Tensor, hnsw_m: int = 32, ef_construction: int = 80, seed: int = 0) -> np.ndarray:
+    """An index over every ad head for maximum inner product, serialised to bytes (uint8 array).
 
     Args:
         vectors: (N, H_a, p) float ad matrix.
         hnsw_m: HNSW graph degree.
         ef_construction: HNSW build breadth.
+        seed: IVF's training sample and k-means.
     """
     import faiss
 
-    flat = vectors.float().reshape(-1, vectors.shape[-1]).numpy().astype(np.float64)  # (N * H_a, p)
-    sq_norms = (flat**2).sum(axis=1)
-    extra = np.sqrt(np.maximum(sq_norms.max() - sq_norms, 0.0))[:, None]
-    augmented = np.ascontiguousarray(np.hstack([flat, extra]), dtype=np.float32)  # (N * H_a, p + 1)
-    index = faiss.IndexHNSWFlat(augmented.shape[1], hnsw_m)
-    index.hnsw.efConstruction = ef_construction
-    index.add(augmented)
-    return faiss.serialize_index(index)
+    flat = vectors.float().reshape(-1, vectors.shape[-1]).numpy()  # (N * H_a, p), a view
+    n = len(flat)
+    max_sq = max(
+        float((flat[i : i + _ADD_BATCH].astype(np.float64) ** 2).sum(axis=1).max()) for i in range(0, n, _ADD_BATCH)
+    )
+    dim = flat.shape[1] + 1
+    if n <= HNSW_MAX_VECTORS:
+        index = faiss.IndexHNSWFlat(dim, hnsw_m)
+        index.hnsw.efConstruction = ef_construction
+        index.add(_augment(flat, max_sq))
+        return faiss.serialize_index(index)
+    nlist = ivf_lists(n)
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+    ivf.cp.seed = seed
+    sample = np.random.default_rng(seed).choice(n, size=min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
+    ivf.train(_augment(flat[np.sort(sample)], max_sq))
+    for start in range(0, n, _ADD_BATCH):  # in batches: no second full-size copy of the matrix
+        ivf.add(_augment(flat[start : start + _ADD_BATCH], max_sq))
+    ivf.nprobe = min(IVF_NPROBE, nlist)
+    return faiss.serialize_index(ivf)

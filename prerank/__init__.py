@@ -29,6 +29,11 @@ JOBS: dict[str, tuple[str, str]] = {
     "freshness": ("freshness", "event/delta/pause -> visible latency under open-loop load, 1 and 2 replicas"),
     "shadow-bench": ("shadow_bench", "live p99 under open-loop load with and without a slow shadow candidate"),
     "sparse-bench": ("sparse_bench", "training step time against vocabulary size, dense vs sparse embeddings"),
+    "ads-scale-bench": (
+        "ads_scale_bench",
+        "export, publish, load, hot swap, latency and ANN recall against corpus size",
+    ),
+    "user-store-bench": ("user_store_bench", "Redis and replica memory of the user store against the user count"),
     "loadtest": ("loadtest", "headless Locust steps per candidate count against served stores"),
     "soak": ("soak", "steady load while a new version is published every minute"),
     "download-movielens": ("download", "download the official ml-1m.zip (needs a network)"),

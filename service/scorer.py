@@ -68,6 +68,28 @@ class ScoreResult:
         }
 
 
+def _ann_search(ann: Any, queries: np.ndarray, per_head: int) -> np.ndarray:
+    """FAISS ids of each query's `per_head` nearest ad heads (-1 where fewer were found).
+
+    Search parameters are per call: the shared index is never mutated by request threads. An IVF
+    index (large corpora) probes the lists it was built with; where that finds fewer than
+    `per_head` heads (clustered corpora leave lists near a query empty), the probe widens 4x at a
+    time, up to every list.
+    """
+    import faiss
+
+    if not hasattr(ann, "nprobe"):  # HNSW
+        params = faiss.SearchParametersHNSW(efSearch=max(64, per_head))  # type: ignore[attr-defined]
+        return np.asarray(ann.search(queries, per_head, params=params)[1])
+    nprobe = int(ann.nprobe)
+    while True:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[attr-defined,call-arg]
+        hits = np.asarray(ann.search(queries, per_head, params=params)[1])
+        if nprobe >= ann.nlist or (hits >= 0).all():
+            return hits
+        nprobe = min(int(ann.nlist), nprobe * 4)
+
+
 def _user_loc(*rest: str) -> tuple[str, ...]:
     return ("body", "user", *rest)
 
@@ -306,14 +328,11 @@ class Scorer:
         else:
             if version.ann is None:
                 raise VersionUnavailable("mode", f"version {version.version} has no FAISS index")
-            import faiss
 
             queries = user.float().reshape(-1, user.shape[-1]).cpu().numpy()  # (H_u, p)
             queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])  # MIPS -> L2: [u, 0]
             per_head = min(version.ann.ntotal, ANN_OVERSAMPLE * k * heads)
-            # Per-call search parameters: the shared index is never mutated by request threads.
-            params = faiss.SearchParametersHNSW(efSearch=max(64, per_head))  # type: ignore[attr-defined]
-            _, hits = version.ann.search(queries, per_head, params=params)
+            hits = _ann_search(version.ann, queries, per_head)
             found = np.unique(hits[hits >= 0] // heads)
             # The ANN covers the base rows; drop removed/paused ones, add rows appended by deltas.
             rows = np.union1d(found[np.isin(found, live, assume_unique=True)], live[live >= version.ann_rows])

@@ -66,8 +66,14 @@ def n_buckets(n_users: int) -> int:
 
 
 def _id_dtype(values: np.ndarray) -> str:
-    if len(values) == 0 or (values.min() >= np.iinfo(np.int32).min and values.max() <= np.iinfo(np.int32).max):
-        return "<i4"
+    """The narrowest little-endian integer type holding every value."""
+    if len(values) == 0:
+        return "<i2"
+    low, high = int(values.min()), int(values.max())
+    for dtype in ("<i2", "<i4"):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
     return "<i8"
 
 

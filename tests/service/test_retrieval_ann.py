@@ -112,3 +112,56 @@ def test_concurrent_retrieves_of_different_k_do_not_share_search_state(version: 
     assert version.ann.hnsw.efSearch == ef_before  # the shared index is never mutated
     for key, runs in results.items():
         assert all(sorted(r) == sorted(serial[key]) for r in runs), key
+
+
+def _ivf_version(version: ServingVersion, vectors: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> ServingVersion:
+    import faiss
+
+    import offline.ann
+
+    monkeypatch.setattr(offline.ann, "HNSW_MAX_VECTORS", 1000)  # force the large-corpus index on a small one
+    ann = faiss.deserialize_index(build_ann(vectors))
+    index = IndexData(**{**version.index.__dict__, "rows": AdRows.quantize(vectors, "float32")})
+    index.ad_ids = np.arange(len(vectors), dtype=np.int64)
+    index.bids = np.ones(len(vectors), np.float32)
+    return build_version(version.bundle, index, ann=ann)
+
+
+def test_large_corpora_get_an_ivf_index_with_recall_against_exact(
+    version: ServingVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from offline.ann import ivf_lists
+
+    assert ivf_lists(20_000_000) == 4096 and ivf_lists(10_000) == 256
+    ivf = _ivf_version(version, version.rows.vectors.float(), monkeypatch)
+    assert type(ivf.ann).__name__ == "IndexIVFFlat" and ivf.ann.nlist == 256 and ivf.ann.nprobe == 64
+    assert ivf.ann.ntotal == N_ADS * 2
+    scorer = Scorer()
+    recalls = []
+    for user in _users(scorer, ivf):
+        approx = scorer.candidates(ivf, user, 10, mode="ann")
+        exact = scorer.candidates(ivf, user, 10, mode="exact")
+        recalls.append(len(np.intersect1d(approx, exact)) / 10)
+    assert float(np.mean(recalls)) >= 0.95
+
+
+def test_ivf_widens_its_probe_where_a_clustered_corpus_leaves_the_probed_lists_empty(
+    version: ServingVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.scorer import _ann_search
+
+    base = version.rows.vectors.float()
+    # 4 distinct ads repeated 1,250 times each, with tiny noise: most of the 256 lists sit on a few
+    # points, and the 64 nearest a query hold fewer heads than a wide search asks for
+    clustered = base[torch.arange(N_ADS) % 4] + 1e-6 * torch.randn_like(base)
+    ivf = _ivf_version(version, clustered, monkeypatch)
+    queries = np.hstack([clustered[:8, 0].numpy(), np.zeros((8, 1), np.float32)])
+    import faiss
+
+    fixed = ivf.ann.search(queries, 5000, params=faiss.SearchParametersIVF(nprobe=ivf.ann.nprobe))[1]  # type: ignore[attr-defined,call-arg]
+    widened = _ann_search(ivf.ann, queries, 5000)
+    assert (fixed < 0).any()  # the built-in probe alone finds too few heads here
+    assert (widened >= 0).all()
+    scorer = Scorer()
+    user = _users(scorer, ivf)[0]
+    assert len(scorer.candidates(ivf, user, 10, mode="ann")) == 10

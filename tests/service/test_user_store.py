@@ -48,6 +48,11 @@ def test_packed_rows_decode_to_the_stored_features(tiny, tiny_hit) -> None:  # t
     for damaged in (raw[:-1], raw + b"\0", raw[:3]):
         with pytest.raises(ValueError, match="user row"):
             codec.unpack(damaged)
+    narrow = FeatureTable(
+        2, {"u": np.array([1, 30_000])}, sequences={"h": (np.array([5, 70_000]), np.array([0, 1, 2]))}
+    )
+    assert UserRowCodec.for_table(narrow).fixed == (("u", "sparse", "<i2"),)
+    assert UserRowCodec.for_table(narrow).sequences == (("h", "<i4"),)
     wide = FeatureTable(2, {"u": np.array([1, 2**40])})  # ids past int32 get 8 bytes
     assert UserRowCodec.for_table(wide).fixed == (("u", "sparse", "<i8"),)
     assert UserRowCodec.for_table(wide).unpack(UserRowCodec.for_table(wide).pack(wide, np.array([1]))[0]).sparse[
