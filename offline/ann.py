@@ -14,6 +14,8 @@ largest norm) in an L2 HNSW index, and a query u is searched as [u, 0]; then
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -40,8 +42,9 @@ def _augment(flat: np.ndarray, max_sq_norm: float) -> np.ndarray:
     return np.ascontiguousarray(np.hstack([flat, extra]), dtype=np.float32)
 
 
-def build_ann(vectors: torch.Tensor, hnsw_m: int = 32, ef_construction: int = 80, seed: int = 0) -> np.ndarray:
-    """An index over every ad head for maximum inner product, serialised to bytes (uint8 array).
+def build_ann(vectors: torch.Tensor, hnsw_m: int = 32, ef_construction: int = 80, seed: int = 0) -> Any:
+    """A FAISS index over every ad head for maximum inner product (write it with faiss.write_index:
+    serialising to bytes first would hold a second copy of it in memory).
 
     Args:
         vectors: (N, H_a, p) float ad matrix.
@@ -61,7 +64,7 @@ def build_ann(vectors: torch.Tensor, hnsw_m: int = 32, ef_construction: int = 80
         index = faiss.IndexHNSWFlat(dim, hnsw_m)
         index.hnsw.efConstruction = ef_construction
         index.add(_augment(flat, max_sq))
-        return faiss.serialize_index(index)
+        return index
     nlist = ivf_lists(n)
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
     ivf.cp.seed = seed
@@ -70,4 +73,4 @@ def build_ann(vectors: torch.Tensor, hnsw_m: int = 32, ef_construction: int = 80
     for start in range(0, n, _ADD_BATCH):  # in batches: no second full-size copy of the matrix
         ivf.add(_augment(flat[start : start + _ADD_BATCH], max_sq))
     ivf.nprobe = min(IVF_NPROBE, nlist)
-    return faiss.serialize_index(ivf)
+    return ivf

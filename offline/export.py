@@ -121,7 +121,9 @@ def export(
             os.replace(staged / "index" / name, staged / name)
         (staged / "index").rmdir()
         if bundle.model.ann_searchable:
-            (staged / ANN_FILE).write_bytes(build_ann(vectors).tobytes())
+            import faiss
+
+            faiss.write_index(build_ann(vectors), str(staged / ANN_FILE))
             checksums = json.loads((staged / "manifest.json").read_text())
             checksums["checksums"][ANN_FILE] = file_sha256(staged / ANN_FILE)
             write_json(staged / "manifest.json", checksums)

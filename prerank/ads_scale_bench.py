@@ -79,11 +79,10 @@ def _run(args: argparse.Namespace) -> None:
         for db, n in enumerate(args.ads, start=1):
             data = f"synthetic:{n}:{args.rows}"
             artifact = args.work / f"hit-{n}"
-            t0 = time.perf_counter()
             if not (artifact / "metrics.json").exists():
                 _cli("train", "--dataset", data, "--model", "hit", "--epochs", "1", "--sparse-embeddings",
                      "--threads", "2", "--no-progress", "--out", str(artifact))  # fmt: skip
-            train_s = time.perf_counter() - t0
+            trained = json.loads((artifact / "metrics.json").read_text())
             store, blobs = f"{root}/{db}", args.work / f"blobs-{n}"
             shutil.rmtree(blobs, ignore_errors=True)
             export_args = [str(artifact), "--dataset", data, "--store", store, "--blobs", str(blobs), "--keep", "2"]
@@ -95,7 +94,10 @@ def _run(args: argparse.Namespace) -> None:
             row = {
                 "ads": n,
                 "dataset": data,
-                "train_s": round(train_s, 1),
+                "train_s": round(trained["wall_seconds"], 1),
+                "train_epoch_s": round(trained["seconds_per_epoch"], 1),
+                "train_rows": trained["rows"],
+                "test_auc": round(trained["test_auc"], 4),
                 "export_publish_s": round(first["seconds"], 1),
                 "export_peak_rss": first["peak_rss"],
                 "version_bytes": sum(f["size"] for f in manifest["files"]),

@@ -330,6 +330,8 @@ class Scorer:
                 raise VersionUnavailable("mode", f"version {version.version} has no FAISS index")
 
             queries = user.float().reshape(-1, user.shape[-1]).cpu().numpy()  # (H_u, p)
+            if len(queries) > 1:  # also the heads' sum: the ads one head of which serves every user head
+                queries = np.vstack([queries, queries.sum(axis=0, keepdims=True)])
             queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])  # MIPS -> L2: [u, 0]
             per_head = min(version.ann.ntotal, ANN_OVERSAMPLE * k * heads)
             hits = _ann_search(version.ann, queries, per_head)

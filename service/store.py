@@ -330,7 +330,7 @@ def load_version(directory: Path, device: str = "cpu", expected_model: str | Non
     if (directory / ANN_FILE).exists():
         import faiss
 
-        ann = faiss.deserialize_index(np.fromfile(directory / ANN_FILE, dtype=np.uint8))
+        ann = faiss.read_index(str(directory / ANN_FILE))  # straight from the file: no second in-memory copy
     return build_version(bundle, index, device, expected_model, ann)
 
 

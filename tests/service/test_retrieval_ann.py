@@ -51,9 +51,8 @@ def version() -> ServingVersion:
         user_ids=[str(i) for i in range(N_USERS)],
         users=FeatureTable(N_USERS, sparse={"user_id": np.arange(1, N_USERS + 1)}),
     )
-    import faiss
 
-    ann = faiss.deserialize_index(build_ann(vectors))
+    ann = build_ann(vectors)
     return build_version(bundle, index, ann=ann)
 
 
@@ -115,12 +114,11 @@ def test_concurrent_retrieves_of_different_k_do_not_share_search_state(version: 
 
 
 def _ivf_version(version: ServingVersion, vectors: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> ServingVersion:
-    import faiss
 
     import offline.ann
 
     monkeypatch.setattr(offline.ann, "HNSW_MAX_VECTORS", 1000)  # force the large-corpus index on a small one
-    ann = faiss.deserialize_index(build_ann(vectors))
+    ann = build_ann(vectors)
     index = IndexData(**{**version.index.__dict__, "rows": AdRows.quantize(vectors, "float32")})
     index.ad_ids = np.arange(len(vectors), dtype=np.int64)
     index.bids = np.ones(len(vectors), np.float32)
