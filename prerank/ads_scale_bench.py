@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,7 @@ def _run(args: argparse.Namespace) -> None:
             rows.append(row)
             stores[n] = store
             print(json.dumps(row), flush=True)
+        os.sync()  # flush the version files just written: writeback would land inside the latency steps
         openloop = args.out / "openloop"
         targets = [x for n, s in stores.items() for x in ("--target", f"ads-{n}={s}")]
         _cli("openloop", *targets, "--candidates", "10000", "--rates", *map(str, args.rates),
