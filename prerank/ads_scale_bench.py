@@ -68,6 +68,7 @@ def _run(args: argparse.Namespace) -> None:
     import redis
 
     from models.provenance import code_version, machine
+    from offline.ann import HNSW_MAX_VECTORS
     from tools.ads_scale_bench import export_once, serve_and_swap
     from tools.recall import measure_recall
     from tools.user_store_bench import private_redis
@@ -119,7 +120,8 @@ def _run(args: argparse.Namespace) -> None:
         recall = {}
         if args.recall_users:
             for n, store in stores.items():
-                recall[n] = measure_recall(store, [100], args.recall_users)["results"][0]
+                measured = measure_recall(store, [100], args.recall_users)
+                recall[n] = {**measured["results"][0], "heads": measured["heads"]}
                 print(json.dumps({"ads": n, **recall[n]}), flush=True)
     report = {
         "command": "prerank ads-scale-bench " + " ".join(args.argv),
@@ -167,7 +169,7 @@ def _run(args: argparse.Namespace) -> None:
             "|---|---|---|---|---|---|",
         ]
         for n, r in recall.items():
-            kind = "HNSW" if 2 * n <= 1_000_000 else "IVF"
+            kind = "HNSW" if r["heads"] * n <= HNSW_MAX_VECTORS else "IVF"
             lines.append(
                 f"| {n:,} | {kind} | {r['recall_mean']:.4f} | {r['recall_min']:.2f} | {r['ann_ms_p50']:.2f} / "
                 f"{r['ann_ms_p99']:.2f} | {r['exact_ms_p50']:.1f} |"
@@ -178,7 +180,4 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    p = parser()
-    p.set_defaults(argv=args_list)
-    return run_job("ads-scale-bench", p, _run, args_list)
+    return run_job("ads-scale-bench", parser(), _run, argv)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,7 +107,4 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    p = parser()
-    p.set_defaults(argv=args_list)
-    return run_job("evaluate", p, _run, args_list)
+    return run_job("evaluate", parser(), _run, argv)

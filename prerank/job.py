@@ -152,11 +152,16 @@ def run_job(
     handler: Callable[[argparse.Namespace], None],
     argv: Sequence[str] | None,
 ) -> int:
-    """Parses `argv`, sets logging and torch threads, runs `handler` under the error model."""
+    """Parses `argv`, sets logging and torch threads, runs `handler` under the error model.
+
+    The handler finds the arguments as given in `args.argv` (for reports that name their command).
+    """
+    given = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(None if argv is None else list(argv))
+        args = parser.parse_args(given)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return exc.code if isinstance(exc.code, int) else 2
+    args.argv = given
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

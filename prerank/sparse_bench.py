@@ -62,9 +62,4 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    p = parser()
-    p.set_defaults(argv=args_list)
-    return run_job("sparse-bench", p, _run, args_list)
+    return run_job("sparse-bench", parser(), _run, argv)

@@ -164,9 +164,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser()
-    p.set_defaults(argv=list(sys.argv[1:] if argv is None else argv))  # which flags were given
-    code = run_job("train", p, _run, argv)
+    code = run_job("train", parser(), _run, argv)  # args.argv: which flags were given
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Under torchrun, skip interpreter teardown once the work is done: gloo's threads can abort
         # a rank while static objects are destroyed, failing a run that succeeded.

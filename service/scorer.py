@@ -167,29 +167,7 @@ class Scorer:
             raise InvalidInput.of(problems)
         link = version.history
         want_online = self.users is not None and link is not None and link.user_field not in encoded
-        found = Lookup()
-        stored: Features | None = None
-        if user.id is not None:
-            if version.user_codec is not None:  # per-request user store: read the row from Redis
-                if self.users is not None:
-                    found = self.users.lookup(
-                        str(user.id),
-                        online=want_online,
-                        version=version.version,
-                        codec=version.user_codec,
-                        buckets=version.user_buckets,
-                    )
-                else:
-                    found = Lookup(available=False)
-                if found.features is not None:
-                    stored = found.features.take(np.zeros(1, dtype=np.int64), self.device)
-            else:
-                row = version.user_rows.get(str(user.id))
-                if row is not None:
-                    stored = version.index.users.take(np.array([row], dtype=np.int64), self.device)
-                if want_online:
-                    assert self.users is not None
-                    found = self.users.lookup(str(user.id), online=True)
+        stored, found = (None, Lookup()) if user.id is None else self._stored_user(version, str(user.id), want_online)
         known = stored is not None or bool(user.features)
         if stored is None and not user.features and unknown_user == "reject" and found.available:
             raise UnknownUser(_user_loc("id"), f"user {user.id!r} is not in the user feature store")
@@ -209,6 +187,23 @@ class Scorer:
         for name, value in encoded.items():
             feats[name] = cast(torch.Tensor | Jagged, value)
         return feats, known, event
+
+    def _stored_user(self, version: ServingVersion, user_id: str, want_online: bool) -> tuple[Features | None, Lookup]:
+        """The user's snapshot features in `version` (None: not stored, or the store is down) and
+        what the Redis round trip found (the online row if `want_online`)."""
+        if version.user_codec is None:  # replicated: the table is in memory, only the online row is read
+            row = version.user_rows.get(user_id)
+            stored = None if row is None else version.index.users.take(np.array([row], dtype=np.int64), self.device)
+            found = self.users.lookup(user_id, online=True) if want_online and self.users is not None else Lookup()
+            return stored, found
+        if self.users is None:  # a per-request version without a Redis client: nothing can be known
+            return None, Lookup(available=False)
+        found = self.users.lookup(
+            user_id, online=want_online, version=version.version, codec=version.user_codec, buckets=version.user_buckets
+        )
+        if found.features is None:
+            return None, found
+        return found.features.take(np.zeros(1, dtype=np.int64), self.device), found
 
     def gather(self, version: ServingVersion, rows: np.ndarray) -> AdBatch:
         """Candidate rows of the ad matrix as the model scores them (`AdRows.take`)."""

@@ -45,6 +45,10 @@ FEATURE_LOOKUPS = Counter(
 _ABSENT = FeatureTable(0)  # cached "this version has no row for this user"
 
 
+def _present(features: FeatureTable | None) -> FeatureTable | None:
+    return None if features is _ABSENT else features
+
+
 @dataclass(frozen=True)
 class Lookup:
     """What one round trip found.
@@ -137,13 +141,13 @@ class UserStore:
                 FEATURE_LOOKUPS.labels("cached").inc()
                 want_features = False
         if not (online or want_features):
-            return Lookup(None if features is _ABSENT else features)
+            return Lookup(_present(features))
         if time.monotonic() < self._off_until:
             if online:
                 LOOKUPS.labels("skipped").inc()
             if want_features:
                 FEATURE_LOOKUPS.labels("skipped").inc()
-            return Lookup(None if features is _ABSENT else features, None, available=not want_features)
+            return Lookup(_present(features), None, available=not want_features)
         try:
             pipe = self.client.pipeline(transaction=False)
             if online:
@@ -167,7 +171,7 @@ class UserStore:
             if want_features:
                 FEATURE_LOOKUPS.labels("error").inc()
             log.warning("user store unavailable: %s", exc, extra={"event": "online_users_error"})
-            return Lookup(None if features is _ABSENT else features, None, available=not want_features)
+            return Lookup(_present(features), None, available=not want_features)
         if online:
             LOOKUPS.labels("miss" if row is None else "hit").inc()
-        return Lookup(None if features is _ABSENT else features, row)
+        return Lookup(_present(features), row)
