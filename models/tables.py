@@ -11,20 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.features import Features, FeatureSpec, Jagged, Kind
+from models.features import Features, FeatureSpec, Jagged, Kind, mix64
 
 __all__ = ["FeatureTable"]
 
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads every input bit over the output (uint64 in, uint64 out)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 @dataclass
@@ -100,16 +92,16 @@ class FeatureTable:
         with np.errstate(over="ignore"):
             h = np.full(self.n_rows, _FNV_OFFSET, np.uint64)
             for _, col in sorted(self.sparse.items()):
-                h = (h ^ _mix(col.astype(np.int64).view(np.uint64))) * _FNV_PRIME
+                h = (h ^ mix64(col.astype(np.int64).view(np.uint64))) * _FNV_PRIME
             for _, col in sorted(self.dense.items()):
-                h = (h ^ _mix(col.astype(np.float32).view(np.uint32).astype(np.uint64))) * _FNV_PRIME
+                h = (h ^ mix64(col.astype(np.float32).view(np.uint32).astype(np.uint64))) * _FNV_PRIME
             for _, (values, offsets) in sorted(self.sequences.items()):
                 lengths = np.diff(offsets)
                 position = np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-                token = _mix(values.astype(np.int64).view(np.uint64) ^ (position.view(np.uint64) << np.uint64(40)))
+                token = mix64(values.astype(np.int64).view(np.uint64) ^ (position.view(np.uint64) << np.uint64(40)))
                 total = np.concatenate([np.zeros(1, np.uint64), np.cumsum(token, dtype=np.uint64)])
                 h = (h ^ (total[offsets[1:]] - total[offsets[:-1]])) * _FNV_PRIME
-                h = (h ^ _mix(lengths.astype(np.uint64))) * _FNV_PRIME
+                h = (h ^ mix64(lengths.astype(np.uint64))) * _FNV_PRIME
         return h
 
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:

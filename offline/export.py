@@ -33,6 +33,7 @@ from models.rows import AdRows
 from models.tables import FeatureTable
 from offline.ann import build_ann
 from offline.data import Dataset
+from offline.data.stream import Snapshot
 from offline.publish import KEEP_VERSIONS, open_publisher
 from storage import parse_store_url
 
@@ -57,7 +58,7 @@ def encode_ads(
     return torch.cat(vectors), (torch.cat(routes) if routes else None)
 
 
-def _check_schema(bundle: Bundle, dataset: Dataset) -> None:
+def _check_schema(bundle: Bundle, dataset: Dataset | Snapshot) -> None:
     theirs = {f.name: f for f in dataset.schema.features}
     for f in bundle.schema.features:
         if theirs.get(f.name) != f:
@@ -73,7 +74,7 @@ def _check_schema(bundle: Bundle, dataset: Dataset) -> None:
 
 def export(
     artifact: Path,
-    dataset: Dataset,
+    dataset: Dataset | Snapshot,
     store_url: str,
     dtype: str = "float32",
     keep: int = KEEP_VERSIONS,

@@ -28,6 +28,7 @@ from models.provenance import code_version, machine
 from models.registry import build_model, config_from_dict
 from offline.calibrate import fit_calibrator
 from offline.data import Dataset, Split
+from offline.data.stream import StreamingDataset, StreamingSplit
 from offline.metrics import auc, ece, logloss, rela_impr
 from offline.sparse import Optimizers, SparseEmbeddings
 
@@ -70,6 +71,8 @@ class TrainConfig:
             those three, or "none" (no calibrator in the artifact).
         negative_rate: keep each negative training row with this probability per epoch (1: all);
             the calibrator's offset log(rate) corrects the learned base rate back.
+        max_steps_per_epoch: end an epoch after this many steps (0: a full pass); for logs whose
+            epoch does not fit a sitting (a streamed epoch resumes nowhere: the next one reshuffles).
         sparse_embeddings: sparse embedding gradients (SparseAdam on the tables, Adam on the rest;
             plain SGD takes them as they are) and the L2 of the looked-up rows only, so a step's
             cost does not grow with the vocabulary (offline.sparse).
@@ -82,6 +85,7 @@ class TrainConfig:
     calibration: str = "none"
     negative_rate: float = 1.0
     sparse_embeddings: bool = False
+    max_steps_per_epoch: int = 0
     patience: int = 2
     l2: float = 1e-5
     embedding_decay: float = 0.0
@@ -104,24 +108,21 @@ class TrainResult:
 
 
 @torch.inference_mode()
-def predict_logits(model: PrerankModel, split: Split, batch_size: int = 32768) -> np.ndarray:
+def predict_logits(model: PrerankModel, split: Split | StreamingSplit, batch_size: int = 32768) -> np.ndarray:
     """Raw logits for every row of a split (model in eval mode, on the model's device)."""
     model.eval()
     device = str(next(model.parameters()).device)
-    out = []
-    for start in range(0, len(split), batch_size):
-        feats, _ = split.batch(np.arange(start, min(start + batch_size, len(split))), device)
-        out.append(model(feats).float().cpu().numpy())
+    out = [model(feats).float().cpu().numpy() for feats in split.batches(batch_size, device)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @torch.inference_mode()
-def predict(model: PrerankModel, split: Split, batch_size: int = 32768) -> np.ndarray:
+def predict(model: PrerankModel, split: Split | StreamingSplit, batch_size: int = 32768) -> np.ndarray:
     """Uncalibrated pCTR (sigmoid of the logit) for every row of a split."""
     return torch.sigmoid(torch.from_numpy(predict_logits(model, split, batch_size))).numpy()
 
 
-def evaluate(model: PrerankModel, split: Split, batch_size: int = 32768) -> dict[str, float]:
+def evaluate(model: PrerankModel, split: Split | StreamingSplit, batch_size: int = 32768) -> dict[str, float]:
     probs = predict(model, split, batch_size)
     return {"auc": auc(split.labels, probs), "logloss": logloss(split.labels, probs)}
 
@@ -168,10 +169,12 @@ def _optimizer(cfg: TrainConfig, model: nn.Module, sparse: SparseEmbeddings | No
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
-def _teacher_probabilities(cfg: TrainConfig, dataset: Dataset) -> np.ndarray | None:
+def _teacher_probabilities(cfg: TrainConfig, dataset: Dataset | StreamingDataset) -> np.ndarray | None:
     """The distillation teacher's calibrated pCTR of every training row, or None without a teacher."""
     if not cfg.distill_from:
         return None
+    if isinstance(dataset, StreamingDataset):
+        raise ValueError("distill_from needs the training rows in memory (it is not supported with streaming)")
     from models.artifact import load_artifact
 
     bundle = load_artifact(Path(cfg.distill_from))
@@ -245,7 +248,7 @@ def _distributed(device: str) -> _Distributed:
 
 
 def train(
-    dataset: Dataset,
+    dataset: Dataset | StreamingDataset,
     model_name: str,
     model_config: dict[str, Any] | None = None,
     config: TrainConfig | None = None,
@@ -298,36 +301,37 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        order = rng.permutation(len(dataset.train))
-        if cfg.negative_rate < 1.0:  # negative down-sampling, drawn anew each epoch
-            positive = dataset.train.labels[order] > 0.5
-            order = order[positive | (rng.random(len(order)) < cfg.negative_rate)]
-        batches = range(0, len(order), cfg.batch_size)
         quiet = not cfg.progress or ddp.rank != 0
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=quiet, leave=False, file=sys.stderr)
-        total = 0.0
-        for start in bar:
-            rows = order[start : start + cfg.batch_size]
-            if len(rows) < ddp.world:  # a tail too small to give every rank a row
-                continue
-            feats, labels = dataset.train.batch(shard(rows, ddp.rank, ddp.world), ddp.device)
+        steps = dataset.train.epoch(rng, cfg.batch_size, ddp.rank, ddp.world, cfg.negative_rate, ddp.device)
+        expected = -(-len(dataset.train) // cfg.batch_size)
+        if cfg.max_steps_per_epoch:
+            expected = min(expected, cfg.max_steps_per_epoch)
+        bar = tqdm(steps, total=expected, desc=f"epoch {epoch}", disable=quiet, leave=False, file=sys.stderr)
+        total, seen = 0.0, 0
+        for n_steps, batch in enumerate(bar, start=1):
+            feats = batch.features
             if cfg.id_dropout > 0:
                 feats = drop_ids(feats, dataset.schema, cfg.id_dropout, dropper)
             soft = None
-            if teacher is not None:
-                soft = torch.from_numpy(teacher[shard(rows, ddp.rank, ddp.world)]).to(ddp.device)
-            loss = step(feats, labels, soft, cfg.distill_weight)
+            if teacher is not None and batch.rows is not None:
+                soft = torch.from_numpy(teacher[batch.rows]).to(ddp.device)
+            loss = step(feats, batch.labels, soft, cfg.distill_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() / ddp.world
+            seen += batch.size
+            if n_steps == cfg.max_steps_per_epoch:
+                break
         train_seconds = time.perf_counter() - t0
         val = evaluate(model, dataset.valid, cfg.eval_batch_size)
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": total / len(order),
+                "train_loss": total / max(seen, 1),
                 "train_seconds": train_seconds,
+                "train_rows": seen,
+                "rows_per_second": seen / train_seconds if train_seconds else 0.0,
                 "valid_auc": val["auc"],
                 "valid_logloss": val["logloss"],
             }
@@ -335,7 +339,7 @@ def train(
         log.info(
             "epoch %d  loss %.4f  valid auc %.4f  logloss %.4f  (%.1fs)",
             epoch,
-            total / len(order),
+            total / max(seen, 1),
             val["auc"],
             val["logloss"],
             train_seconds,
@@ -353,8 +357,10 @@ def train(
                 _scale_lr(optimizer, cfg.lr_decay)
     model.load_state_dict(best_state)
     model.to("cpu")  # artifacts and test metrics are device-independent
-    test = evaluate(model, dataset.test, cfg.eval_batch_size)
-    calibrator, calibration = _calibrate(model, dataset, cfg)
+    test_logits = predict_logits(model, dataset.test, cfg.eval_batch_size)  # one pass, shared with _calibrate
+    test_probs = torch.sigmoid(torch.from_numpy(test_logits)).numpy()
+    test = {"auc": auc(dataset.test.labels, test_probs), "logloss": logloss(dataset.test.labels, test_probs)}
+    calibrator, calibration = _calibrate(model, dataset, cfg, test_logits)
     metrics: dict[str, Any] = {
         "model": model_name,
         "test_auc": test["auc"],
@@ -395,7 +401,9 @@ def train(
     return result
 
 
-def _calibrate(model: PrerankModel, dataset: Dataset, cfg: TrainConfig) -> tuple[Calibrator | None, dict[str, Any]]:
+def _calibrate(
+    model: PrerankModel, dataset: Dataset | StreamingDataset, cfg: TrainConfig, test_logits: np.ndarray
+) -> tuple[Calibrator | None, dict[str, Any]]:
     """The calibrator fitted on validation logits, and test metrics before and after it."""
     offset = float(np.log(cfg.negative_rate))
     if cfg.calibration == "none" and offset == 0.0:
@@ -403,7 +411,6 @@ def _calibrate(model: PrerankModel, dataset: Dataset, cfg: TrainConfig) -> tuple
     method = "identity" if cfg.calibration == "none" else cfg.calibration
     valid = predict_logits(model, dataset.valid, cfg.eval_batch_size)
     calibrator = fit_calibrator(valid, dataset.valid.labels, method, offset, cfg.seed)
-    test_logits = predict_logits(model, dataset.test, cfg.eval_batch_size)
     raw = torch.sigmoid(torch.from_numpy(test_logits)).numpy()
     calibrated = calibrator.probabilities(test_logits)
     labels = dataset.test.labels

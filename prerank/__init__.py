@@ -18,6 +18,10 @@ JOBS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "AUC, calibrated LogLoss, ECE, GAUC, revenue@k, consistency and reliability of artifacts"),
     "bench": ("bench", "benchmark the scoring path per model, dtype and candidate count"),
     "generate": ("generate", "write a world: an impression log with known click probabilities, Bayes/attainable AUC"),
+    "generate-scale": (
+        "generate_scale",
+        "write a known-answer log at production size (Parquet shards, 10M ads/50M users/100M rows)",
+    ),
     "worlds": ("worlds", "train every model on generated worlds (several seeds) against their attainable AUC"),
     "tune": ("tune", "hyper-parameter search on the validation split with Optuna (resumable SQLite study)"),
     "zoo": ("zoo", "train every model on MovieLens-1M (both protocols, several seeds) and report"),
@@ -28,6 +32,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "openloop": ("openloop", "open-loop capacity sweep with k6 (fixed arrival rates, p99.9, dropped arrivals)"),
     "freshness": ("freshness", "event/delta/pause -> visible latency under open-loop load, 1 and 2 replicas"),
     "shadow-bench": ("shadow_bench", "live p99 under open-loop load with and without a slow shadow candidate"),
+    "stream-bench": ("stream_bench", "peak RSS and rows/s of streamed against in-memory training by log size"),
     "sparse-bench": ("sparse_bench", "training step time against vocabulary size, dense vs sparse embeddings"),
     "ads-scale-bench": (
         "ads_scale_bench",

@@ -36,6 +36,12 @@ def parser() -> argparse.ArgumentParser:
         "per-request (packed rows in Redis, one read per request; redis:// stores), or auto (per-request above "
         "1,000,000 users) (default: $PRERANK_USER_STORE, else auto)",
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read the user and ad snapshot from the log's shards (a schema file with [splits]) without loading "
+        "the log, encoded with the artifact's vocabularies",
+    )
     p.add_argument("--dtype", default="float32", choices=VECTOR_DTYPES, help="stored vector type (default: float32)")
     p.add_argument(
         "--delta",
@@ -58,11 +64,21 @@ def _run(args: argparse.Namespace) -> None:
         from offline.delta import check_live_model
 
         check_live_model(args.store, bundle.version)  # before any data is loaded
-    from offline.data import load_dataset
+    from offline.data import Dataset, load_dataset
+    from offline.data.stream import Snapshot, load_snapshot
     from offline.export import export
 
-    dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+    dataset: Dataset | Snapshot
+    if args.stream:
+        if args.delta:
+            raise UsageError("--stream publishes whole versions; --delta reads the log in memory")
+        if not args.dataset.endswith((".toml", ".json")):
+            raise UsageError(f"--stream reads a schema file with [splits], got --dataset {args.dataset}")
+        dataset = load_snapshot(Path(args.dataset), args.data_dir, bundle.schema, bundle.vocabs)
+    else:
+        dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     if args.delta:
+        assert isinstance(dataset, Dataset)
         from offline.delta import export_delta
 
         done = export_delta(args.artifact, dataset, args.store)

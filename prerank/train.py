@@ -55,6 +55,23 @@ def parser() -> argparse.ArgumentParser:
         help="sparse embedding updates (SparseAdam on the tables, L2 on looked-up rows): step time does not grow "
         "with the vocabulary; for id spaces of millions",
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream the log's shards in bounded memory (a schema file with [splits]); for logs larger than memory",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=1 << 18,
+        help="rows shuffled together when streaming (default 262144; 0: the log's order)",
+    )
+    p.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=0,
+        help="end each epoch after this many steps (0: full passes); for logs whose epoch does not fit a sitting",
+    )
     p.add_argument("--patience", type=int, default=2, help="epochs without a validation-AUC gain before stopping")
     p.add_argument("--l2", type=float, default=1e-5, help="per-step weight of the embeddings' sum of squares")
     p.add_argument(
@@ -102,6 +119,7 @@ def _train_settings(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, 
         "calibration": args.calibration,
         "negative_rate": args.negative_rate,
         "sparse_embeddings": args.sparse_embeddings,
+        "max_steps_per_epoch": args.max_steps_per_epoch,
         "patience": args.patience,
         "l2": args.l2,
         "embedding_decay": args.embedding_decay,
@@ -121,6 +139,8 @@ def _run(args: argparse.Namespace) -> None:
     config_from_dict(args.model, dict(args.model_config))
     if not 0.0 < args.negative_rate <= 1.0:
         raise UsageError(f"--negative-rate must be in (0, 1], got {args.negative_rate}")
+    if args.shuffle_buffer < 0 or args.max_steps_per_epoch < 0:
+        raise UsageError("--shuffle-buffer and --max-steps-per-epoch must be >= 0")
     if not 0.0 <= args.id_dropout < 1.0:
         raise UsageError(f"--id-dropout must be in [0, 1), got {args.id_dropout}")
     if not 0.0 < args.lr_decay <= 1.0 or args.embedding_decay < 0 or args.l2 < 0:
@@ -134,13 +154,24 @@ def _run(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
-    from offline.data import load_dataset
+    from offline.data import Dataset, load_dataset
+    from offline.data.stream import StreamingDataset, load_streaming
     from offline.train import TrainConfig, load_baseline, train
 
     baseline = load_baseline(args.baseline) if args.baseline else None
-    dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
-    if args.drop_features:
-        dataset = dataset.without(args.drop_features)
+    dataset: Dataset | StreamingDataset
+    if args.stream:
+        if args.drop_features or args.distill_from is not None:
+            raise UsageError(
+                "--stream does not go with --drop-features or --distill-from (both need the log in memory)"
+            )
+        if not args.dataset.endswith((".toml", ".json")):
+            raise UsageError(f"--stream reads a schema file with [splits], got --dataset {args.dataset}")
+        dataset = load_streaming(Path(args.dataset), args.data_dir, args.split_seed, args.shuffle_buffer)
+    else:
+        dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
+        if args.drop_features:
+            dataset = dataset.without(args.drop_features)
     try:
         cfg = TrainConfig(
             **_train_settings(args, args.argv),  # type: ignore[arg-type]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,17 @@ import torch
 from models.features import Features, FeatureSchema, Vocabulary
 from models.tables import FeatureTable
 
-__all__ = ["Dataset", "Split", "concat_tables", "csr_from_lists", "files_sha256"]
+__all__ = ["Batch", "Dataset", "Split", "concat_tables", "csr_from_lists", "files_sha256"]
+
+
+class Batch(NamedTuple):
+    """One training step's inputs on one rank: features, labels, the split positions of the rows
+    (None where the split is streamed), and the number of rows the step covers on all ranks."""
+
+    features: Features
+    labels: torch.Tensor
+    rows: np.ndarray | None
+    size: int
 
 
 @dataclass
@@ -37,6 +47,34 @@ class Split:
         feats = self.users.take(self.user_rows[idx], device)
         feats.update(self.ads.take(self.ad_rows[idx], device))
         return feats, torch.from_numpy(self.labels[idx]).to(device)
+
+    def batches(self, batch_size: int, device: str = "cpu") -> Iterator[Features]:
+        """Model inputs for every row in order, `batch_size` rows at a time (for inference)."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(np.arange(start, min(start + batch_size, len(self))), device)[0]
+
+    def epoch(
+        self,
+        rng: np.random.Generator,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        negative_rate: float = 1.0,
+        device: str = "cpu",
+    ) -> Iterator[Batch]:
+        """One pass in a random order (negatives kept with probability `negative_rate`), each
+        batch_size-row step split across `world` ranks (rank r takes every world-th row)."""
+        order = rng.permutation(len(self))
+        if negative_rate < 1.0:  # negative down-sampling, drawn anew each epoch
+            positive = self.labels[order] > 0.5
+            order = order[positive | (rng.random(len(order)) < negative_rate)]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            if len(rows) < world:  # a tail too small to give every rank a row
+                continue
+            mine = rows[rank::world]
+            feats, labels = self.batch(mine, device)
+            yield Batch(feats, labels, mine, len(rows))
 
     def subset(self, idx: np.ndarray) -> Split:
         return Split(self.user_rows[idx], self.ad_rows[idx], self.labels[idx], self.users, self.ads)

@@ -25,10 +25,19 @@ key columns, and every feature column with its side (user / ad / context) and ki
 
 Sequence columns hold ids joined by `separator` (default "|"). Vocabularies are fitted on the
 training rows only (unseen values map to id 0), dense columns have missing values filled with 0.
+A huge integer id space is hashed instead: `hash_buckets = 4194304, hash = "splitmix64"`
+(vectorised; the default hash, blake2b, takes any value but one at a time).
 
 Rows are split 80/20 into train+valid and test (randomly with `split_seed`, or by time when
 `timestamp` is given: the latest 20% are the test rows), and 1/8 of train+valid is the
-validation set. The user side of a row is its user's fields plus the row's context fields; the
+validation set. A log already split into files names them instead of `files` (globs allowed;
+this is what `prerank train --stream` reads shard by shard)::
+
+    [splits]
+    train = ["train/*.parquet"]
+    valid = ["valid/*.parquet"]
+    test = ["test/*.parquet"]
+ The user side of a row is its user's fields plus the row's context fields; the
 published user store keeps each user's latest row.
 """
 
@@ -37,18 +46,29 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from models.features import FeatureSchema, FeatureSpec, HashedVocabulary, Kind, Side, Vocabulary
 from models.tables import FeatureTable
 from offline.data.dataset import Dataset, Split, files_sha256
 
-__all__ = ["SCHEMA_SUFFIXES", "ColumnSpec", "TableSpec", "load_tabular", "read_table_spec", "split_rows"]
+__all__ = [
+    "SCHEMA_SUFFIXES",
+    "SPLITS",
+    "ColumnSpec",
+    "DenseStats",
+    "TableSpec",
+    "feature_specs",
+    "load_tabular",
+    "read_table_spec",
+    "split_rows",
+]
 
 SCHEMA_SUFFIXES = (".toml", ".json")
 TEST_FRACTION = 0.2
@@ -71,6 +91,7 @@ class ColumnSpec(_Strict):
     vocab: str = ""  # the vocabulary (and embedding table) it shares; defaults to its name
     min_count: int = Field(1, ge=1)
     hash_buckets: int | None = Field(None, ge=1)
+    hash: Literal["blake2b", "splitmix64"] = "blake2b"
     dim: int | None = Field(None, ge=1)
     pooling: Literal["mean", "sum"] = "mean"
     max_len: int | None = Field(None, ge=1)
@@ -85,7 +106,7 @@ class ColumnSpec(_Strict):
             Kind.DENSE: {"normalize", "buckets"},
             Kind.SEQUENCE: {"separator", "pooling", "max_len", "newest_first"},
         }
-        embedded = {"vocab", "min_count", "hash_buckets", "dim"}
+        embedded = {"vocab", "min_count", "hash_buckets", "hash", "dim"}
         for kind, keys in only.items():
             if self.kind is not kind and given & keys:
                 raise ValueError(f"{sorted(given & keys)} apply to {kind.value} features only")
@@ -95,6 +116,8 @@ class ColumnSpec(_Strict):
             raise ValueError("dim applies to embedded features (sparse, sequence, or dense with buckets)")
         if self.normalize and self.buckets is not None:
             raise ValueError("a dense feature is either normalized or bucketed, not both")
+        if "hash" in given and self.hash_buckets is None:
+            raise ValueError("hash applies to hashed fields only (give hash_buckets)")
         if self.hash_buckets is not None and self.min_count != 1:
             raise ValueError("hash_buckets and min_count exclude each other (a hashed field has no fitted vocabulary)")
         object.__setattr__(self, "name", self.name or self.column)
@@ -107,11 +130,39 @@ class LabelSpec(_Strict):
     threshold: float | None = None
 
 
+SPLITS = ("train", "valid", "test")
+
+
+class SplitFiles(_Strict):
+    """`[splits]`: the files (or globs) of each split of a log that comes split already."""
+
+    train: tuple[str, ...]
+    valid: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @field_validator("train", "valid", "test", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class TableSpec(_Strict):
-    """A parsed schema file; `files` are resolved against the data directory."""
+    """A parsed schema file; `files` (and `splits`) are resolved against the data directory.
+
+    After `read_table_spec`, `split_files` maps each split to its sorted, existing files when the
+    schema has `[splits]`, and `files` lists them all (train, valid, test).
+    """
 
     name: str = ""
-    files: tuple[Path, ...]
+    files: tuple[Path, ...] = ()
+    splits: SplitFiles | None = None
+    _split_files: dict[str, tuple[Path, ...]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def split_files(self) -> dict[str, tuple[Path, ...]]:
+        """Each split's files (sorted glob matches), when the schema has `[splits]`; else empty."""
+        return self._split_files
+
     user_key: str
     ad_key: str
     label: LabelSpec
@@ -133,6 +184,8 @@ class TableSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TableSpec:
+        if bool(self.files) == (self.splits is not None):
+            raise ValueError("give either files (split here) or [splits] (train/valid/test files), not both or neither")
         names = [f.name for f in self.features]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -147,7 +200,7 @@ class TableSpec(_Strict):
             elif f.buckets is not None and f.vocab in {g.vocab for g in self.features if g is not f}:
                 raise ValueError(f"{f.name}: a bucketed dense feature cannot share a vocabulary")
         for vocab, fields in by_vocab.items():
-            for key in ("min_count", "hash_buckets", "dim"):
+            for key in ("min_count", "hash_buckets", "hash", "dim"):
                 if len({getattr(f, key) for f in fields}) > 1:
                     raise ValueError(f"the fields of vocab {vocab!r} ({[f.name for f in fields]}) must agree on {key}")
         return self
@@ -197,7 +250,28 @@ def read_table_spec(path: Path, data_dir: Path | None = None) -> TableSpec:
     except ValidationError as exc:
         raise ValueError(_one_line(str(path), raw, exc)) from None
     base = Path(data_dir) if data_dir is not None else path.parent
-    return spec.model_copy(update={"name": spec.name or path.stem, "files": tuple(base / f for f in spec.files)})
+    update: dict[str, Any] = {"name": spec.name or path.stem, "files": tuple(base / f for f in spec.files)}
+    split_files: dict[str, tuple[Path, ...]] = {}
+    if spec.splits is not None:
+        split_files = {name: _glob(base, getattr(spec.splits, name), f"{path}: splits.{name}") for name in SPLITS}
+        update["files"] = tuple(f for name in SPLITS for f in split_files[name])
+    resolved = spec.model_copy(update=update)
+    resolved._split_files = split_files
+    return resolved
+
+
+def _glob(base: Path, patterns: tuple[str, ...], where: str) -> tuple[Path, ...]:
+    """The files the patterns name (sorted within a pattern); a pattern that matches nothing is an error."""
+    out: list[Path] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matched = sorted(p for p in base.glob(pattern) if p.is_file())
+        else:
+            matched = [base / pattern] if (base / pattern).is_file() else []
+        if not matched:
+            raise FileNotFoundError(f"{where}: {pattern!r} matches no file under {base} (set --data-dir?)")
+        out.extend(matched)
+    return tuple(out)
 
 
 def split_rows(n: int, timestamped: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,9 +288,10 @@ def split_rows(n: int, timestamped: bool, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(shuffled[n_valid:]), np.sort(shuffled[:n_valid]), test
 
 
-def _read(spec: TableSpec) -> pd.DataFrame:
+def _read(spec: TableSpec, files: tuple[Path, ...] | None = None) -> pd.DataFrame:
+    files = spec.files if files is None else files
     frames = []
-    for f in spec.files:
+    for f in files:
         if not f.exists():
             raise FileNotFoundError(f"data file {f} not found (set --data-dir?)")
         if f.name.endswith((".parquet", ".pq")):
@@ -226,8 +301,15 @@ def _read(spec: TableSpec) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     missing = sorted(spec.columns - set(frame.columns))
     if missing:
-        raise ValueError(f"{spec.name}: columns {missing} not in {[f.name for f in spec.files]}")
+        raise ValueError(f"{spec.name}: columns {missing} not in {[f.name for f in files]}")
     return frame
+
+
+def _in_time_order(frame: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    if not spec.timestamp:
+        return frame
+    ts = pd.to_numeric(frame[spec.timestamp], errors="coerce")
+    return frame.assign(_ts=ts.fillna(ts.min())).sort_values("_ts", kind="stable").reset_index(drop=True)
 
 
 def _labels(frame: pd.DataFrame, spec: TableSpec) -> np.ndarray:
@@ -276,30 +358,53 @@ def _fit_vocabs(frame: pd.DataFrame, spec: TableSpec) -> dict[str, Vocabulary]:
     for vocab, parts in values.items():
         c = first[vocab]
         if c.hash_buckets is not None:
-            vocabs[vocab] = HashedVocabulary(c.hash_buckets)
+            vocabs[vocab] = HashedVocabulary(c.hash_buckets, c.hash)
         else:
             joined = np.concatenate(parts) if parts else np.zeros(0, object)
             vocabs[vocab] = Vocabulary.fit(joined if len(joined) else np.array([""]), c.min_count)
     return vocabs
 
 
+@dataclass(frozen=True)
+class DenseStats:
+    """What a dense column's spec is fitted from: moments of its values (missing as 0) and a
+    sample of its present values (all of them in memory; a reservoir when streaming)."""
+
+    mean: float
+    std: float
+    sample: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> DenseStats:
+        filled = np.nan_to_num(values)
+        return cls(
+            float(filled.mean()) if len(filled) else 0.0,
+            float(filled.std()) if len(filled) else 0.0,
+            values[~np.isnan(values)],
+        )
+
+
 def _feature_specs(frame: pd.DataFrame, spec: TableSpec, vocabs: dict[str, Vocabulary]) -> dict[str, FeatureSpec]:
     """The model-side spec of each field; dense statistics are fitted on `frame` (the training rows)."""
+    dense = {c.column: DenseStats.of(_numbers(frame[c.column])) for c in spec.features if c.kind is Kind.DENSE}
+    return feature_specs(spec, vocabs, dense)
+
+
+def feature_specs(
+    spec: TableSpec, vocabs: dict[str, Vocabulary], dense: dict[str, DenseStats]
+) -> dict[str, FeatureSpec]:
+    """The model-side spec of each field; a bucketed dense field adds its bucket vocabulary to `vocabs`."""
     out = {}
     for c in spec.features:
         common: dict[str, Any] = {"static": c.static, "dim": c.dim}
         if c.kind is Kind.DENSE and c.buckets is not None:
-            x = _numbers(frame[c.column])
-            x = x[~np.isnan(x)]
+            x = dense[c.column].sample
             qs = np.quantile(x, np.linspace(0, 1, c.buckets + 1)[1:-1]) if len(x) else np.zeros(0)
             boundaries = tuple(float(b) for b in np.unique(qs))
             vocabs[c.vocab] = Vocabulary([f"bucket{i}" for i in range(len(boundaries) + 1)])
             out[c.name] = FeatureSpec(c.name, c.side, Kind.SPARSE, c.vocab, boundaries=boundaries, **common)
         elif c.kind is Kind.DENSE:
-            normalize = None
-            if c.normalize:
-                x = np.nan_to_num(_numbers(frame[c.column]))
-                normalize = (float(x.mean()), float(x.std()) or 1.0)
+            normalize = (dense[c.column].mean, dense[c.column].std or 1.0) if c.normalize else None
             out[c.name] = FeatureSpec(c.name, c.side, c.kind, None, static=c.static, normalize=normalize)
         elif c.kind is Kind.SEQUENCE:
             out[c.name] = FeatureSpec(
@@ -358,15 +463,19 @@ def _representatives(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 1023) -> Dataset:
     """Reads a schema-described dataset into train / valid / test splits and a serving snapshot."""
     spec = read_table_spec(schema_file, data_dir)
-    frame = _read(spec)
-    if spec.timestamp:
-        ts = pd.to_numeric(frame[spec.timestamp], errors="coerce")
-        frame = frame.assign(_ts=ts.fillna(ts.min())).sort_values("_ts", kind="stable").reset_index(drop=True)
+    if spec.split_files:  # split already: each split's rows in time order, train then valid then test
+        parts = [_in_time_order(_read(spec, spec.split_files[name]), spec) for name in SPLITS]
+        frame = pd.concat(parts, ignore_index=True)
+        ends = np.cumsum([len(part) for part in parts])
+        train, valid, test = np.arange(ends[0]), np.arange(ends[0], ends[1]), np.arange(ends[1], ends[2])
+        if min(len(train), len(valid), len(test)) == 0:
+            raise ValueError(f"{spec.name}: every split needs rows, got {[len(p) for p in parts]}")
+    else:
+        frame = _in_time_order(_read(spec), spec)
+        if len(frame) < 10:
+            raise ValueError(f"{spec.name}: {len(frame)} rows is too few to split")
+        train, valid, test = split_rows(len(frame), bool(spec.timestamp), seed)
     labels = _labels(frame, spec)
-    n = len(frame)
-    if n < 10:
-        raise ValueError(f"{spec.name}: {n} rows is too few to split")
-    train, valid, test = split_rows(n, bool(spec.timestamp), seed)
 
     fit = frame.iloc[train]
     vocabs = _fit_vocabs(fit, spec)
@@ -420,7 +529,8 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
         info={
             "schema_file": Path(schema_file).name,
             "schema_sha256": spec_digest,
-            "split_seed": seed,
+            "split_seed": seed if not spec.split_files else None,
+            "split": "files" if spec.split_files else ("time" if spec.timestamp else "random"),
             "ad_ids_from": ad_id_source,
         },
     )

@@ -284,8 +284,9 @@ def test_the_readme_documents_every_schema_key_with_an_example_that_validates(tm
     table = section[: section.index("### Data protocols")]
     for key in ColumnSpec.model_fields:
         assert f"| `{key}` |" in table, key
-    for key in set(TableSpec.model_fields) - {"features"}:
+    for key in set(TableSpec.model_fields) - {"features", "splits"}:
         assert f"{key} =" in example, key
+    assert "`[splits]`" in table and "[splits]\ntrain = " in readme  # the other way to name the files
     assert "[[features]]" in example
 
 
