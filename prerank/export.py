@@ -9,7 +9,7 @@ from pathlib import Path
 
 from models.artifact import load_artifact
 from models.rows import VECTOR_DTYPES
-from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, run_job
+from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, run_job, stream_schema
 from storage import check_store, parse_store_url
 
 __all__ = ["main", "parser"]
@@ -72,9 +72,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.stream:
         if args.delta:
             raise UsageError("--stream publishes whole versions; --delta reads the log in memory")
-        if not args.dataset.endswith((".toml", ".json")):
-            raise UsageError(f"--stream reads a schema file with [splits], got --dataset {args.dataset}")
-        dataset = load_snapshot(Path(args.dataset), args.data_dir, bundle.schema, bundle.vocabs)
+        dataset = load_snapshot(stream_schema(args.dataset), args.data_dir, bundle.schema, bundle.vocabs)
     else:
         dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     if args.delta:

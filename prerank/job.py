@@ -24,6 +24,7 @@ __all__ = [
     "json_arg",
     "json_object",
     "run_job",
+    "stream_schema",
     "usable_cpus",
 ]
 
@@ -98,6 +99,13 @@ def add_data_args(parser: argparse.ArgumentParser, default_dataset: str = "synth
         "schema file: its own folder)",
     )
     parser.add_argument("--split-seed", type=int, default=1023, help="seed of the 80/20 split (reference: 1023)")
+
+
+def stream_schema(dataset: str) -> Path:
+    """`--dataset` as the schema file a `--stream` job reads (a log split into files)."""
+    if not dataset.endswith((".toml", ".json")):
+        raise UsageError(f"--stream reads a schema file with [splits], got --dataset {dataset}")
+    return Path(dataset)
 
 
 def json_object(text: str) -> dict[str, object] | Path:

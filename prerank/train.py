@@ -10,7 +10,16 @@ from pathlib import Path
 
 from models.registry import MODELS, config_from_dict
 from offline.train import OPTIMIZERS
-from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_arg, json_object, run_job
+from prerank.job import (
+    UsageError,
+    add_data_args,
+    add_threads_arg,
+    job_parser,
+    json_arg,
+    json_object,
+    run_job,
+    stream_schema,
+)
 
 __all__ = ["main", "parser"]
 
@@ -165,9 +174,7 @@ def _run(args: argparse.Namespace) -> None:
             raise UsageError(
                 "--stream does not go with --drop-features or --distill-from (both need the log in memory)"
             )
-        if not args.dataset.endswith((".toml", ".json")):
-            raise UsageError(f"--stream reads a schema file with [splits], got --dataset {args.dataset}")
-        dataset = load_streaming(Path(args.dataset), args.data_dir, args.split_seed, args.shuffle_buffer)
+        dataset = load_streaming(stream_schema(args.dataset), args.data_dir, args.split_seed, args.shuffle_buffer)
     else:
         dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
         if args.drop_features:

@@ -16,7 +16,7 @@ import torch
 from models.features import Features, FeatureSchema, Vocabulary
 from models.tables import FeatureTable
 
-__all__ = ["Batch", "Dataset", "Split", "concat_tables", "csr_from_lists", "files_sha256"]
+__all__ = ["Batch", "Dataset", "Split", "describe_splits", "concat_tables", "csr_from_lists", "files_sha256"]
 
 
 class Batch(NamedTuple):
@@ -124,17 +124,19 @@ class Dataset:
 
     def describe(self) -> dict[str, Any]:
         """What goes into artifact and results metadata."""
-        return {
-            "dataset": self.name,
-            "protocol": self.protocol,
-            "data_sha256": self.checksum,
-            "rows": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
-            "positive_rate": {
-                "train": float(self.train.labels.mean()),
-                "test": float(self.test.labels.mean()),
-            },
-            **self.info,
-        }
+        return describe_splits(self, float(self.train.labels.mean()))
+
+
+def describe_splits(dataset: Any, train_positive_rate: float) -> dict[str, Any]:
+    """Artifact and results metadata of a dataset with train / valid / test splits (in memory or streamed)."""
+    return {
+        "dataset": dataset.name,
+        "protocol": dataset.protocol,
+        "data_sha256": dataset.checksum,
+        "rows": {"train": len(dataset.train), "valid": len(dataset.valid), "test": len(dataset.test)},
+        "positive_rate": {"train": train_positive_rate, "test": float(dataset.test.labels.mean())},
+        **dataset.info,
+    }
 
 
 def files_sha256(paths: Iterable[Path]) -> str:

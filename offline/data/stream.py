@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import torch
 
 from models.features import Features, FeatureSchema, FeatureSpec, HashedVocabulary, Kind, Side, Vocabulary
 from models.tables import FeatureTable
-from offline.data.dataset import Batch, concat_tables, files_sha256
+from offline.data.dataset import Batch, concat_tables, describe_splits, files_sha256
 from offline.data.tabular import SPLITS, ColumnSpec, DenseStats, TableSpec, feature_specs, read_table_spec
 
 __all__ = [
@@ -314,7 +314,7 @@ class StreamingSplit:
     specs: dict[str, FeatureSpec]
     encoder: _Encoder
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
-    _labels: np.ndarray | None = field(default=None, repr=False)
+    _label_cache: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.rows
@@ -326,12 +326,12 @@ class StreamingSplit:
     @property
     def labels(self) -> np.ndarray:
         """Every row's label, in file order (one column read; 4 bytes a row)."""
-        if self._labels is None:
+        if self._label_cache is None:
             parts = [
                 _labels(b, self.spec) for f in self.files for b in _read_batches(f, [self.spec.label.column], self.spec)
             ]
-            self._labels = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        return self._labels
+            self._label_cache = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return self._label_cache
 
     def _encoded(self, table: pa.Table | pa.RecordBatch) -> tuple[FeatureTable, np.ndarray]:
         return encode_rows(table, self.columns, self.specs, self.encoder), _labels(table, self.spec)
@@ -456,17 +456,9 @@ class StreamingDataset:
     test: StreamingSplit
     checksum: str
     info: dict[str, Any] = field(default_factory=dict)
-    oracle: None = None
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "dataset": self.name,
-            "protocol": self.protocol,
-            "data_sha256": self.checksum,
-            "rows": {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)},
-            "positive_rate": {"train": self.info["train_positive_rate"], "test": float(self.test.labels.mean())},
-            **self.info,
-        }
+        return describe_splits(self, self.info["train_positive_rate"])
 
 
 def load_streaming(
@@ -554,7 +546,7 @@ class _Latest:
     """The latest row per key of a stream of tables (Arrow's ordered `last` aggregation, merged
     every MERGE_ROWS rows, so memory is the distinct keys plus one merge's rows)."""
 
-    def __init__(self, key: str, columns: list[str], sums: list[str] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, key: str, columns: list[str], sums: Sequence[str] = ()) -> None:
         self.key, self.columns, self.sums = key, [c for c in columns if c != key], list(sums)
         self.merged: pa.Table | None = None
         self.pending: list[pa.Table] = []
@@ -581,9 +573,9 @@ class _Latest:
         for column in self.sums:
             aggregations += [(f"{column}__sum", "sum"), (f"{column}__n", "sum")]
         grouped = table.group_by(self.key, use_threads=False).aggregate(aggregations)
-        names = [*(c for c in self.columns), *(f"{c}__{part}" for c in self.sums for part in ("sum", "n"))]
-        self.merged = grouped.select([f"{n}_{'last' if n in self.columns else 'sum'}" for n in names] + [self.key])
-        self.merged = self.merged.rename_columns([*names, self.key])
+        # "segment_last" -> "segment", "bid__sum_sum" -> "bid__sum": the next merge reads its own output
+        names = [n if n == self.key else n.rsplit("_", 1)[0] for n in grouped.column_names]
+        self.merged = grouped.rename_columns(names)
         self.pending, self.rows = [], 0
 
     def table(self) -> pa.Table:
