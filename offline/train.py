@@ -291,6 +291,8 @@ def train(
     if ddp.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        if sparse is not None:  # their gradients are averaged by sparse.all_reduce
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, sparse.ddp_ignored(step))
         step = DistributedDataParallel(step, find_unused_parameters=True)
     optimizer = _optimizer(cfg, model, sparse)
     teacher = _teacher_probabilities(cfg, dataset)
@@ -318,6 +320,8 @@ def train(
             loss = step(feats, batch.labels, soft, cfg.distill_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if sparse is not None and ddp.world > 1:
+                sparse.all_reduce(ddp.world)
             optimizer.step()
             total += loss.item() / ddp.world
             seen += batch.size

@@ -32,7 +32,9 @@ def _torchrun() -> str:
     return shutil.which("torchrun") or pytest.skip("torchrun not installed")  # type: ignore[return-value]
 
 
-def _reference_grads(model_name: str, config: dict, world: int, per_shard: bool) -> dict[str, torch.Tensor]:  # type: ignore[type-arg]
+def _reference_grads(  # type: ignore[type-arg]
+    model_name: str, config: dict, world: int, per_shard: bool, l2: float = L2
+) -> dict[str, torch.Tensor]:
     """Single-process gradient of the summed loss over the batch: over the whole batch at once, or
     as the sum of each shard's loss (BatchNorm statistics per shard, as each DDP rank computes)."""
     data = tiny()
@@ -40,7 +42,7 @@ def _reference_grads(model_name: str, config: dict, world: int, per_shard: bool)
     model = build_model(model_name, data.schema, config).train()
     rows = np.arange(ROWS)
     parts = [shard(rows, r, world) for r in range(world)] if per_shard else [rows]
-    loss = L2 * model.regularizer()
+    loss = l2 * model.regularizer()
     for part in parts:
         feats, labels = data.train.batch(part)
         loss = loss + _TrainStep(model, 0.0, 1)(feats, labels)
@@ -49,16 +51,22 @@ def _reference_grads(model_name: str, config: dict, world: int, per_shard: bool)
 
 
 @pytest.mark.parametrize(
-    ("model_name", "config", "batch_norm"),
-    [("hit", {"dropout": 0.0}, True), ("cold", {"dropout": 0.0}, False)],
+    ("model_name", "config", "batch_norm", "mode"),
+    [
+        ("hit", {"dropout": 0.0}, True, "dense"),
+        ("cold", {"dropout": 0.0}, False, "dense"),
+        ("hit", {"dropout": 0.0}, True, "sparse"),
+    ],
 )
 def test_one_ddp_step_has_the_single_process_gradient(
-    model_name: str, config: dict, batch_norm: bool, tmp_path: Path
+    model_name: str, config: dict, batch_norm: bool, mode: str, tmp_path: Path
 ) -> None:  # type: ignore[type-arg]
+    """With "sparse" the tables' sparse gradients bypass DDP and SparseEmbeddings.all_reduce
+    averages them: densified, they equal the dense single-process gradient."""
     out = tmp_path / "grads.safetensors"
     cmd = [_torchrun(), "--standalone", "--nproc_per_node", "2", str(Path(__file__).parent / "ddp_worker.py")]
     done = subprocess.run(
-        [*cmd, model_name, json.dumps(config), str(out)],
+        [*cmd, model_name, json.dumps(config), str(out), mode],
         env={**ENV, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
@@ -67,7 +75,7 @@ def test_one_ddp_step_has_the_single_process_gradient(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = load_file(str(out))
-    reference = _reference_grads(model_name, config, 2, per_shard=batch_norm)
+    reference = _reference_grads(model_name, config, 2, per_shard=batch_norm, l2=0.0 if mode == "sparse" else L2)
     assert ddp.keys() == reference.keys() and len(ddp) > 5
     for name, grad in reference.items():
         torch.testing.assert_close(ddp[name], grad, rtol=1e-4, atol=1e-5, msg=name)
