@@ -1,7 +1,9 @@
 """Open-loop capacity sweep with k6: fixed arrival rates per candidate count, up to saturation.
 
 For each `--target NAME=STORE` it starts `prerank serve` (loadtest.run.server: pinned to CPU 0
-where taskset exists, one torch thread), fetches real ids from `/sample`, writes request bodies, and for each candidate
+where taskset exists, one torch thread), and for each `--peer KIND=STORE` the same version through a
+peer model server (peers/: LitServe, Ray Serve; same pinning and threads). It fetches real ids from
+`/sample`, writes request bodies (the same bodies for every server on one store), and for each candidate
 count runs k6 (pinned to the other CPUs) at each offered rate for `--seconds`. It records
 p50/p99/p99.9, achieved rate, dropped arrivals and failed requests, marks the knee (the highest
 offered rate with p99 <= --slo-ms, no dropped arrivals and no failures) and writes report.json,
@@ -30,11 +32,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from loadtest.run import _pin, cpu_model, server
+from loadtest.run import PEERS, _pin, cpu_model, peer_server, server
 from tools.plotting import pyplot
 from tools.procs import free_port
 
-__all__ = ["knee", "main", "parser", "run_step"]
+__all__ = ["against_peers", "knee", "main", "parser", "run_step"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -179,6 +181,23 @@ def markdown(report: dict[str, Any]) -> str:
     for name, by_n in report["targets"].items():
         for n, entry in by_n.items():
             lines.append(f"- {name} at {n} candidates: {entry['knee_rps'] or 'below the lowest rate tried'} req/s")
+    comparison = against_peers(report)
+    if comparison:
+        lines += [
+            "",
+            "Against the peer servers (same bodies, same rates, same pinning; capacity ratio to the best peer, "
+            "and whether p99 was lower at every rate both were offered):",
+            "",
+            "| target | candidates | capacity | best peer (capacity) | capacity ratio "
+            "| p99 lower at every common rate |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in comparison:
+            ratio = "n/a" if c["capacity_ratio"] is None else f"{c['capacity_ratio']:.2f}x"
+            lines.append(
+                f"| {c['target']} | {c['candidates']} | {c['knee_rps']} | {c['best_peer']} ({c['peer_knee_rps']}) | "
+                f"{ratio} | {'yes' if c['p99_lower_everywhere'] else 'no'} ({c['common_rates']} rates) |"
+            )
     rows = [
         (name, n, e["overload"]) for name, by_n in report["targets"].items() for n, e in by_n.items() if "overload" in e
     ]
@@ -198,6 +217,43 @@ def markdown(report: dict[str, Any]) -> str:
                 f"({o['goodput_share']}) | {o['at_2x']['shed']} | {o['failures_other_than_shed']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def against_peers(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per own target and candidate count: the capacity ratio to the best peer server (the peer with
+    the highest knee) and whether its p99 was lower than every peer's at every rate both ran."""
+    targets = report["targets"]
+    peers = {name: by_n for name, by_n in targets.items() if any("server" in e for e in by_n.values())}
+    out = []
+    for name, by_n in targets.items():
+        if name in peers:
+            continue
+        for n, entry in by_n.items():
+            rivals = {p: by_p[n] for p, by_p in peers.items() if n in by_p}
+            if not rivals:
+                continue
+            best = max(rivals, key=lambda p: rivals[p]["knee_rps"] or 0)
+            best_knee = rivals[best]["knee_rps"]
+            ours = {s["offered_rps"]: s["p99_ms"] for s in entry["steps"]}
+            common = [
+                (ours[s["offered_rps"]], s["p99_ms"])
+                for r in rivals.values()
+                for s in r["steps"]
+                if s["offered_rps"] in ours
+            ]
+            out.append(
+                {
+                    "target": name,
+                    "candidates": n,
+                    "knee_rps": entry["knee_rps"],
+                    "best_peer": best,
+                    "peer_knee_rps": best_knee,
+                    "capacity_ratio": entry["knee_rps"] / best_knee if entry["knee_rps"] and best_knee else None,
+                    "common_rates": len(common),
+                    "p99_lower_everywhere": bool(common) and all(a < b for a, b in common),
+                }
+            )
+    return out
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -227,7 +283,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prerank openloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--target", action="append", default=[], required=True, help="NAME=STORE_URL (repeatable)")
+    p.add_argument("--target", action="append", default=[], help="NAME=STORE_URL: `prerank serve` (repeatable)")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        help=f"KIND=STORE_URL: the same version through a peer model server, KIND one of {sorted(PEERS)} "
+        "(pip install .[peers]; repeatable); it gets the same request bodies as a --target on that store",
+    )
     p.add_argument("--candidates", type=int, nargs="+", default=[1000, 5000, 10000])
     p.add_argument("--rates", type=int, nargs="+", default=[20, 50, 100, 150, 200, 300], help="offered req/s")
     p.add_argument("--seconds", type=int, default=20)
@@ -243,12 +306,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _targets(parser_: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """(label, store, peer kind or None) per --target and --peer, in the order given."""
+    out: list[tuple[str, str, str | None]] = []
+    for flag, values in (("--target", args.target), ("--peer", args.peer)):
+        for value in values:
+            name, sep, store = value.partition("=")
+            if not (sep and name and store):
+                parser_.error(f"{flag} takes NAME=STORE_URL, got {value!r}")
+            if flag == "--peer" and name not in PEERS:
+                parser_.error(f"--peer {name!r}: the peer servers are {sorted(PEERS)}")
+            out.append((name, store, name if flag == "--peer" else None))
+    if not out:
+        parser_.error("give at least one --target or --peer")
+    if len({label for label, _, _ in out}) != len(out):
+        parser_.error("each --target and --peer needs its own name")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser_ = parser()
     args = parser_.parse_args(argv)
-    targets = dict(t.split("=", 1) for t in args.target if "=" in t)
-    if len(targets) != len(args.target):
-        parser_.error("--target takes NAME=STORE_URL")
+    targets = _targets(parser_, args)
+    if any(kind for _, _, kind in targets) and args.protocols != ["http"]:
+        parser_.error("--peer serves HTTP only: run it with --protocols http")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "machine": cpu_model(),
@@ -259,13 +340,26 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {},
     }
     with tempfile.TemporaryDirectory(prefix="prerank-openloop-") as tmp:
-        for name, store in targets.items():
+        body_files: dict[tuple[str, int], Path] = {}  # one set of bodies per store and count, for every server
+
+        def write_bodies(url: str, store: str) -> None:
+            for n in args.candidates:
+                if (store, n) not in body_files:
+                    path = Path(tmp) / f"bodies-{len(body_files)}.json"
+                    path.write_text(json.dumps(bodies(url, n)))
+                    body_files[store, n] = path
+
+        for name, store, kind in targets:
             grpc_port = free_port() if "grpc" in args.protocols else None
             extra = ("--grpc-port", str(grpc_port)) if grpc_port else ()
-            with server(store, extra) as url:
+            if kind is not None and any((store, n) not in body_files for n in args.candidates):
+                with server(store) as url:  # bodies from the live version's /sample, through our server
+                    write_bodies(url, store)
+            with server(store, extra) if kind is None else peer_server(kind, store) as url:
+                if kind is None:
+                    write_bodies(url, store)
                 for n in args.candidates:
-                    body_file = Path(tmp) / f"{name}-{n}.json"
-                    body_file.write_text(json.dumps(bodies(url, n)))
+                    body_file = body_files[store, n]
                     for protocol in args.protocols:  # the same bodies and rates over each protocol
                         label = name if len(args.protocols) == 1 else f"{name} {protocol}"
                         address = f"127.0.0.1:{grpc_port}" if protocol == "grpc" else None
@@ -277,10 +371,13 @@ def main(argv: list[str] | None = None) -> int:
                             if args.stop_after_saturation and step["dropped"] > 0:
                                 break
                         entry: dict[str, Any] = {"steps": steps, "knee_rps": knee(steps, args.slo_ms)}
+                        if kind is not None:
+                            entry["server"] = kind
                         if args.overload and entry["knee_rps"]:
                             tagged = functools.partial(_tagged_step, url, body_file, args.seconds, Path(tmp), address)
                             entry["overload"] = overload(entry["knee_rps"], tagged, f"{name}-{protocol}-{n}")
                         report["targets"].setdefault(label, {})[str(n)] = entry
+    report["against_peers"] = against_peers(report)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "report.md").write_text(markdown(report))
     plot(report, args.out / "capacity.png")

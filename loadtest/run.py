@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -49,6 +50,37 @@ def server(store: str, extra: tuple[str, ...] = ()) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+#: Peer model servers (python -m MODULE --store URL --port P) and the path that answers once the
+#: app is deployed, with what its body must hold.
+PEERS = {
+    "litserve": ("peers.litserve_app", "/health", b""),
+    "rayserve": ("peers.rayserve_app", "/-/routes", b"/prerank"),
+}
+
+
+@contextmanager
+def peer_server(kind: str, store: str) -> Iterator[str]:
+    """A peer model server (PEERS) over `store`'s live version, pinned to CPU 0 with one torch
+    thread as `server` is; every process it starts (Ray's raylet, LitServe's workers) is stopped."""
+    module, path, expect = PEERS[kind]
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [*_pin("0"), sys.executable, "-m", module, "--store", store, "--port", str(port), "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, proc, timeout=180, path=path, expect=expect)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the peer left behind in its session
 
 
 def locust_command(url: str, users: int, seconds: int, csv_prefix: Path, cpus: str, *extra: str) -> list[str]:

@@ -34,9 +34,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_until_ready(
-    url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0, path: str = "/readyz"
+    url: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 60.0,
+    path: str = "/readyz",
+    expect: bytes = b"",
 ) -> None:
-    """Polls `url + path` until it answers 200.
+    """Polls `url + path` until it answers 200 (with `expect` in the body, when given).
 
     Raises:
         ServerExited: `proc` ended first (its exit status in the message).
@@ -48,7 +52,7 @@ def wait_until_ready(
             raise ServerExited(f"server exited with status {proc.returncode} before it was ready")
         try:
             with urllib.request.urlopen(url + path, timeout=1) as resp:
-                if resp.status == 200:
+                if resp.status == 200 and expect in resp.read():
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
