@@ -296,6 +296,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--slo-ms", type=float, default=20.0)
     p.add_argument(
+        "--warmup-seconds", type=int, default=3, help="an unrecorded step at the lowest rate before each sweep"
+    )
+    p.add_argument(
         "--protocols", nargs="+", choices=("http", "grpc"), default=["http"], help="drive /prerank, gRPC Rank, or both"
     )
     p.add_argument(
@@ -363,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                     for protocol in args.protocols:  # the same bodies and rates over each protocol
                         label = name if len(args.protocols) == 1 else f"{name} {protocol}"
                         address = f"127.0.0.1:{grpc_port}" if protocol == "grpc" else None
+                        if args.warmup_seconds:  # first requests (lazy imports, allocator growth), unrecorded
+                            warm = Path(tmp) / f"{name}-{protocol}-{n}-warmup.json"
+                            run_step(url, body_file, min(args.rates), args.warmup_seconds, warm, address)
                         steps = []
                         for rate in sorted(args.rates):
                             summary = Path(tmp) / f"{name}-{protocol}-{n}-{rate}.json"

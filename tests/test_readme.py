@@ -67,6 +67,11 @@ def test_every_documented_command_parses(argv: list[str]) -> None:
         module.parser().parse_args(flags)  # SystemExit(2) on an unknown or malformed flag
     else:  # loadtest / soak keep their parsers in loadtest/
         inner = importlib.import_module(
-            {"loadtest": "loadtest.run", "soak": "loadtest.soak", "openloop": "loadtest.openloop"}[job]
+            {
+                "loadtest": "loadtest.run",
+                "soak": "loadtest.soak",
+                "openloop": "loadtest.openloop",
+                "profile": "loadtest.profile",
+            }[job]
         )
         inner.parser().parse_args(flags)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -43,3 +44,11 @@ def test_a_dead_follow_loop_makes_readyz_fail(store: Path) -> None:
         # the version it had keeps serving
         r = client.post("/prerank", json={"user": {"id": "1"}, "candidates": {"ad_ids": [1, 2]}})
         assert r.status_code == 200
+
+
+def test_startup_objects_are_frozen_out_of_the_collectors_view(store: Path) -> None:
+    gc.unfreeze()
+    with TestClient(create_app(Settings(store=f"local:{store}", poll_seconds=60))) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        # the imports and the first version: a full collection would walk every one of them
+        assert gc.get_freeze_count() > 50_000
