@@ -117,6 +117,6 @@ def test_prerank_profile_samples_the_server_under_load(store: str, tmp_path: Pat
     report = json.loads((out / "profile.json").read_text())
     assert report["load"]["failed"] == 0 and report["summary"]["samples"] > 50, report["summary"]
     share = report["summary"]["stage_share"]
-    # our own frames were sampled, inside the HTTP server's
-    assert 0 < share["Scorer.prerank"] < share["HTTP server (uvicorn, starlette, FastAPI)"], share
+    # the event loop's thread and the threadpool's (where Scorer.prerank runs) were both sampled
+    assert share["Scorer.prerank"] > 0 and share["HTTP server (uvicorn, starlette, FastAPI)"] > 0, share
     assert (out / "profile.txt").stat().st_size > 0 and "share of busy samples" in (out / "profile.md").read_text()
