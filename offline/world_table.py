@@ -31,6 +31,7 @@ import torch
 
 from models.provenance import code_version, machine
 from models.registry import MODELS
+from offline.evaluate import plot_reliability
 from offline.worlds import STRUCTURES, WorldConfig, generate_world
 from tools.markdown import splice
 from tools.plotting import pyplot
@@ -71,6 +72,7 @@ def _evaluate_one(schema: str, artifacts: dict[str, str], out: str, seed: int) -
     reference = "dcn" if "dcn" in artifacts else None
     paths = {k: Path(v) for k, v in artifacts.items()}
     result = evaluate_artifacts(paths, dataset, reference, n_users=300, n_candidates=1000, k=10, big_k=100, seed=seed)
+    result["seed"] = seed
     Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
@@ -221,32 +223,8 @@ def worlds_report(runs: Path, out: Path) -> Path:
         json.dumps({"rows": rows, "machine": machine(), "code_version": code_version()}, indent=2, default=str) + "\n"
     )
     _plot(rows, out / "worlds.png")
-    _plot_reliability(runs, out / "reliability.png")
+    plot_reliability(sorted(runs.glob("*/evaluate-s1.json")), out / "reliability.png", "world")
     return out / "worlds.md"
-
-
-def _plot_reliability(runs: Path, path: Path) -> None:
-    """Predicted against observed CTR per decile of calibrated pCTR, one panel per world (seed 1)."""
-    found = sorted(runs.glob("*/evaluate-s1.json"))
-    if not found:
-        return
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 4), squeeze=False)
-    for ax, source in zip(axes[0], found, strict=True):
-        curves = json.loads(source.read_text())["reliability"]
-        top = 0.0
-        for model, curve in curves.items():
-            x, y = [c["predicted"] for c in curve], [c["observed"] for c in curve]
-            ax.plot(x, y, marker="o", ms=3, label=model)
-            top = max(top, *x, *y)
-        ax.plot([0, top], [0, top], color="grey", ls=":", lw=1)
-        ax.set_title(f"world: {source.parent.name} (seed 1)")
-        ax.set_xlabel("mean calibrated pCTR (decile)")
-        ax.set_ylabel("observed CTR")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _fmt(value: float | None) -> str:

@@ -2,11 +2,16 @@
 
     prerank zoo --data-dir DATA/movielens-1m --out results/zoo
 
-Each run trains one (model, protocol, seed) into `RUNS/<protocol>/<model>-s<seed>/` (artifact +
-metrics.json with a `cost` block); runs already there are reused, so an interrupted table resumes.
-The report (`OUT/zoo.md`, `zoo.json`, `zoo.png`) gives AUC mean and std, LogLoss, RelaImpr against
-DSSM, user-side and per-candidate parameters, stored floats per ad and training seconds per epoch,
-next to the best published MovieLens-1M number of each model.
+Each run trains one (model, protocol, seed) into `RUNS/<protocol>/<model>-s<seed>/` (artifact with
+its calibrator + metrics.json with a `cost` block); runs already there are reused, so an
+interrupted table resumes. On the evaluated seeds (default: seed 1) the variants train too (HIT
+distilled from the DCN ranking reference), and `offline.evaluate` scores every artifact of that
+(protocol, seed) on the test split (calibrated LogLoss, ECE, GAUC) and on simulated candidate sets
+(revenue@10 against the oracle order, consistency with DCN's top 10 within the top 100), into
+`RUNS/<protocol>/evaluate-s<seed>.json`. The report (`OUT/zoo.md`, `zoo.json`, `zoo.png`,
+`reliability.png`) gives AUC mean and std, LogLoss, RelaImpr against DSSM, those business metrics,
+user-side and per-candidate parameters, stored floats per ad and training seconds per epoch, next to
+the best published MovieLens-1M number of each model.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from models.base import PrerankModel, Routed
 from models.provenance import code_version, machine
 from models.registry import MODELS
 from offline.data import Dataset, load_dataset
+from offline.evaluate import plot_reliability
 from offline.metrics import rela_impr
 from offline.published import BEST_PUBLISHED, PUBLISHED_BY_SOURCE
 from offline.train import TrainConfig, train
 from tools.markdown import splice
 from tools.plotting import pyplot
 
-__all__ = ["PUBLISHED", "RECIPES", "Recipe", "model_cost", "reusable", "run_zoo", "zoo_report"]
+__all__ = ["PUBLISHED", "RECIPES", "VARIANTS", "Recipe", "Variant", "model_cost", "reusable", "run_zoo", "zoo_report"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,22 @@ RECIPES: dict[str, Recipe] = {
     "dssm": Recipe({"dropout": 0.0}, batch_size=256),
     "dat": Recipe({"dropout": 0.0}, batch_size=256),
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model trained another way beside its plain runs, on the evaluated seeds: distilled from
+    `teacher`'s run of the same protocol and seed (its calibrated pCTR as soft labels)."""
+
+    model: str
+    teacher: str
+    weight: float = 1.0
+
+
+VARIANTS: dict[str, Variant] = {"hit-distill": Variant("hit", "dcn")}
+
+#: The ranking-stage model the consistency column compares with.
+REFERENCE = "dcn"
 
 #: Best published MovieLens-1M test AUC per model and its source (offline.published).
 PUBLISHED = BEST_PUBLISHED
@@ -91,20 +113,57 @@ def model_cost(model: PrerankModel, dataset: Dataset) -> dict[str, Any]:
 
 
 def _train_one(
-    dataset_name: str, data_dir: str | None, protocol: str, model: str, seed: int, epochs: int, out: str
+    dataset_name: str,
+    data_dir: str | None,
+    protocol: str,
+    model: str,
+    seed: int,
+    epochs: int,
+    out: str,
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    previous = _finished(Path(out) / "metrics.json", epochs)
+    """Trains one run (`model`, or the base model of `variant`) into `out`, with the CLI's default
+    calibrator; returns its metrics."""
+    previous = _finished(Path(out) / "metrics.json", epochs, calibrated=True)
     if previous is not None:
         return previous  # another `prerank zoo` on the same runs trained it meanwhile
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dataset = load_dataset(dataset_name, protocol, Path(data_dir) if data_dir else None, 1023)
     recipe = RECIPES.get(model, Recipe({}))
-    cfg = TrainConfig(epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed, progress=False)
+    extra: dict[str, Any] = {}
+    if variant is not None:
+        how = VARIANTS[variant]
+        extra = {"distill_from": str(Path(out).parent / f"{how.teacher}-s{seed}"), "distill_weight": how.weight}
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=seed,
+        progress=False,
+        calibration="auto",
+        **extra,
+    )
     result = train(dataset, model, recipe.model_config, cfg, Path(out))
     metrics = result.metrics
     metrics["cost"] = model_cost(result.model, dataset)
+    if variant is not None:
+        metrics["variant"] = variant
     (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
+
+
+def _evaluate_one(
+    dataset_name: str, data_dir: str | None, protocol: str, artifacts: dict[str, str], out: str, seed: int
+) -> None:
+    from offline.evaluate import evaluate_artifacts
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    dataset = load_dataset(dataset_name, protocol, Path(data_dir) if data_dir else None, 1023)
+    reference = REFERENCE if REFERENCE in artifacts else None
+    paths = {k: Path(v) for k, v in artifacts.items()}
+    result = evaluate_artifacts(paths, dataset, reference, n_users=1000, n_candidates=1000, k=10, big_k=100, seed=seed)
+    result.update(protocol=dataset.protocol, seed=seed, machine=machine(), code_version=code_version())
+    Path(out).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 def reusable(metrics: dict[str, Any], epochs: int) -> bool:
@@ -118,12 +177,20 @@ def reusable(metrics: dict[str, Any], epochs: int) -> bool:
     return cap == epochs or (ran < cap and ran <= epochs)
 
 
-def _finished(path: Path, epochs: int) -> dict[str, Any] | None:
-    """The metrics at `path` when that run exists and is `reusable` for this cap, else None."""
+def _finished(path: Path, epochs: int, calibrated: bool = False) -> dict[str, Any] | None:
+    """The metrics at `path` when that run exists and is `reusable` for this cap (and, with
+    `calibrated`, its artifact holds a calibrator), else None."""
     if not path.exists():
         return None
     metrics: dict[str, Any] = json.loads(path.read_text())
+    if calibrated and "calibration" not in metrics:
+        return None
     return metrics if reusable(metrics, epochs) else None
+
+
+def _evaluated(paths: Sequence[Path], names: set[str]) -> bool:
+    """Whether one of the evaluation files at `paths` has a row for each of `names`."""
+    return any(path.exists() and names <= set(json.loads(path.read_text())["rows"]) for path in paths)
 
 
 def run_zoo(
@@ -136,45 +203,68 @@ def run_zoo(
     jobs: int = 2,
     dataset: str = "movielens-1m",
     results: Path | None = None,
+    evaluate_seeds: Sequence[int] = (1,),
+    variants: Sequence[str] = tuple(VARIANTS),
 ) -> list[Path]:
-    """Trains every missing (protocol, model, seed) run, `jobs` at a time (one thread each).
+    """Trains every missing (protocol, model, seed) run, `jobs` at a time (one thread each), then
+    the variants and the evaluations of the evaluated seeds.
 
     A run is present when `runs/<protocol>/<model>-s<seed>/metrics.json` exists, or its copy in
     `results/runs/` (committed with the report, so a fresh clone resumes the table too), and it
-    answers for this epoch cap (`reusable`).
+    answers for this epoch cap (`reusable`). An evaluated (protocol, seed) whose evaluation file
+    (in either place) lacks one of its runs needs every run's artifact here, with a calibrator:
+    those missing are trained again.
     """
-    unknown = sorted(set(models) - set(MODELS))
+    unknown = sorted(set(models) - set(MODELS)) + sorted(set(variants) - set(VARIANTS))
     if unknown:
-        raise ValueError(f"unknown models {unknown}; choose from {sorted(MODELS)}")
-    todo = []
+        raise ValueError(f"unknown models or variants {unknown}; choose from {sorted(MODELS)}, {sorted(VARIANTS)}")
+    data = str(data_dir) if data_dir else None
+    kinds = [v for v in variants if {VARIANTS[v].model, VARIANTS[v].teacher} <= set(models)]
+    todo: list[tuple[Any, ...]] = []  # plain runs, then the variants that distil from them
+    later: list[tuple[Any, ...]] = []
+    evaluations: list[tuple[Any, ...]] = []
     for protocol in protocols:
+        places = [runs / protocol] + ([results / "runs" / protocol] if results is not None else [])
         for seed in seeds:
-            for model in models:
-                out = runs / protocol / f"{model}-s{seed}"
-                found = [out / "metrics.json"]
-                if results is not None:
-                    found.append(results / "runs" / protocol / f"{model}-s{seed}.json")
-                if all(_finished(path, epochs) is None for path in found):
-                    todo.append((dataset, str(data_dir) if data_dir else None, protocol, model, seed, epochs, str(out)))
-    log.info("%d runs to train", len(todo))
+            evaluated = seed in evaluate_seeds
+            names = [*models, *kinds] if evaluated else list(models)
+            needs_artifacts = evaluated and not _evaluated([p / f"evaluate-s{seed}.json" for p in places], set(names))
+            for name in names:
+                out = runs / protocol / f"{name}-s{seed}"
+                variant = name if name in VARIANTS else None
+                model = VARIANTS[name].model if variant else name
+                job = (dataset, data, protocol, model, seed, epochs, str(out), variant)
+                if needs_artifacts:
+                    missing = _finished(out / "metrics.json", epochs, calibrated=True) is None
+                else:
+                    found = [out / "metrics.json", *(p / f"{name}-s{seed}.json" for p in places[1:])]
+                    missing = all(_finished(path, epochs) is None for path in found)
+                if missing:
+                    (later if variant else todo).append(job)
+            if needs_artifacts:
+                artifacts = {name: str(runs / protocol / f"{name}-s{seed}") for name in names}
+                target = str(places[0] / f"evaluate-s{seed}.json")
+                evaluations.append((dataset, data, protocol, artifacts, target, seed))
+    log.info("%d runs to train, %d variants, %d evaluations", len(todo), len(later), len(evaluations))
     started = time.perf_counter()
-    if jobs <= 1:
-        for job in todo:
-            _train_one(*job)
-    else:
-        with ProcessPoolExecutor(jobs) as pool:
-            futures = [pool.submit(_train_one, *job) for job in todo]
-            for job, future in zip(todo, futures, strict=True):
+    with ProcessPoolExecutor(max(1, jobs)) as pool:
+        for stage in (todo, later):  # variants distil from the first stage's teachers
+            futures = [pool.submit(_train_one, *job) for job in stage]
+            for job, future in zip(stage, futures, strict=True):
                 m = future.result()
-                log.info("%s: test AUC %.4f (%.0fs elapsed)", job[-1], m["test_auc"], time.perf_counter() - started)
+                log.info("%s: test AUC %.4f (%.0fs elapsed)", job[6], m["test_auc"], time.perf_counter() - started)
+        for done in [pool.submit(_evaluate_one, *job) for job in evaluations]:
+            done.result()
     return sorted(runs.glob("*/*/metrics.json"))
 
 
 def collect(runs: Path, results: Path) -> list[Path]:
     """Copies each run's metrics.json (without its per-batch bulk) to results/runs/<protocol>/<run>.json."""
     copied = []
-    for path in sorted(runs.glob("*/*/metrics.json")):
-        target = results / "runs" / path.parent.parent.name / f"{path.parent.name}.json"
+    found = [(p, p.parent.parent.name, f"{p.parent.name}.json") for p in sorted(runs.glob("*/*/metrics.json"))]
+    found += [(p, p.parent.name, p.name) for p in sorted(runs.glob("*/evaluate-s*.json"))]
+    for path, protocol, name in found:
+        target = results / "runs" / protocol / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(path.read_text())
         copied.append(target)
@@ -183,18 +273,32 @@ def collect(runs: Path, results: Path) -> list[Path]:
 
 def _load(results_runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for path in sorted(results_runs.glob("*/*.json")):
+    for path in sorted(results_runs.glob("*/*-s*.json")):
+        if path.name.startswith("evaluate-"):
+            continue
         m = json.loads(path.read_text())
-        groups.setdefault((m["protocol"], m["model"]), []).append(m)
+        groups.setdefault((m["protocol"], m.get("variant", m["model"])), []).append(m)
     if not groups:
         raise FileNotFoundError(f"no runs under {results_runs}")
     return groups
 
 
+def _evaluations(results_runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The evaluation rows under `results_runs` per (protocol, run name), one per evaluated seed."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted(results_runs.glob("*/evaluate-s*.json")):
+        result = json.loads(path.read_text())
+        for name, row in result["rows"].items():
+            found.setdefault((result["protocol"], name), []).append({**row, "seed": result["seed"]})
+    return found
+
+
 def zoo_summary(results_runs: Path) -> list[dict[str, Any]]:
-    """One row per (protocol, model) of the runs under `results_runs`: means over seeds plus cost."""
+    """One row per (protocol, model or variant) of the runs under `results_runs`: means over seeds,
+    cost, and the business metrics of the evaluated seeds."""
     groups = _load(results_runs)
-    order = [m for m in MODELS if any(k[1] == m for k in groups)]
+    evaluations = _evaluations(results_runs)
+    order = [m for m in [*MODELS, *VARIANTS] if any(k[1] == m for k in groups)]
     rows = []
     found = {k[0] for k in groups}
     for protocol in [p for p in ("paper", "clean") if p in found] + sorted(found - {"paper", "clean"}):
@@ -208,6 +312,12 @@ def zoo_summary(results_runs: Path) -> list[dict[str, Any]]:
             mean = statistics.mean(aucs)
             published = PUBLISHED.get(model) if protocol == "paper" else None
             cost = ms[0].get("cost", {})
+            business = evaluations.get((protocol, model), [])
+
+            def avg(key: str, business: list[dict[str, Any]] = business) -> float | None:
+                values = [b[key] for b in business if b.get(key) is not None]
+                return statistics.mean(values) if values else None
+
             rows.append(
                 {
                     "protocol": protocol,
@@ -221,6 +331,13 @@ def zoo_summary(results_runs: Path) -> list[dict[str, Any]]:
                     "published_auc": published[0] if published else None,
                     "published_source": published[1] if published else None,
                     "gap_to_published": mean - published[0] if published else None,
+                    "evaluated_seeds": sorted(b["seed"] for b in business),
+                    "calibrated_logloss": avg("logloss"),
+                    "ece": avg("ece"),
+                    "gauc": avg("gauc"),
+                    "revenue_at_10": avg("revenue_at_k"),
+                    "consistency": avg("consistency"),
+                    "distilled_from": VARIANTS[model].teacher if model in VARIANTS else None,
                     "best_epochs": [m["best_epoch"] for m in ms],
                     # median epoch of each run (robust to an epoch slowed by other work), mean over seeds
                     "seconds_per_epoch": statistics.mean(
@@ -240,16 +357,17 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def zoo_report(runs: Path, out: Path) -> Path:
-    """Collects the runs' metrics into OUT/runs/, writes OUT/zoo.md, zoo.json and zoo.png; returns
-    the markdown path."""
+    """Collects the runs' metrics and evaluations into OUT/runs/, writes OUT/zoo.md, zoo.json, zoo.png
+    and reliability.png; returns the markdown path."""
     out.mkdir(parents=True, exist_ok=True)
     collect(runs, out)
     rows = zoo_summary(out / "runs")
     header = (
         "| protocol | model | stage | seeds | test AUC mean ± std | LogLoss | RelaImpr vs DSSM | published best "
-        "(source) | gap | best epochs | s/epoch | user-side params | per-candidate params | stored per ad |"
+        "(source) | gap | ECE (calibrated) | GAUC | revenue@10 | consistency with DCN | best epochs | s/epoch "
+        "| user-side params | per-candidate params | stored per ad |"
     )
-    lines = [header, "|" + "---|" * 14]
+    lines = [header, "|" + "---|" * 18]
     for r in rows:
         stored = f"{r['floats_per_ad']} floats" + (" + 1 int" if r["ints_per_ad"] else "")
         pub = f"{r['published_auc']:.4f} ({r['published_source']})" if r["published_auc"] else "-"
@@ -257,9 +375,32 @@ def zoo_report(runs: Path, out: Path) -> Path:
             f"| {r['protocol']} | {r['model']} | {r['stage']} | {len(r['seeds'])} | "
             f"{r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['logloss_mean']:.4f} | "
             f"{_fmt(r['rela_impr_pct'], '+.2f')}% | {pub} | {_fmt(r['gap_to_published'], '+.4f')} | "
-            f"{r['best_epochs']} | {r['seconds_per_epoch']:.0f} | {r['user_params']:,} | "
-            f"{r['candidate_params']:,} | {stored} |"
+            f"{_fmt(r['ece'], '.4f')} | {_fmt(r['gauc'], '.4f')} | {_fmt(r['revenue_at_10'], '.4f')} | "
+            f"{_fmt(r['consistency'], '.4f')} | {r['best_epochs']} | {r['seconds_per_epoch']:.0f} | "
+            f"{r['user_params']:,} | {r['candidate_params']:,} | {stored} |"
         )
+    evaluated = sorted({s for r in rows for s in r["evaluated_seeds"]})
+    sets = {
+        (e["clicks"], e["bids"], e["n_users"], e["n_candidates"])
+        for e in map(json.loads, map(Path.read_text, sorted((out / "runs").glob("*/evaluate-s*.json"))))
+    }
+    lines += [
+        "",
+        f"ECE, GAUC, revenue@10 and consistency: seed{'s' if len(evaluated) > 1 else ''} "
+        f"{', '.join(map(str, evaluated)) or '-'} (`offline.evaluate`), with the calibrator each artifact "
+        "carries (chosen by validation LogLoss); calibrated LogLoss is in zoo.json. Candidate sets "
+        "(users x candidates; clicks; bids): "
+        + "; ".join(f"{u:,} x {n:,}; {c}; {b}" for c, b, u, n in sorted(sets))
+        + ". On logged data each user's candidates are its test-split ads, filled up with ads it has no "
+        "test row for. revenue@10 is bid x click of the top 10 by eCPM over that of the oracle order; "
+        "consistency is the share of DCN's top 10 kept in the model's top 100."
+        + "".join(
+            f" `{name}`: {VARIANTS[name].model} distilled from {VARIANTS[name].teacher} (soft-label weight "
+            f"{VARIANTS[name].weight}), on the evaluated seeds."
+            for name in VARIANTS
+            if any(r["model"] == name for r in rows)
+        ),
+    ]
     lines += [
         "",
         "Published MovieLens-1M test AUC (MODELS.md §10.1; the HIT paper reuses the IntTower rows):",
@@ -267,7 +408,7 @@ def zoo_report(runs: Path, out: Path) -> Path:
         "| model | IntTower paper | HIT paper | FIT slides |",
         "|---|---|---|---|",
     ]
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model in dict.fromkeys(r["model"] for r in rows if r["model"] in MODELS):
         by_source = PUBLISHED_BY_SOURCE.get(model, (None, None, None))
         lines.append(f"| {model} | " + " | ".join(_fmt(v, ".4f") for v in by_source) + " |")
     codes = sorted({c for r in rows for c in r["code_versions"]})
@@ -284,6 +425,7 @@ def zoo_report(runs: Path, out: Path) -> Path:
         json.dumps({"rows": rows, "machine": machine(), "code_version": code_version()}, indent=2) + "\n"
     )
     _plot(rows, out / "zoo.png")
+    plot_reliability(sorted((out / "runs").glob("*/evaluate-s1.json")), out / "reliability.png", "MovieLens-1M")
     return md
 
 

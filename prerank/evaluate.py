@@ -49,8 +49,7 @@ def _run(args: argparse.Namespace) -> None:
         load_artifact(path)  # complete and checksummed, before the data loads
     from models.provenance import code_version, machine
     from offline.data import load_dataset
-    from offline.evaluate import evaluate_artifacts
-    from tools.plotting import pyplot
+    from offline.evaluate import evaluate_artifacts, plot_reliability
 
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     result = evaluate_artifacts(
@@ -63,46 +62,30 @@ def _run(args: argparse.Namespace) -> None:
         dataset=dataset.describe(),
         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    oracle = "bayes_auc" in result
     lines = [
         f"# Business metrics on {dataset.name} ({result['machine']})",
         "",
         f"`{result['command']}`, data sha256 {dataset.checksum[:12]}, code {result['code_version']}.",
     ]
-    if oracle:
-        lines.append(
-            f"Bayes AUC of the test rows: {result['bayes_auc']:.4f}. revenue@{args.k}: expected revenue of the top "
-            f"{args.k} by eCPM over the oracle order's, on {result['n_users']} test users x {result['n_candidates']} "
-            f"random candidates; consistency: share of {args.reference}'s top {args.k} in the model's top {args.big_k}."
-        )
-    header = "| model | AUC | LogLoss (calibrated) | ECE | GAUC |" + (
-        f" revenue@{args.k} | consistency |" if oracle else ""
+    if "bayes_auc" in result:
+        lines.append(f"Bayes AUC of the test rows: {result['bayes_auc']:.4f}.")
+    lines.append(
+        f"revenue@{args.k}: bid x click of the top {args.k} by eCPM over the oracle order's, on "
+        f"{result['n_users']} test users x {result['n_candidates']} candidates (clicks: {result['clicks']}; bids: "
+        f"{result['bids']}); consistency: share of {args.reference}'s top {args.k} in the model's top {args.big_k}."
     )
+    header = f"| model | AUC | LogLoss (calibrated) | ECE | GAUC | revenue@{args.k} | consistency |"
     lines += ["", header, "|---" * (header.count("|") - 1) + "|"]
     for name, r in result["rows"].items():
-        cells = f"| {name} | {r['auc']:.4f} | {r['logloss']:.4f} | {r['ece']:.4f} | {r['gauc']:.4f} |"
-        if oracle:
-            cons = r.get("consistency")
-            cells += f" {r['revenue_at_k']:.4f} | {'' if cons is None else f'{cons:.3f}'} |"
-        lines.append(cells)
+        cons = r.get("consistency")
+        lines.append(
+            f"| {name} | {r['auc']:.4f} | {r['logloss']:.4f} | {r['ece']:.4f} | {r['gauc']:.4f} | "
+            f"{r['revenue_at_k']:.4f} | {'-' if cons is None else f'{cons:.3f}'} |"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "evaluate.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "evaluate.md").write_text("\n".join(lines) + "\n")
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    top = 0.0
-    for name, curve in result["reliability"].items():
-        xs, ys = [c["predicted"] for c in curve], [c["observed"] for c in curve]
-        ax.plot(xs, ys, marker="o", label=name)
-        top = max(top, *xs, *ys)
-    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="perfect")
-    ax.set_xlabel("mean predicted pCTR (decile of predictions)")
-    ax.set_ylabel("observed click rate")
-    ax.set_title(f"Reliability on {dataset.name} test rows")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "reliability.png", dpi=120)
-    plt.close(fig)
+    plot_reliability([args.out / "evaluate.json"], args.out / "reliability.png", f"{dataset.name} test rows")
     print("\n".join(lines))
 
 

@@ -13,6 +13,8 @@ __all__ = ["main", "parser"]
 
 
 def parser() -> argparse.ArgumentParser:
+    from offline.zoo import VARIANTS
+
     p = job_parser("zoo", "Train every model on MovieLens-1M (both protocols, several seeds); write zoo.md/json/png.")
     p.add_argument("--data-dir", type=Path, help="MovieLens folder (default: $PRERANK_DATA_DIR/movielens-1m)")
     p.add_argument("--dataset", default="movielens-1m", help=argparse.SUPPRESS)  # tests: synthetic
@@ -28,6 +30,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel, one torch thread each")
     p.add_argument("--runs", type=Path, default=Path("runs/zoo"), help="run directories (existing runs are reused)")
     p.add_argument("--out", type=Path, default=Path("results/zoo"), help="where zoo.md/json/png go")
+    p.add_argument(
+        "--evaluate-seeds",
+        nargs="*",
+        type=int,
+        default=[1],
+        help="seeds whose artifacts get the business metrics and the variants (default: 1)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        choices=sorted(VARIANTS),
+        default=sorted(VARIANTS),
+        help="models trained another way on the evaluated seeds (default: all; none: --variants)",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from existing runs")
     return p
 
@@ -47,6 +63,8 @@ def _run(args: argparse.Namespace) -> None:
             args.jobs,
             args.dataset,
             args.out,
+            args.evaluate_seeds,
+            args.variants,
         )
     print(f"wrote {zoo_report(args.runs, args.out)}")
 
