@@ -291,6 +291,13 @@ def parser() -> argparse.ArgumentParser:
         help=f"KIND=STORE_URL: the same version through a peer model server, KIND one of {sorted(PEERS)} "
         "(pip install .[peers]; repeatable); it gets the same request bodies as a --target on that store",
     )
+    p.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="NAME=SERVER",
+        help="the HTTP server `prerank serve --server` runs for target NAME: uvicorn (default) or granian",
+    )
     p.add_argument("--candidates", type=int, nargs="+", default=[1000, 5000, 10000])
     p.add_argument("--rates", type=int, nargs="+", default=[20, 50, 100, 150, 200, 300], help="offered req/s")
     p.add_argument("--seconds", type=int, default=20)
@@ -322,6 +329,10 @@ def _targets(parser_: argparse.ArgumentParser, args: argparse.Namespace) -> list
             out.append((name, store, name if flag == "--peer" else None))
     if not out:
         parser_.error("give at least one --target or --peer")
+    for value in args.server:
+        name, _, server_kind = value.partition("=")
+        if name not in {label for label, _, kind in out if kind is None} or server_kind not in ("uvicorn", "granian"):
+            parser_.error(f"--server takes TARGET=uvicorn|granian for a --target, got {value!r}")
     if len({label for label, _, _ in out}) != len(out):
         parser_.error("each --target and --peer needs its own name")
     return out
@@ -352,9 +363,11 @@ def main(argv: list[str] | None = None) -> int:
                     path.write_text(json.dumps(bodies(url, n)))
                     body_files[store, n] = path
 
+        servers = dict(value.partition("=")[::2] for value in args.server)
         for name, store, kind in targets:
             grpc_port = free_port() if "grpc" in args.protocols else None
             extra = ("--grpc-port", str(grpc_port)) if grpc_port else ()
+            extra += ("--server", servers.get(name, "uvicorn"))
             if kind is not None and any((store, n) not in body_files for n in args.candidates):
                 with server(store) as url:  # bodies from the live version's /sample, through our server
                     write_bodies(url, store)
@@ -379,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                         entry: dict[str, Any] = {"steps": steps, "knee_rps": knee(steps, args.slo_ms)}
                         if kind is not None:
                             entry["server"] = kind
+                        else:
+                            entry["http_server"] = servers.get(name, "uvicorn")
                         if args.overload and entry["knee_rps"]:
                             tagged = functools.partial(_tagged_step, url, body_file, args.seconds, Path(tmp), address)
                             entry["overload"] = overload(entry["knee_rps"], tagged, f"{name}-{protocol}-{n}")

@@ -2,8 +2,10 @@
 
 Flags override the PRERANK_* environment (service.config.Settings). The settings are built and
 checked here (store URL and reachability, artifact, port) before the server starts, then
-`create_app(settings)` is served by uvicorn. With `--workers N > 1` uvicorn starts N processes,
-each building the app from the same settings passed down in its environment.
+`create_app(settings)` is served by uvicorn (the default) or granian (`--server granian`, a Rust
+HTTP server running the same ASGI app). With `--workers N > 1`, or with granian (whose workers are
+always processes of its own), each server process builds the app from the same settings passed
+down in its environment.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads per worker (default: $PRERANK_TORCH_THREADS, else 1)"
     )
     p.add_argument("--workers", type=int, default=1, help="server processes (metrics aggregate across them)")
+    p.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="HTTP server for the ASGI app (default: uvicorn with uvloop and httptools; results/perf/servers)",
+    )
     p.add_argument(
         "--grpc-port", type=int, default=None, help="also serve gRPC (prerank.v1.Prerank) on this port (default: off)"
     )
@@ -85,34 +93,69 @@ def _run(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     if settings.grpc_address and args.workers > 1:
         raise UsageError("gRPC (PRERANK_GRPC_ADDRESS) serves from one process; use --workers 1 (scale with replicas)")
-    import uvicorn
-
     from service.observability import configure_logging
 
     configure_logging("DEBUG" if args.verbose else "INFO", settings.log_json)
-    common: dict[str, Any] = {"host": args.host, "port": args.port, "timeout_graceful_shutdown": 30}
-    common.update(log_config=None, access_log=False)  # our middleware logs requests as JSON lines
-    if args.workers == 1:
+    if args.server == "uvicorn" and args.workers == 1:
+        import uvicorn
+
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings), **_uvicorn_options(args))
         return
-    # Several processes: each worker rebuilds the app from the environment (Settings' own source).
+    # Server processes of their own: each rebuilds the app from the environment (Settings' own source).
     for name, value in settings.model_dump().items():
         if value is not None:
             secret = getattr(value, "get_secret_value", None)
             os.environ[f"PRERANK_{name.upper()}"] = str(secret() if secret else value)
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    multiprocess = args.workers > 1
     metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="prerank-metrics-"))
-    if given:  # files left by an earlier run would be aggregated with this one's
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    if multiprocess:
+        if given:  # files left by an earlier run would be aggregated with this one's
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     try:
-        uvicorn.run("prerank.serve:worker_app", factory=True, workers=args.workers, **common)
+        if args.server == "granian":
+            _granian(args)
+        else:
+            import uvicorn
+
+            uvicorn.run("prerank.serve:worker_app", factory=True, workers=args.workers, **_uvicorn_options(args))
     finally:
         if not given:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "host": args.host,
+        "port": args.port,
+        "timeout_graceful_shutdown": 30,
+        "log_config": None,  # the root logger's JSON lines
+        "access_log": False,  # our middleware logs requests as JSON lines
+    }
+
+
+def _granian(args: argparse.Namespace) -> None:
+    """granian's ASGI interface on uvloop, one Rust runtime thread per worker process (the torch
+    thread does the rest); its access log off (our middleware logs requests)."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "prerank.serve:worker_app",
+        address=args.host,
+        port=args.port,
+        interface=Interfaces.ASGI,
+        workers=args.workers,
+        runtime_threads=1,
+        loop=Loops.uvloop,
+        factory=True,
+        log_enabled=False,
+        workers_kill_timeout=30,
+    ).serve()
 
 
 def worker_app() -> Any:

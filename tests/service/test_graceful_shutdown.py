@@ -20,11 +20,13 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.integration
 
 
-def test_sigterm_finishes_the_in_flight_request(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_sigterm_finishes_the_in_flight_request(tiny, tiny_hit, tmp_path: Path, server: str) -> None:  # type: ignore[no-untyped-def]
     export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
     port = free_port()
+    store = f"local:{tmp_path / 'store'}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prerank", "serve", "--store", f"local:{tmp_path / 'store'}", "--port", str(port)],
+        [sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port), "--server", server],
         env={**os.environ, "PRERANK_TORCH_THREADS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
