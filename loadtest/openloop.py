@@ -366,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         servers = dict(value.partition("=")[::2] for value in args.server)
         for name, store, kind in targets:
             grpc_port = free_port() if "grpc" in args.protocols else None
-            extra = ("--grpc-port", str(grpc_port)) if grpc_port else ()
-            extra += ("--server", servers.get(name, "uvicorn"))
+            extra: tuple[str, ...] = ("--server", servers.get(name, "uvicorn"))
+            if grpc_port:
+                extra += ("--grpc-port", str(grpc_port))
             if kind is not None and any((store, n) not in body_files for n in args.candidates):
                 with server(store) as url:  # bodies from the live version's /sample, through our server
                     write_bodies(url, store)
