@@ -65,3 +65,21 @@ def test_the_overload_summary_counts_only_sheds_as_expected_failures() -> None:
     o = overload(100, step, "t")
     assert o["accepted_p99_ratio"] == 1.5 and o["goodput_rps"] == 100.0 and o["goodput_share"] == 1.0
     assert o["failures_other_than_shed"] == 10
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--server", "hit=granian"], "give at least one --target"),
+        (["--target", "hit=local:x", "--server", "other=granian"], "--server takes TARGET=uvicorn|granian"),
+        (["--target", "hit=local:x", "--server", "hit=gunicorn"], "--server takes TARGET=uvicorn|granian"),
+    ],
+)
+def test_server_choices_are_checked_before_anything_starts(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loadtest.openloop import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
