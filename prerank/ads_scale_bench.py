@@ -26,6 +26,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ads", type=int, nargs="+", default=[50_000, 1_000_000, 10_000_000], help="corpus sizes")
     p.add_argument("--rows", type=int, default=2_000_000, help="log rows of each synthetic dataset")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="stored ad vectors")
+    p.add_argument(
+        "--sparse-ids", action="store_true", help="ads keep distinct random 64-bit ids (synthetic:N:ROWS:ids64)"
+    )
     p.add_argument("--recall-users", type=int, default=1000, help="users for recall@100 (0: skip)")
     p.add_argument("--rates", type=int, nargs="+", default=[25, 50, 100], help="open-loop offered req/s")
     p.add_argument("--seconds", type=int, default=15, help="seconds per open-loop step")
@@ -79,8 +83,8 @@ def _run(args: argparse.Namespace) -> None:
         root = base.rsplit("/", 1)[0]
         stores = {}
         for db, n in enumerate(args.ads, start=1):
-            data = f"synthetic:{n}:{args.rows}"
-            artifact = args.work / f"hit-{n}"
+            data = f"synthetic:{n}:{args.rows}" + (":ids64" if args.sparse_ids else "")
+            artifact = args.work / (f"hit-{n}" + ("-ids64" if args.sparse_ids else ""))
             if not (artifact / "metrics.json").exists():
                 _cli("train", "--dataset", data, "--model", "hit", "--epochs", "1", "--sparse-embeddings",
                      "--threads", "2", "--no-progress", "--out", str(artifact))  # fmt: skip
@@ -88,6 +92,7 @@ def _run(args: argparse.Namespace) -> None:
             store, blobs = f"{root}/{db}", args.work / f"blobs-{n}"
             shutil.rmtree(blobs, ignore_errors=True)
             export_args = [str(artifact), "--dataset", data, "--store", store, "--blobs", str(blobs), "--keep", "2"]
+            export_args += ["--dtype", args.dtype]
             first = export_once(export_args)
             client = redis.Redis.from_url(store)
             live = client.get("prerank:current").decode()
@@ -96,6 +101,7 @@ def _run(args: argparse.Namespace) -> None:
             row = {
                 "ads": n,
                 "dataset": data,
+                "dtype": args.dtype,
                 "train_s": round(trained["wall_seconds"], 1),
                 "train_epoch_s": round(trained["seconds_per_epoch"], 1),
                 "train_rows": trained["rows"],
@@ -138,8 +144,10 @@ def _run(args: argparse.Namespace) -> None:
         f"# Corpus size: export, publish, load, hot swap, latency, recall ({report['machine']})",
         "",
         f"`{report['command']}`; code {report['code_version']}. HIT (1 epoch, sparse embedding updates) on "
-        f"`synthetic:N:{args.rows}`; each version published to a private redis-server with its files in a local "
-        "blob directory (`--blobs`); the server is `prerank serve` with one torch thread.",
+        f"`{rows[0]['dataset'].replace(str(rows[0]['ads']), 'N', 1)}`, ad vectors stored as {args.dtype}"
+        f"{', random 64-bit ad ids' if args.sparse_ids else ''}; each version published to a private "
+        "redis-server with its files in a local blob directory (`--blobs`); the server is `prerank serve` with "
+        "one torch thread.",
         "",
         "| ads | train s | export + publish s | export peak RSS | version bytes | server ready s | server RSS "
         "| peak across a hot swap | peak / one version |",

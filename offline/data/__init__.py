@@ -40,16 +40,18 @@ def load_dataset(name: str, protocol: str = "paper", data_dir: Path | str | None
         return dataset
     if name == "synthetic":
         return make_synthetic()
-    if name.startswith("synthetic:"):  # synthetic:N[:ROWS] -> N ads (serving benchmarks need a large corpus)
+    if name.startswith("synthetic:"):  # synthetic:N[:ROWS][:ids64] -> N ads (serving benchmarks need a large corpus)
+        parts = name.split(":")[1:]
+        sparse_ids = parts[-1] == "ids64"
         try:
-            sizes = [int(part) for part in name.split(":")[1:]]
+            sizes = [int(part) for part in parts[: len(parts) - sparse_ids]]
         except ValueError:
-            raise ValueError(f"dataset {name!r}: write synthetic:N or synthetic:N:ROWS (ads, log rows)") from None
+            raise ValueError(f"dataset {name!r}: write synthetic:N[:ROWS][:ids64] (ads, log rows)") from None
         if len(sizes) not in (1, 2) or min(sizes) < 1:
-            raise ValueError(f"dataset {name!r}: write synthetic:N or synthetic:N:ROWS with positive numbers")
+            raise ValueError(f"dataset {name!r}: write synthetic:N[:ROWS][:ids64] with positive numbers")
         n_ads = sizes[0]
         n_rows = sizes[1] if len(sizes) == 2 else max(100_000, 4 * n_ads)
-        return make_synthetic(n_users=5000, n_ads=n_ads, n_rows=n_rows)
+        return make_synthetic(n_users=5000, n_ads=n_ads, n_rows=n_rows, sparse_ids=sparse_ids)
     if name == "movielens-1m":
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

@@ -30,8 +30,14 @@ SCHEMA_FIELDS = (
 )
 
 
-def make_synthetic(n_users: int = 2000, n_ads: int = 500, n_rows: int = 100_000, seed: int = 7) -> Dataset:
-    """Builds the dataset; the same arguments always give the same bytes."""
+def make_synthetic(
+    n_users: int = 2000, n_ads: int = 500, n_rows: int = 100_000, seed: int = 7, sparse_ids: bool = False
+) -> Dataset:
+    """Builds the dataset; the same arguments always give the same bytes.
+
+    `sparse_ids`: the ads' external ids are distinct random 64-bit values (as hashed or
+    snowflake ids are) instead of 0..N-1; features, rows and labels are unchanged.
+    """
     rng = np.random.default_rng(seed)
     n_segments, n_ages, n_categories, n_advertisers = 12, 6, 20, 60
     affinity = rng.normal(0, 1.2, (n_segments, n_categories))
@@ -84,7 +90,11 @@ def make_synthetic(n_users: int = 2000, n_ads: int = 500, n_rows: int = 100_000,
     def split(idx: np.ndarray) -> Split:
         return Split(row_user[idx].astype(np.int64), row_ad[idx].astype(np.int64), labels[idx], users, ads)
 
-    args = {"n_users": n_users, "n_ads": n_ads, "n_rows": n_rows, "seed": seed}
+    args: dict[str, object] = {"n_users": n_users, "n_ads": n_ads, "n_rows": n_rows, "seed": seed}
+    ad_ids = np.arange(n_ads, dtype=np.int64)
+    if sparse_ids:
+        args["sparse_ids"] = True
+        ad_ids = _sparse_ids(n_ads, seed)
     checksum = hashlib.sha256(
         labels.tobytes() + row_user.tobytes() + row_ad.tobytes() + json.dumps(args).encode()
     ).hexdigest()
@@ -98,10 +108,19 @@ def make_synthetic(n_users: int = 2000, n_ads: int = 500, n_rows: int = 100_000,
         test=split(parts[2]),
         user_keys=[str(i) for i in range(n_users)],
         users=users,
-        ad_ids=np.arange(n_ads, dtype=np.int64),
+        ad_ids=ad_ids,
         ads=ads,
         ad_bids=bids,
         oracle=oracle,
         checksum=checksum,
         info={"generator": args},
     )
+
+
+def _sparse_ids(n: int, seed: int) -> np.ndarray:
+    """n distinct int64 ids drawn uniformly from [2**40, 2**63), in random order (their own stream)."""
+    rng = np.random.default_rng([seed, 64])
+    ids = np.zeros(0, np.int64)
+    while len(ids) < n:
+        ids = np.unique(np.concatenate([ids, rng.integers(2**40, 2**63 - 1, n - len(ids) + 16, dtype=np.int64)]))
+    return rng.permutation(ids[:n])

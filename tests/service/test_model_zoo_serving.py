@@ -18,15 +18,14 @@ from offline.train import TrainConfig, TrainResult, train
 from service.app import create_app
 from service.config import Settings
 
-#: 20,000 rows: enough for the models to learn more than ad popularity (6,000 are not).
-LEARNABLE = {"n_users": 300, "n_ads": 120, "n_rows": 20_000, "seed": 3}
 #: IntTower's default dropout (0.3) under-trains in 5 epochs on 16k training rows.
 OVERRIDES: dict[str, dict[str, float]] = {"inttower": {"dropout": 0.0}}
 
 
 @pytest.fixture(scope="module")
 def learnable() -> Dataset:
-    return make_synthetic(**LEARNABLE)
+    # 20,000 rows: enough for the models to learn more than ad popularity (6,000 are not)
+    return make_synthetic(n_users=300, n_ads=120, n_rows=20_000, seed=3)
 
 
 def popularity_auc(data: Dataset) -> float:
