@@ -59,31 +59,58 @@ DENSE_ID_MIN = 1 << 22
 SPARE_ROWS_MIN = 1024
 
 
+#: Fibonacci hashing's multiplier (2**64 / golden ratio): spreads sequential and clustered ids alike.
+_HASH = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _buckets(ids: np.ndarray, bits: int) -> np.ndarray:
+    """The hash bucket of each id, in [0, 2**bits): the top bits of id x _HASH mod 2**64."""
+    return ((ids.astype(np.uint64) * _HASH) >> np.uint64(64 - bits)).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class IdIndex:
     """Ad id -> stored row for the ads a version ranks. Immutable: `changed` returns a new one.
 
-    Dense id spaces get a direct-address table (one gather: 10k ids in ~0.03 ms); sparse ones
-    (e.g. hashed 64-bit ids) a binary search with the queries sorted first, which keeps the
-    probes cache-friendly (~0.5 ms for 10k ids into 100k; unsorted: 1-2 ms).
+    Dense id spaces get a direct-address table (one gather: 10k ids in ~0.05 ms). Sparse ones
+    (hashed or 64-bit ids) get a hash index in CSR form: ids grouped by a multiplicative hash into
+    about one bucket per id, `starts` the offset of each bucket, so a lookup is a few vectorised
+    probes of at most the longest chain. Measured for 10k ids into 10M random 64-bit ids on a 2-core
+    AMD EPYC: 0.22 ms, against 4.7-5.7 ms for a binary search of the sorted ids and 0.18 ms for
+    pandas' `Index.get_indexer` (khash), which is not a serving dependency.
     """
 
-    ids: np.ndarray  # int64, ascending
+    ids: np.ndarray  # int64: ascending with a table, else in hash order (grouped by bucket)
     rows: np.ndarray  # int64 row of each id
     table: np.ndarray | None = field(default=None, repr=False)  # row of each id value (-1: none)
+    starts: np.ndarray | None = field(default=None, repr=False)  # bucket b holds ids[starts[b]:starts[b + 1]]
 
     @classmethod
     def build(cls, ids: np.ndarray, rows: np.ndarray) -> IdIndex:
         """Raises ValueError on a duplicate id."""
-        order = np.argsort(ids, kind="stable")
-        sorted_ids, sorted_rows = ids[order].astype(np.int64), rows[order].astype(np.int64)
-        if len(sorted_ids) > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
+        ids, rows = np.asarray(ids).astype(np.int64), np.asarray(rows).astype(np.int64)
+        if len(ids) == 0:
+            return cls(ids, rows)
+        offsets = np.int32 if len(ids) < 2**31 else np.int64
+        if ids.min() >= 0 and ids.max() < max(DENSE_ID_FACTOR * len(ids), DENSE_ID_MIN):
+            order = np.argsort(ids, kind="stable")
+            ids, rows = ids[order], rows[order]
+            if np.any(ids[1:] == ids[:-1]):
+                raise ValueError("duplicate ad ids")
+            table = np.full(int(ids[-1]) + 1, -1, offsets)
+            table[ids] = rows
+            return cls(ids, rows, table)
+        # Multiplying by an odd constant is a bijection of uint64, so one sort by the hash both groups
+        # the ids by bucket (its top bits) and puts equal ids side by side.
+        hashed = ids.astype(np.uint64) * _HASH
+        order = np.argsort(hashed)
+        hashed = hashed[order]
+        if np.any(hashed[1:] == hashed[:-1]):
             raise ValueError("duplicate ad ids")
-        table = None
-        if len(sorted_ids) and sorted_ids[0] >= 0 and sorted_ids[-1] < max(DENSE_ID_FACTOR * len(ids), DENSE_ID_MIN):
-            table = np.full(int(sorted_ids[-1]) + 1, -1, np.int32 if len(ids) < 2**31 else np.int64)
-            table[sorted_ids] = sorted_rows
-        return cls(sorted_ids, sorted_rows, table)
+        bits = max(1, int(np.ceil(np.log2(len(ids)))))
+        starts = np.zeros((1 << bits) + 1, np.int64)
+        np.cumsum(np.bincount((hashed >> np.uint64(64 - bits)).astype(np.int64), minlength=1 << bits), out=starts[1:])
+        return cls(ids[order], rows[order], None, starts.astype(offsets))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,11 +125,19 @@ class IdIndex:
             rows[inside] = self.table[ad_ids[inside]]
             known = rows >= 0
             return rows[known], known
-        order = np.argsort(ad_ids, kind="stable")
-        pos = np.empty(len(ad_ids), np.int64)
-        pos[order] = np.searchsorted(self.ids, ad_ids[order])
-        pos = np.minimum(pos, len(self.ids) - 1)
-        known = self.ids[pos] == ad_ids
+        assert self.starts is not None
+        bucket = _buckets(ad_ids, int(len(self.starts) - 1).bit_length() - 1)
+        pos = np.full(len(ad_ids), -1, np.int64)
+        cur, end = self.starts[bucket].astype(np.int64), self.starts[bucket + 1].astype(np.int64)
+        active = np.flatnonzero(cur < end)
+        cur, end = cur[active], end[active]
+        while len(active):  # one probe of every unresolved id per pass: at most the longest chain
+            hit = self.ids[cur] == ad_ids[active]
+            pos[active[hit]] = cur[hit]
+            cur += 1
+            going = ~hit & (cur < end)
+            active, cur, end = active[going], cur[going], end[going]
+        known = pos >= 0
         return self.rows[pos[known]], known
 
     def changed(
