@@ -42,9 +42,9 @@ def test_lookups_equal_a_dict_for_every_id_layout(kind: str) -> None:
 
 
 def test_duplicates_are_refused_and_changes_keep_the_lookup_exact() -> None:
-    for ids in ([5, 2**40, 5], [2**50, 3, 2**50]):
+    for twice in ([5, 2**40, 5], [2**50, 3, 2**50]):
         with pytest.raises(ValueError, match="duplicate ad ids"):
-            IdIndex.build(np.array(ids), np.arange(3))
+            IdIndex.build(np.array(twice), np.arange(3))
     ids = np.array([2**40 + i * 7919 for i in range(1000)])
     index = IdIndex.build(ids, np.arange(1000))
     changed = index.changed(ids[:10], np.array([ids[10], 2**61]), np.array([5000, 5001]))
