@@ -364,10 +364,10 @@ def zoo_report(runs: Path, out: Path) -> Path:
     rows = zoo_summary(out / "runs")
     header = (
         "| protocol | model | stage | seeds | test AUC mean ± std | LogLoss | RelaImpr vs DSSM | published best "
-        "(source) | gap | ECE (calibrated) | GAUC | revenue@10 | consistency with DCN | best epochs | s/epoch "
-        "| user-side params | per-candidate params | stored per ad |"
+        "(source) | gap | LogLoss (calibrated) | ECE (calibrated) | GAUC | revenue@10 | consistency with DCN "
+        "| best epochs | s/epoch | user-side params | per-candidate params | stored per ad |"
     )
-    lines = [header, "|" + "---|" * 18]
+    lines = [header, "|" + "---|" * 19]
     for r in rows:
         stored = f"{r['floats_per_ad']} floats" + (" + 1 int" if r["ints_per_ad"] else "")
         pub = f"{r['published_auc']:.4f} ({r['published_source']})" if r["published_auc"] else "-"
@@ -375,7 +375,8 @@ def zoo_report(runs: Path, out: Path) -> Path:
             f"| {r['protocol']} | {r['model']} | {r['stage']} | {len(r['seeds'])} | "
             f"{r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {r['logloss_mean']:.4f} | "
             f"{_fmt(r['rela_impr_pct'], '+.2f')}% | {pub} | {_fmt(r['gap_to_published'], '+.4f')} | "
-            f"{_fmt(r['ece'], '.4f')} | {_fmt(r['gauc'], '.4f')} | {_fmt(r['revenue_at_10'], '.4f')} | "
+            f"{_fmt(r['calibrated_logloss'], '.4f')} | {_fmt(r['ece'], '.4f')} | {_fmt(r['gauc'], '.4f')} | "
+            f"{_fmt(r['revenue_at_10'], '.4f')} | "
             f"{_fmt(r['consistency'], '.4f')} | {r['best_epochs']} | {r['seconds_per_epoch']:.0f} | "
             f"{r['user_params']:,} | {r['candidate_params']:,} | {stored} |"
         )
@@ -388,7 +389,7 @@ def zoo_report(runs: Path, out: Path) -> Path:
         "",
         f"ECE, GAUC, revenue@10 and consistency: seed{'s' if len(evaluated) > 1 else ''} "
         f"{', '.join(map(str, evaluated)) or '-'} (`offline.evaluate`), with the calibrator each artifact "
-        "carries (chosen by validation LogLoss); calibrated LogLoss is in zoo.json. Candidate sets "
+        "carries (chosen by validation LogLoss), as is the calibrated LogLoss. Candidate sets "
         "(users x candidates; clicks; bids): "
         + "; ".join(f"{u:,} x {n:,}; {c}; {b}" for c, b, u, n in sorted(sets))
         + ". On logged data each user's candidates are its test-split ads, filled up with ads it has no "
