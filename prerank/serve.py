@@ -109,13 +109,14 @@ def _run(args: argparse.Namespace) -> None:
             secret = getattr(value, "get_secret_value", None)
             os.environ[f"PRERANK_{name.upper()}"] = str(secret() if secret else value)
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    multiprocess = args.workers > 1
-    metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="prerank-metrics-"))
-    if multiprocess:
+    made = None  # the metrics directory this run makes, and removes, when it needs one
+    if args.workers > 1:  # metrics aggregate across the workers through files
         if given:  # files left by an earlier run would be aggregated with this one's
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            shutil.rmtree(given, ignore_errors=True)
+            Path(given).mkdir(parents=True)
+        else:
+            made = tempfile.mkdtemp(prefix="prerank-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = given or str(made)
     try:
         if args.server == "granian":
             _granian(args)
@@ -124,8 +125,8 @@ def _run(args: argparse.Namespace) -> None:
 
             uvicorn.run("prerank.serve:worker_app", factory=True, workers=args.workers, **_uvicorn_options(args))
     finally:
-        if not given:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
