@@ -34,7 +34,7 @@ from models.base import PrerankModel, Routed
 from models.provenance import code_version, machine
 from models.registry import MODELS
 from offline.data import Dataset, load_dataset
-from offline.evaluate import plot_reliability
+from offline.evaluate import evaluate_artifacts, plot_reliability
 from offline.metrics import rela_impr
 from offline.published import BEST_PUBLISHED, PUBLISHED_BY_SOURCE
 from offline.train import TrainConfig, train
@@ -155,8 +155,6 @@ def _train_one(
 def _evaluate_one(
     dataset_name: str, data_dir: str | None, protocol: str, artifacts: dict[str, str], out: str, seed: int
 ) -> None:
-    from offline.evaluate import evaluate_artifacts
-
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dataset = load_dataset(dataset_name, protocol, Path(data_dir) if data_dir else None, 1023)
     reference = REFERENCE if REFERENCE in artifacts else None
@@ -220,8 +218,8 @@ def run_zoo(
         raise ValueError(f"unknown models or variants {unknown}; choose from {sorted(MODELS)}, {sorted(VARIANTS)}")
     data = str(data_dir) if data_dir else None
     kinds = [v for v in variants if {VARIANTS[v].model, VARIANTS[v].teacher} <= set(models)]
-    todo: list[tuple[Any, ...]] = []  # plain runs, then the variants that distil from them
-    later: list[tuple[Any, ...]] = []
+    todo: list[tuple[Any, ...]] = []  # plain runs
+    later: list[tuple[Any, ...]] = []  # variants, which distil from the plain runs
     evaluations: list[tuple[Any, ...]] = []
     for protocol in protocols:
         places = [runs / protocol] + ([results / "runs" / protocol] if results is not None else [])
