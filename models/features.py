@@ -55,10 +55,12 @@ class Kind(StrEnum):
 
     SPARSE = "sparse"  # one categorical id per row
     DENSE = "dense"  # one float per row
-    SEQUENCE = "sequence"  # a variable-length list of ids, pooled (mean or sum)
+    SEQUENCE = "sequence"  # a variable-length list of ids, pooled (mean, sum or recency-weighted)
 
 
-POOLINGS = ("mean", "sum")
+#: "recency": a learned weight per position counted back from the newest id (max_len of them),
+#: so the latest behaviour can count more than older ones; "mean" and "sum" weigh every id alike.
+POOLINGS = ("mean", "sum", "recency")
 
 
 class Jagged(NamedTuple):
@@ -86,7 +88,8 @@ class FeatureSpec:
         static: slowly changing profile attribute (HIT generators read only these).
         dim: width of the field's embedding table (None: the model's embedding_dim); a narrower
             table is projected to the model's width.
-        pooling: how a sequence's embeddings are pooled, "mean" or "sum".
+        pooling: how a sequence's embeddings are pooled: "mean", "sum", or "recency" (a weighted
+            sum with one learned weight per position back from the newest id; needs max_len).
         max_len: a sequence keeps its `max_len` most recent ids (None: all).
         newest_first: the sequence lists its newest id first (default: oldest first, as logs append).
         normalize: (mean, std) a dense value is standardised with, fitted on the training rows.
@@ -110,6 +113,8 @@ class FeatureSpec:
             raise ValueError(f"feature {self.name!r}: {self.kind.value} features need a vocab")
         if self.pooling not in POOLINGS:
             raise ValueError(f"feature {self.name!r}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pooling == "recency" and self.max_len is None:
+            raise ValueError(f"feature {self.name!r}: recency pooling needs max_len (one weight per position)")
         if self.normalize is not None and not self.normalize[1] > 0:
             raise ValueError(f"feature {self.name!r}: normalize std must be positive")
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema, FeatureSpec
-from models.layers import MLP, FieldEmbedding, embedding_l2
+from models.layers import MLP, FieldEmbedding, FieldLinear, check_wide, embedding_l2, without_wide
 from models.scoring import maxsim
 
 __all__ = ["HIT", "HITConfig", "HITTower"]
@@ -37,6 +37,8 @@ class HITConfig(ModelConfig):
         normalize_mimic: L2-normalise mimic vectors before they enter the tower (H3).
         gen_loss: generation-loss variant, one of "mimic", "repo_head", "repo_jul2024" (H1).
         gen_loss_weight: alpha, the weight of the generation loss.
+        linear: add each side's linear part (per-id and per-dense-value weights) to the logit.
+        wide: fields read only by the linear parts, not by the towers (needs `linear`).
     """
 
     heads: int = 2
@@ -45,10 +47,13 @@ class HITConfig(ModelConfig):
     normalize_mimic: bool = True
     gen_loss: str = "mimic"
     gen_loss_weight: float = 0.1
+    linear: bool = False
+    wide: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.gen_loss not in GEN_LOSS_MODES:
             raise ValueError(f"gen_loss must be one of {GEN_LOSS_MODES}, got {self.gen_loss!r}")
+        check_wide(self.wide, self.linear)
 
 
 class HITTower(nn.Module):
@@ -108,17 +113,37 @@ class HIT(PrerankModel):
         self.config: HITConfig = config
         # fields of one vocabulary share a table across the towers (unless the config says not to)
         shared: dict[str, nn.Module] | None = {} if config.share_tables else None
-        self.user_tower = HITTower(schema.user_fields, schema, config, shared)
-        self.ad_tower = HITTower(schema.ad_fields, schema, config, shared)
+        user_fields, ad_fields = schema.user_fields, schema.ad_fields
+        self.user_tower = HITTower(without_wide(user_fields, schema, config.wide), schema, config, shared)
+        self.ad_tower = HITTower(without_wide(ad_fields, schema, config.wide), schema, config, shared)
+        self.user_linear = FieldLinear(user_fields, schema) if config.linear else None
+        self.ad_linear = FieldLinear(ad_fields, schema) if config.linear else None
         self.bias = nn.Parameter(torch.zeros(()))
 
+    def _user_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Folded user heads (B, H_u, p [+ 2]), the mimic vectors and the unfolded heads."""
+        heads, mimic = self.user_tower(features)
+        if self.user_linear is None:
+            return heads, mimic, heads
+        share = 1.0 / heads.shape[1]
+        bias = self.user_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1) * share
+        return torch.cat([heads, torch.full_like(bias, share), bias], -1), mimic, heads
+
+    def _ad_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Folded ad heads (N, H_a, p [+ 2]), the mimic vectors and the unfolded heads."""
+        heads, mimic = self.ad_tower(features)
+        if self.ad_linear is None:
+            return heads, mimic, heads
+        bias = self.ad_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1)
+        return torch.cat([heads, bias, torch.ones_like(bias)], -1), mimic, heads
+
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, H_u, p)."""
-        return self.user_tower(features)[0]
+        """(B, H_u, p), or (B, H_u, p + 2) with the linear part folded in."""
+        return self._user_heads(features)[0]
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, H_a, p)."""
-        return self.ad_tower(features)[0]
+        """(N, H_a, p), or (N, H_a, p + 2) with the linear part folded in."""
+        return self._ad_heads(features)[0]
 
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
         """sum_i max_j <U_i, A_j> + b, (N,)."""
@@ -126,9 +151,9 @@ class HIT(PrerankModel):
         return maxsim(user, ads) + self.bias
 
     def forward_train(self, features: Features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        user, user_mimic = self.user_tower(features)
-        ad, ad_mimic = self.ad_tower(features)
-        aux: dict[str, torch.Tensor] = {"user_repr": user.flatten(1), "ad_repr": ad.flatten(1)}
+        user, user_mimic, user_heads = self._user_heads(features)
+        ad, ad_mimic, ad_heads = self._ad_heads(features)
+        aux: dict[str, torch.Tensor] = {"user_repr": user_heads.flatten(1), "ad_repr": ad_heads.flatten(1)}
         if user_mimic is not None:
             aux["user_mimic"] = user_mimic
         if ad_mimic is not None:
@@ -136,4 +161,8 @@ class HIT(PrerankModel):
         return self.score(user, ad), aux
 
     def regularizer(self) -> torch.Tensor:
-        return embedding_l2(self.user_tower.embedding, self.ad_tower.embedding)
+        total = embedding_l2(self.user_tower.embedding, self.ad_tower.embedding)
+        for linear in (self.user_linear, self.ad_linear):
+            if linear is not None:
+                total = total + linear.l2()
+        return total

@@ -9,7 +9,17 @@ from torch import nn
 
 from models.features import Features, FeatureSchema, FeatureSpec, Jagged, Kind
 
-__all__ = ["MLP", "FieldEmbedding", "FieldLinear", "LightSE", "embedding_l2", "jagged_to_padded"]
+__all__ = [
+    "MLP",
+    "RARE_IDS",
+    "FieldEmbedding",
+    "FieldLinear",
+    "LightSE",
+    "check_wide",
+    "embedding_l2",
+    "jagged_to_padded",
+    "without_wide",
+]
 
 EMBEDDING_INIT_STD = 1e-4
 
@@ -22,8 +32,9 @@ class FieldEmbedding(nn.Module):
     live in one embedding space. A table used by one sequence field alone is an
     `nn.EmbeddingBag` (pooled in one kernel); other tables are `nn.Embedding`s, and their sequence
     fields are pooled by a segment sum. A field whose `dim` is narrower than the model's width D is
-    projected up by a bias-free linear map. Dense scalars, standardised when their spec says so,
-    are appended after the embeddings.
+    projected up by a bias-free linear map. A sequence with recency pooling has one learned weight
+    per position back from its newest id (initialised to 1 / max_len: a mean over a full history).
+    Dense scalars, standardised when their spec says so, are appended after the embeddings.
 
     Args:
         fields: the side's fields, in schema order.
@@ -52,6 +63,7 @@ class FieldEmbedding(nn.Module):
         self.dense = tuple(f for f in fields if f.kind is Kind.DENSE)
         self.tables = nn.ModuleDict()
         self.projections = nn.ModuleDict()
+        self.recency = nn.ParameterDict()
         shared = {} if shared is None else shared
         users_of = {v: [g for g in schema.features if g.vocab == v] for v in {f.vocab for f in self.embedded}}
         for f in self.embedded:
@@ -60,12 +72,16 @@ class FieldEmbedding(nn.Module):
             if table is None:
                 rows = schema.vocab_sizes[vocab] + 1
                 alone = len(users_of[f.vocab]) == 1 and f.kind is Kind.SEQUENCE
-                table = nn.EmbeddingBag(rows, width, mode=f.pooling) if alone else nn.Embedding(rows, width)
+                mode = "sum" if f.pooling == "recency" else f.pooling
+                table = nn.EmbeddingBag(rows, width, mode=mode) if alone else nn.Embedding(rows, width)
                 nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
                 shared[f"{vocab}/{width}"] = table
             self.tables[f.name] = table
             if width != dim:
                 self.projections[f.name] = nn.Linear(width, dim, bias=False)
+            if f.kind is Kind.SEQUENCE and f.pooling == "recency":
+                assert f.max_len is not None  # FeatureSpec checks it
+                self.recency[f.name] = nn.Parameter(torch.full((f.max_len,), 1.0 / f.max_len))
         self._norms = {
             f.name: (float(f.normalize[0]), float(f.normalize[1])) for f in self.dense if f.normalize is not None
         }
@@ -78,17 +94,32 @@ class FieldEmbedding(nn.Module):
         table = self.tables[f.name]
         if not isinstance(value, Jagged):
             return table(value)
+        weights = self._recency_weights(f, value) if f.name in self.recency else None
         if isinstance(table, nn.EmbeddingBag):
-            return table(value.values, value.offsets)
+            return table(value.values, value.offsets, per_sample_weights=weights)
         rows = value.offsets.shape[0]
         ends = torch.cat([value.offsets[1:], value.offsets.new_tensor([value.values.shape[0]])])
         lengths = ends - value.offsets
         segment = torch.repeat_interleave(torch.arange(rows, device=lengths.device), lengths)
         vectors = table(value.values)
+        if weights is not None:
+            vectors = vectors * weights.unsqueeze(1)
         pooled = vectors.new_zeros(rows, vectors.shape[-1]).index_add_(0, segment, vectors)
         if f.pooling == "mean":
             pooled = pooled / lengths.clamp(min=1).unsqueeze(1).to(pooled.dtype)
         return pooled
+
+    def _recency_weights(self, f: FeatureSpec, value: Jagged) -> torch.Tensor:
+        """Each id's learned weight by its position back from its row's newest id, (T,)."""
+        total = value.values.shape[0]
+        offsets = value.offsets
+        ends = torch.cat([offsets[1:], offsets.new_tensor([total])])
+        lengths = ends - offsets
+        start = torch.repeat_interleave(offsets, lengths)
+        index = torch.arange(total, device=offsets.device) - start  # position from the row's first id
+        back = index if f.newest_first else torch.repeat_interleave(lengths, lengths) - 1 - index
+        weights = self.recency[f.name]
+        return weights[back.clamp(max=weights.shape[0] - 1)]
 
     def embed(self, features: Features, names: Sequence[str] | None = None) -> list[torch.Tensor]:
         """Embeddings of the named (default: all) embedded fields, each (B, D)."""
@@ -120,6 +151,29 @@ class FieldEmbedding(nn.Module):
     def l2(self) -> torch.Tensor:
         """Sum of squares of every table entry (the reference code's embedding regulariser)."""
         return embedding_l2(self)
+
+
+#: `wide` placeholder that training resolves to the dataset's rare id fields (offline.train).
+RARE_IDS = "rare-ids"
+
+
+def check_wide(wide: object, linear: bool) -> None:
+    """A model config's `wide`: field names or RARE_IDS, and only with a linear part."""
+    if isinstance(wide, str) and wide != RARE_IDS:
+        raise ValueError(f'wide must be a list of field names or "{RARE_IDS}", got {wide!r}')
+    if wide and not linear:
+        raise ValueError("wide fields feed the linear part: set linear true")
+
+
+def without_wide(fields: Sequence[FeatureSpec], schema: FeatureSchema, wide: Sequence[str]) -> tuple[FeatureSpec, ...]:
+    """`fields` less the `wide` ones (read by a model's linear part only); ValueError naming any
+    wide name the schema lacks."""
+    if isinstance(wide, str):
+        raise ValueError(f"wide {wide!r} is resolved against a dataset by training; a model takes field names")
+    unknown = sorted(set(wide) - {f.name for f in schema.features})
+    if unknown:
+        raise ValueError(f"wide names fields the schema lacks: {unknown}")
+    return tuple(f for f in fields if f.name not in wide)
 
 
 def embedding_l2(*embeddings: FieldEmbedding) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema
-from models.layers import MLP, FieldEmbedding, FieldLinear, embedding_l2
+from models.layers import MLP, FieldEmbedding, FieldLinear, check_wide, embedding_l2, without_wide
 
 __all__ = ["COLD", "DCN", "LR", "COLDConfig", "DCNConfig", "DeepFM", "DeepFMConfig", "LRConfig", "SingleTower"]
 
@@ -30,10 +30,16 @@ class SingleTowerConfig(ModelConfig):
 
     Args:
         linear: add the LR part (one weight per id) to the logit.
+        wide: fields read only by the LR part, not embedded into the network (needs `linear`):
+            raw ids with few rows each become L2-shrunk per-id weights the network cannot memorise.
     """
 
     hidden: tuple[int, ...] = (300, 300, 128)
     linear: bool = True
+    wide: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_wide(self.wide, self.linear)
 
 
 class SingleTower(PrerankModel):
@@ -47,8 +53,8 @@ class SingleTower(PrerankModel):
         dim = config.embedding_dim
         # fields of one vocabulary share a table across the sides (unless the config says not to)
         shared: dict[str, nn.Module] | None = {} if config.share_tables else None
-        self.user_embedding = FieldEmbedding(schema.user_fields, schema, dim, shared)
-        self.ad_embedding = FieldEmbedding(schema.ad_fields, schema, dim, shared)
+        self.user_embedding = FieldEmbedding(without_wide(schema.user_fields, schema, config.wide), schema, dim, shared)
+        self.ad_embedding = FieldEmbedding(without_wide(schema.ad_fields, schema, config.wide), schema, dim, shared)
         self.user_linear = FieldLinear(schema.user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(schema.ad_fields, schema) if config.linear else None
         self.n_fields = len(self.user_embedding.embedded) + len(self.ad_embedding.embedded)

@@ -23,6 +23,7 @@ from models.artifact import save_artifact, write_json
 from models.base import PrerankModel
 from models.calibration import Calibrator
 from models.features import Features, FeatureSchema, Jagged, Kind
+from models.layers import RARE_IDS
 from models.losses import auxiliary_loss
 from models.provenance import code_version, machine
 from models.registry import build_model, config_from_dict
@@ -32,7 +33,17 @@ from offline.data.stream import StreamingDataset, StreamingSplit
 from offline.metrics import auc, ece, logloss, rela_impr
 from offline.sparse import Optimizers, SparseEmbeddings
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_baseline", "predict", "train"]
+__all__ = [
+    "RARE_ID_ROWS",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "load_baseline",
+    "predict",
+    "rare_id_fields",
+    "resolve_model_config",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +167,32 @@ class _TrainStep(nn.Module):
         return loss * self.world
 
 
+#: A sparse field whose ids have a median of fewer training rows than this is a "rare id" field:
+#: the per-user or per-ad ids of a long-tailed log, which a network memorises instead of learning.
+RARE_ID_ROWS = 20
+
+
+def rare_id_fields(dataset: Dataset | StreamingDataset, max_median_rows: int = RARE_ID_ROWS) -> tuple[str, ...]:
+    """Sparse fields whose ids have a median of fewer than `max_median_rows` training rows."""
+    if isinstance(dataset, StreamingDataset):
+        raise ValueError('"wide": "rare-ids" counts rows per id in memory (name the fields when streaming)')
+    split = dataset.train
+    out = []
+    for table, rows in ((split.users, split.user_rows), (split.ads, split.ad_rows)):
+        for name, column in table.sparse.items():
+            counts = np.bincount(column[rows])
+            if counts.any() and np.median(counts[counts > 0]) < max_median_rows:
+                out.append(name)
+    return tuple(out)
+
+
+def resolve_model_config(dataset: Dataset | StreamingDataset, model_config: dict[str, Any]) -> dict[str, Any]:
+    """The model config with `"wide": "rare-ids"` replaced by the dataset's rare id fields."""
+    if model_config.get("wide") != RARE_IDS:
+        return model_config
+    return {**model_config, "wide": list(rare_id_fields(dataset))}
+
+
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -261,7 +298,8 @@ def train(
     Args:
         dataset: splits and schema.
         model_name: registry name ("hit", "dssm", ...).
-        model_config: overrides of the model's config fields.
+        model_config: overrides of the model's config fields; `"wide": "rare-ids"` names the
+            dataset's rare id fields (`rare_id_fields`).
         config: optimisation settings.
         out_dir: artifact directory (None: nothing written).
         baseline: a DSSM run's metrics.json, for RelaImpr.
@@ -282,7 +320,7 @@ def train(
     ddp = _distributed(cfg.device)
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model and batch order
     rng = np.random.default_rng(cfg.seed)
-    model_cfg = config_from_dict(model_name, model_config or {})
+    model_cfg = config_from_dict(model_name, resolve_model_config(dataset, model_config or {}))
     model = build_model(model_name, dataset.schema, model_cfg).to(ddp.device)
     model = cast(PrerankModel, sync_batch_norm(model, ddp.device, ddp.world))
     sparse = SparseEmbeddings(model) if cfg.sparse_embeddings else None

@@ -27,7 +27,7 @@ from typing import Any
 from models.provenance import code_version, machine
 from models.registry import config_from_dict
 from offline.data import Dataset
-from offline.train import TrainConfig, train
+from offline.train import TrainConfig, rare_id_fields, train
 
 __all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "run_study", "suggest"]
 
@@ -42,7 +42,8 @@ TRAIN_KEYS = tuple(
 )
 
 #: What a trial samples: name -> (kind, low/choices, high, log). Model keys are used only when the
-#: model's config has them.
+#: model's config has them. `model.wide` = "rare-ids" sets `linear` and sends the dataset's rare id
+#: fields (`rare_id_fields`) to the linear part only; "none" keeps the model's own setting.
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "lr": ("float", 3e-4, 1e-2, True),
     "batch_size": ("categorical", (256, 512, 1024, 2048)),
@@ -51,11 +52,18 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "lr_decay": ("categorical", (0.3, 1.0)),
     "model.dropout": ("float", 0.0, 0.5, False),
     "model.embedding_dim": ("categorical", (8, 16, 32)),
+    "model.head_dim": ("categorical", (16, 32)),
+    "model.wide": ("categorical", ("none", "rare-ids")),
 }
 
 
-def suggest(trial: Any, model: str, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(train overrides, model config) sampled for one trial, over `base` (the fixed settings)."""
+def suggest(
+    trial: Any, model: str, base: dict[str, Any], rare_ids: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(train overrides, model config) sampled for one trial, over `base` (the fixed settings).
+
+    `rare_ids` are the fields `model.wide` = "rare-ids" sends to the linear part.
+    """
     model_fields = set(asdict(config_from_dict(model, {})))
     train_cfg = dict(base.get("train", {}))
     model_cfg = dict(base.get("model_config", {}))
@@ -63,6 +71,10 @@ def suggest(trial: Any, model: str, base: dict[str, Any]) -> tuple[dict[str, Any
         target = model_cfg if name.startswith("model.") else train_cfg
         key = name.removeprefix("model.")
         if name.startswith("model.") and key not in model_fields:
+            continue
+        if name == "model.wide":
+            if rare_ids and trial.suggest_categorical(name, list(spec[1])) == "rare-ids":
+                model_cfg |= {"linear": True, "wide": list(rare_ids)}
             continue
         if spec[0] == "float":
             target[key] = trial.suggest_float(name, spec[1], spec[2], log=spec[3])
@@ -74,8 +86,10 @@ def suggest(trial: Any, model: str, base: dict[str, Any]) -> tuple[dict[str, Any
 def _objective(dataset: Dataset, model: str, base: dict[str, Any], epochs: int, seed: int) -> Callable[[Any], float]:
     import optuna
 
+    rare_ids = rare_id_fields(dataset)
+
     def objective(trial: Any) -> float:
-        train_cfg, model_cfg = suggest(trial, model, base)
+        train_cfg, model_cfg = suggest(trial, model, base, rare_ids)
         cfg = TrainConfig(**{**train_cfg, "epochs": epochs, "seed": seed, "progress": False, "calibration": "none"})
 
         def report(epoch: int, valid_auc: float) -> None:

@@ -16,6 +16,7 @@ its gaps to the attainable and the Bayes AUC of the same test rows, and those bu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from models.provenance import code_version, machine
-from models.registry import MODELS
+from models.registry import MODELS, config_from_dict
 from offline.evaluate import plot_reliability
 from offline.worlds import STRUCTURES, WorldConfig, generate_world
 from tools.markdown import splice
@@ -84,11 +85,14 @@ def run_worlds(
     size: dict[str, int] | None = None,
     jobs: int = 2,
     tuned: Path | None = None,
+    model_configs: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Generates missing worlds and trains every missing (structure, model, seed), `jobs` at a time.
 
     `tuned`: a folder holding `prerank tune` outputs as `<structure>-<model>/` (its
     train_config.json and model_config.json); a model without one trains with the defaults.
+    `model_configs`: model name -> model config overrides for every world (a tuned model config
+    is applied over them).
     """
     unknown = sorted(set(models) - set(MODELS)) + sorted(set(structures) - set(STRUCTURES))
     if unknown:
@@ -97,12 +101,12 @@ def run_worlds(
     for structure in structures:
         data = _world(runs, structure, size or {})
         for model in models:
-            overrides: dict[str, Any] = {}
+            overrides: dict[str, Any] = {"model_config": dict((model_configs or {}).get(model, {}))}
             study = tuned / f"{structure}-{model}" if tuned is not None else None
             if study is not None and (study / "train_config.json").exists():
                 overrides = json.loads((study / "train_config.json").read_text())
                 overrides = {k: v for k, v in overrides.items() if k not in ("epochs", "calibration")}
-                overrides["model_config"] = json.loads((study / "model_config.json").read_text())
+                overrides["model_config"] |= json.loads((study / "model_config.json").read_text())
             for seed in seeds:
                 out = runs / structure / f"{model}-s{seed}"
                 if not (out / "metrics.json").exists():
@@ -216,6 +220,7 @@ def worlds_report(runs: Path, out: Path) -> Path:
     lines += [
         "",
         f"Train config (CLI defaults unless tuned): `{json.dumps(rows[0]['train_config'])}`.",
+        f"Model configs (beyond each model's defaults): `{json.dumps(_model_overrides(rows))}`.",
         f"Code {codes}. Machines: {sorted({m for r in rows for m in r['machines']})}; one thread per run.",
     ]
     splice(out / "worlds.md", "worlds-table", "\n".join(lines) + "\n", title="Generated worlds")
@@ -225,6 +230,16 @@ def worlds_report(runs: Path, out: Path) -> Path:
     _plot(rows, out / "worlds.png")
     plot_reliability(sorted(runs.glob("*/evaluate-s1.json")), out / "reliability.png", "world")
     return out / "worlds.md"
+
+
+def _model_overrides(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model, the model config keys that differ from the model's defaults (the first world's)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        defaults = json.loads(json.dumps(dataclasses.asdict(config_from_dict(r["model"], {}))))
+        changed = {k: v for k, v in r["model_config"].items() if defaults.get(k) != v}
+        out.setdefault(r["model"], changed)
+    return out
 
 
 def _fmt(value: float | None) -> str:

@@ -6,9 +6,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.registry import MODELS
+from models.registry import MODELS, config_from_dict
 from prerank.generate import STRUCTURES
-from prerank.job import UsageError, job_parser, run_job
+from prerank.job import UsageError, job_parser, json_arg, json_object, run_job
 
 __all__ = ["main", "parser"]
 
@@ -34,6 +34,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tuned", type=Path, help="folder of prerank tune outputs, one <structure>-<model>/ per tuned model"
     )
+    p.add_argument(
+        "--model-config",
+        action="append",
+        default=[],
+        metavar="MODEL=JSON",
+        help='model config overrides for one model in every world, e.g. hit=\'{"linear": true, "wide": "rare-ids"}\' '
+        "(repeatable; a tuned model config applies over it)",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs")
     return p
 
@@ -41,11 +49,22 @@ def parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     if args.jobs < 1:
         raise UsageError("--jobs must be >= 1")
+    model_configs = {}
+    for item in args.model_config:
+        name, sep, text = item.partition("=")
+        if not sep or name not in args.models:
+            raise UsageError(f"--model-config takes MODEL=JSON with MODEL one of {args.models}, got {item!r}")
+        try:
+            value = json_object(text)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"--model-config {name}: {exc}") from None
+        model_configs[name] = json_arg(value, f"--model-config {name}")
+        config_from_dict(name, dict(model_configs[name]))  # a typo fails before any training
     from offline.world_table import run_worlds, worlds_report
 
     if not args.report_only:
         size = {"users": args.users, "ads": args.ads, "rows": args.rows}
-        run_worlds(args.runs, args.structures, args.models, args.seeds, size, args.jobs, args.tuned)
+        run_worlds(args.runs, args.structures, args.models, args.seeds, size, args.jobs, args.tuned, model_configs)
     print(f"wrote {worlds_report(args.runs, args.out)}")
 
 

@@ -93,7 +93,7 @@ class ColumnSpec(_Strict):
     hash_buckets: int | None = Field(None, ge=1)
     hash: Literal["blake2b", "splitmix64"] = "blake2b"
     dim: int | None = Field(None, ge=1)
-    pooling: Literal["mean", "sum"] = "mean"
+    pooling: Literal["mean", "sum", "recency"] = "mean"
     max_len: int | None = Field(None, ge=1)
     newest_first: bool = False
     normalize: bool = False
@@ -116,6 +116,8 @@ class ColumnSpec(_Strict):
             raise ValueError("dim applies to embedded features (sparse, sequence, or dense with buckets)")
         if self.normalize and self.buckets is not None:
             raise ValueError("a dense feature is either normalized or bucketed, not both")
+        if self.pooling == "recency" and self.max_len is None:
+            raise ValueError("recency pooling needs max_len (one learned weight per position)")
         if "hash" in given and self.hash_buckets is None:
             raise ValueError("hash applies to hashed fields only (give hash_buckets)")
         if self.hash_buckets is not None and self.min_count != 1:

@@ -6,6 +6,7 @@ import torch
 
 from models.features import FeatureSchema, FeatureSpec, Jagged, Kind, Side, Vocabulary
 from models.hit import HIT, HITConfig
+from models.layers import FieldLinear
 from models.losses import auxiliary_loss, hit_generation_loss
 from models.registry import MODELS, build_model, config_from_dict
 from models.scoring import maxsim
@@ -260,3 +261,51 @@ def test_what_training_runs_equals_what_serving_composes(tiny, batch, name: str)
         served = model.score(model.encode_user(feats), model.encode_ad(feats))
     assert trained.shape == (64,) and trained.std() > 1e-3
     torch.testing.assert_close(trained, served, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hit", "dcn", "cold"])
+def test_wide_fields_feed_only_the_linear_part(tiny, batch, name: str) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model(name, tiny.schema, {"linear": True, "wide": ["user_id", "ad_id"]}).eval()
+    towers = (
+        (model.user_tower.embedding, model.ad_tower.embedding)
+        if name == "hit"
+        else (
+            model.user_embedding,
+            model.ad_embedding,
+        )
+    )
+    embedded = {f.name for tower in towers for f in tower.embedded}  # type: ignore[attr-defined]
+    assert "user_id" not in embedded and "ad_id" not in embedded and {"segment", "category"} <= embedded
+    feats, _ = batch
+    other = dict(feats)
+    other["ad_id"] = torch.roll(feats["ad_id"], 1)  # type: ignore[arg-type]
+    with torch.no_grad():
+        assert isinstance(model.ad_linear, FieldLinear)
+        linear = model.ad_linear.weights.tables["ad_id"]
+        linear.weight.zero_()  # a wide field's only path is its linear weight
+        torch.testing.assert_close(model(feats), model(other), rtol=0, atol=1e-6)
+        linear.weight.normal_()
+        assert (model(feats) - model(other)).abs().max() > 0.1
+
+
+def test_hit_folds_its_linear_part_into_two_extra_head_columns(tiny, batch) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = HIT(tiny.schema, HITConfig(heads=3, head_dim=8, linear=True, wide=("user_id",))).eval()
+    feats, _ = batch
+    with torch.no_grad():
+        for p in model.parameters():  # large weights: the fold must be exact, not merely small
+            p.normal_()
+        user, ads = model.encode_user(feats), model.encode_ad(feats)
+        assert user.shape == (64, 3, 10) and ads.shape == (64, 3, 10)
+        heads_u, _ = model.user_tower(feats)
+        heads_a, _ = model.ad_tower(feats)
+        b_u = model.user_linear(feats).squeeze(-1)  # type: ignore[misc]
+        b_a = model.ad_linear(feats).squeeze(-1)  # type: ignore[misc]
+        expected = maxsim(heads_u, heads_a) + b_u + b_a + model.bias
+        torch.testing.assert_close(model.score(user, ads), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(model(feats), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="set linear true"):
+        HITConfig(wide=("user_id",))
+    with pytest.raises(ValueError, match=r"wide names fields the schema lacks: \['nope'\]"):
+        HIT(tiny.schema, HITConfig(linear=True, wide=("nope",)))

@@ -179,9 +179,45 @@ def test_sum_pooling_differs_from_mean_pooling(tmp_path: Path) -> None:
     torch.testing.assert_close(emb_b, emb_a * lengths.clamp(min=1).unsqueeze(1).float())
 
 
-def test_served_pctr_applies_buckets_truncation_and_normalisation_like_training(tmp_path: Path) -> None:
-    ds = load_dataset(_schema(tmp_path, SHARED))
-    result = train(ds, "dssm", {}, TrainConfig(epochs=1, batch_size=128, progress=False), tmp_path / "art")
+@pytest.mark.parametrize("newest_first", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_recency_pooling_weighs_each_id_by_its_position_back_from_the_newest(newest_first: bool, shared: bool) -> None:
+    from models.features import FeatureSchema, FeatureSpec, Jagged, Kind, Side
+    from models.layers import FieldEmbedding
+
+    seq = FeatureSpec("h", Side.USER, Kind.SEQUENCE, vocab="c", pooling="recency", max_len=3, newest_first=newest_first)
+    fields = (seq, FeatureSpec("c", Side.USER, Kind.SPARSE, vocab="c")) if shared else (seq,)
+    layer = FieldEmbedding(fields, FeatureSchema(fields, {"c": 5}), 4)
+    # an EmbeddingBag with per-sample weights alone, the segment-sum path when the table is shared
+    assert isinstance(layer.tables["h"], torch.nn.EmbeddingBag) != shared
+    table = torch.arange(24.0).view(6, 4)
+    with torch.no_grad():
+        layer.recency["h"].copy_(torch.tensor([1.0, 10.0, 100.0]))  # newest, second newest, older
+        layer.tables["h"].weight.copy_(table)
+    # rows: [1, 2], [], [3, 4, 5, 2] (longer than max_len: positions past it share the last weight)
+    values = torch.tensor([1, 2, 3, 4, 5, 2])
+    pooled = layer.embed({"h": Jagged(values, torch.tensor([0, 2, 2]))}, ["h"])[0]
+    w = (
+        (lambda n: torch.tensor([1.0, 10.0, 100.0, 100.0][:n]))
+        if newest_first
+        else (lambda n: torch.tensor([1.0, 10.0, 100.0, 100.0][:n]).flip(0))
+    )
+    expected = torch.stack([w(2) @ table[[1, 2]], torch.zeros(4), w(4) @ table[[3, 4, 5, 2]]])
+    torch.testing.assert_close(pooled, expected)
+    pooled.sum().backward()
+    assert layer.recency["h"].grad is not None and layer.recency["h"].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("model", "model_config", "pooling"),
+    [("dssm", {}, "mean"), ("hit", {"linear": True, "wide": ["u", "a"]}, "recency")],
+)
+def test_served_pctr_applies_buckets_truncation_and_normalisation_like_training(
+    tmp_path: Path, model: str, model_config: dict[str, object], pooling: str
+) -> None:
+    ds = load_dataset(_schema(tmp_path, SHARED.replace("max_len = 3", f'max_len = 3\npooling = "{pooling}"')))
+    cfg = TrainConfig(epochs=1, batch_size=128, progress=False)
+    result = train(ds, model, model_config, cfg, tmp_path / "art")
     assert result.artifact is not None
     export(result.artifact, ds, f"local:{tmp_path / 'store'}")
     # a user row as the server receives it: raw values, a long history (newest last), a raw age
@@ -209,11 +245,11 @@ def test_served_pctr_applies_buckets_truncation_and_normalisation_like_training(
         ),
         "age": torch.from_numpy(spec["age"].bucketize([44])),
     }
-    model = result.model.eval()
+    net = result.model.eval()
     ad_rows = np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids])
     ad_feats = ds.ads.take(ad_rows)
     with torch.inference_mode():
-        logits = model.score(model.encode_user(feats), model.encode_ad(ad_feats))
+        logits = net.score(net.encode_user(feats), net.encode_ad(ad_feats))
     offline = torch.sigmoid(logits.reshape(-1)).numpy()
     np.testing.assert_allclose([served[a] for a in ad_ids], offline, rtol=1e-5, atol=1e-6)
 
@@ -244,6 +280,10 @@ def test_served_pctr_applies_buckets_truncation_and_normalisation_like_training(
             "must agree on min_count",
         ),
         ('[[features]]\ncolumn = "u"\nside = "user"\nkind = "sparse"\n', "needs at least one ad feature"),
+        (
+            '[[features]]\ncolumn = "tags"\nside = "user"\nkind = "sequence"\npooling = "recency"\n',
+            "recency pooling needs max_len",
+        ),
     ],
 )
 def test_schema_errors_are_one_line_cli_errors(

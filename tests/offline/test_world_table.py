@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from offline.data import load_dataset
+from offline.train import rare_id_fields
 from prerank.cli import main
 
 
 def test_the_worlds_table_from_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runs, out = tmp_path / "runs", tmp_path / "out"
     args = ["worlds", "--runs", str(runs), "--out", str(out), "--structures", "cross", "--models", "dssm", "dcn"]
+    args += ["--model-config", 'dcn={"wide": "rare-ids"}']  # the recipe for long-tailed ids, resolved per world
     size = ["--users", "300", "--ads", "100", "--rows", "12000", "--seeds", "1", "2"]
     assert main([*args, *size]) == 0
     table = (out / "worlds.md").read_text()
@@ -25,6 +28,9 @@ def test_the_worlds_table_from_one_command(tmp_path: Path, capsys: pytest.Captur
         assert r["gap_to_attainable"] == pytest.approx(r["auc_mean"] - ref["attainable"]["auc"])
         assert 0 <= r["ece"] < 0.2 and 0 < r["revenue_at_10"] <= 1 and r["gauc"] is not None
     assert rows["dcn"]["consistency"] == pytest.approx(1.0)  # the reference keeps its own top 10
+    rare = list(rare_id_fields(load_dataset(str(runs / "cross" / "data" / "cross.toml"))))
+    assert rare and rows["dcn"]["model_config"]["wide"] == rare and rows["dssm"]["model_config"].get("wide") is None
+    assert f'"dcn": {{"wide": {json.dumps(rare)}}}' in table
     assert "| cross |" in table and "revenue@10" in table and (out / "worlds.png").stat().st_size > 10_000
     assert (out / "reliability.png").stat().st_size > 10_000
     assert len(list((out / "runs" / "cross").glob("*.json"))) == 1 + 4 + 2  # reference, runs, evaluations

@@ -180,3 +180,27 @@ def test_distillation_from_the_ranking_reference_pulls_the_student_towards_it(
     }
     assert gap["distilled"] < 0.8 * gap["plain"], gap
     assert student.metrics["train_config"]["distill_from"] == str(tmp_path / "dcn")
+
+
+def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
+    worlds: dict[str, tuple[Path, dict]],
+) -> None:
+    import optuna
+
+    from offline.train import rare_id_fields, resolve_model_config
+    from offline.tune import SEARCH_SPACE, suggest
+
+    ds = load_dataset(str(worlds["cross"][0] / "cross.toml"))
+    counts = np.bincount(ds.train.users.sparse["user_id"][ds.train.user_rows])
+    assert np.median(counts[counts > 0]) < 20 and rare_id_fields(ds) == ("user_id",)  # 300 users, Zipf
+    sparse = {f.name for f in ds.schema.features if f.kind.value == "sparse"}
+    assert set(rare_id_fields(ds, max_median_rows=10**6)) == sparse  # every sparse field is counted
+    assert resolve_model_config(ds, {"linear": True, "wide": "rare-ids"})["wide"] == ["user_id"]
+    params = {n: (s[1][-1] if s[0] == "categorical" else s[1]) for n, s in SEARCH_SPACE.items()}
+    for model in ("hit", "dcn"):
+        _, cfg = suggest(optuna.trial.FixedTrial(params), model, {}, rare_id_fields(ds))
+        assert cfg["linear"] is True and cfg["wide"] == ["user_id"], model
+    _, none = suggest(optuna.trial.FixedTrial(params | {"model.wide": "none"}), "hit", {}, ("user_id",))
+    assert "wide" not in none and "linear" not in none
+    trained = train(ds, "hit", {"linear": True, "wide": "rare-ids"}, TrainConfig(epochs=1, progress=False))
+    assert trained.metrics["model_config"]["wide"] == ("user_id",)
