@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from models.features import Features, FeatureSchema, Jagged, Kind
 from models.layers import RARE_IDS
 from models.losses import auxiliary_loss
 from models.provenance import code_version, machine
-from models.registry import build_model, config_from_dict
+from models.registry import build_model, config_from_dict, model_class
 from offline.calibrate import fit_calibrator
 from offline.data import Dataset, Split
 from offline.data.stream import StreamingDataset, StreamingSplit
@@ -186,11 +187,29 @@ def rare_id_fields(dataset: Dataset | StreamingDataset, max_median_rows: int = R
     return tuple(out)
 
 
-def resolve_model_config(dataset: Dataset | StreamingDataset, model_config: dict[str, Any]) -> dict[str, Any]:
-    """The model config with `"wide": "rare-ids"` replaced by the dataset's rare id fields."""
-    if model_config.get("wide") != RARE_IDS:
-        return model_config
-    return {**model_config, "wide": list(rare_id_fields(dataset))}
+def resolve_model_config(
+    dataset: Dataset | StreamingDataset, model_name: str, model_config: dict[str, Any]
+) -> dict[str, Any]:
+    """The model config training builds, with `wide` resolved to field names.
+
+    A model with a linear part (HIT, COLD, DCN, DeepFM, LR) sends the dataset's rare id fields
+    (`rare_id_fields`) to it by default, so per-user and per-ad ids of a long-tailed log become
+    per-id biases instead of network inputs; HIT's linear part is switched on when there are any.
+    `"wide": []` (or HIT's `"linear": false`) keeps every field in the network. On a log where no
+    field is rare (MovieLens-1M) the model is the one without these keys. A streamed log is not
+    counted in memory: it defaults to no wide fields, and "rare-ids" is an error there.
+    """
+    cfg = dict(model_config)
+    if "wide" not in {f.name for f in dataclasses.fields(model_class(model_name).config_class)}:
+        return cfg
+    if "wide" not in cfg and (cfg.get("linear") is False or isinstance(dataset, StreamingDataset)):
+        cfg["wide"] = []
+    if cfg.setdefault("wide", RARE_IDS) == RARE_IDS:
+        cfg["wide"] = list(rare_id_fields(dataset))
+        if cfg["wide"]:
+            cfg.setdefault("linear", True)
+            log.info("wide (linear part only, fewer than %d training rows per id): %s", RARE_ID_ROWS, cfg["wide"])
+    return cfg
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -298,8 +317,8 @@ def train(
     Args:
         dataset: splits and schema.
         model_name: registry name ("hit", "dssm", ...).
-        model_config: overrides of the model's config fields; `"wide": "rare-ids"` names the
-            dataset's rare id fields (`rare_id_fields`).
+        model_config: overrides of the model's config fields; `wide` defaults to the dataset's
+            rare id fields (`resolve_model_config`).
         config: optimisation settings.
         out_dir: artifact directory (None: nothing written).
         baseline: a DSSM run's metrics.json, for RelaImpr.
@@ -320,7 +339,7 @@ def train(
     ddp = _distributed(cfg.device)
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model and batch order
     rng = np.random.default_rng(cfg.seed)
-    model_cfg = config_from_dict(model_name, resolve_model_config(dataset, model_config or {}))
+    model_cfg = config_from_dict(model_name, resolve_model_config(dataset, model_name, model_config or {}))
     model = build_model(model_name, dataset.schema, model_cfg).to(ddp.device)
     model = cast(PrerankModel, sync_batch_norm(model, ddp.device, ddp.world))
     sparse = SparseEmbeddings(model) if cfg.sparse_embeddings else None

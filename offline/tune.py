@@ -42,8 +42,9 @@ TRAIN_KEYS = tuple(
 )
 
 #: What a trial samples: name -> (kind, low/choices, high, log). Model keys are used only when the
-#: model's config has them. `model.wide` = "rare-ids" sets `linear` and sends the dataset's rare id
-#: fields (`rare_id_fields`) to the linear part only; "none" keeps the model's own setting.
+#: model's config has them. `model.wide`: "rare-ids" sets `linear` and sends the dataset's rare id
+#: fields (`rare_id_fields`, the training default) to the linear part only; "none" keeps them in
+#: the network.
 SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "lr": ("float", 3e-4, 1e-2, True),
     "batch_size": ("categorical", (256, 512, 1024, 2048)),
@@ -75,6 +76,8 @@ def suggest(
         if name == "model.wide":
             if rare_ids and trial.suggest_categorical(name, list(spec[1])) == "rare-ids":
                 model_cfg |= {"linear": True, "wide": list(rare_ids)}
+            elif rare_ids:
+                model_cfg["wide"] = []
             continue
         if spec[0] == "float":
             target[key] = trial.suggest_float(name, spec[1], spec[2], log=spec[3])

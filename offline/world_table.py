@@ -45,10 +45,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("hit", "dssm", "inttower", "fit", "cold", "dcn")
 
 
-def _world(runs: Path, structure: str, size: dict[str, int]) -> Path:
+def _world(runs: Path, structure: str, size: dict[str, int], history_pooling: str = "mean") -> Path:
     data = runs / structure / "data"
     if not (data / "reference.json").exists():
-        generate_world(WorldConfig(structure=structure, **size), data)
+        generate_world(WorldConfig(structure=structure, **size), data, history_pooling=history_pooling)
     return data
 
 
@@ -86,20 +86,22 @@ def run_worlds(
     jobs: int = 2,
     tuned: Path | None = None,
     model_configs: dict[str, dict[str, Any]] | None = None,
+    history_pooling: str = "mean",
 ) -> None:
     """Generates missing worlds and trains every missing (structure, model, seed), `jobs` at a time.
 
     `tuned`: a folder holding `prerank tune` outputs as `<structure>-<model>/` (its
     train_config.json and model_config.json); a model without one trains with the defaults.
     `model_configs`: model name -> model config overrides for every world (a tuned model config
-    is applied over them).
+    is applied over them). `history_pooling`: the pooling the generated schema files give the
+    behaviour history (worlds already under `runs` keep theirs).
     """
     unknown = sorted(set(models) - set(MODELS)) + sorted(set(structures) - set(STRUCTURES))
     if unknown:
         raise ValueError(f"unknown models or structures {unknown}")
     todo = []
     for structure in structures:
-        data = _world(runs, structure, size or {})
+        data = _world(runs, structure, size or {}, history_pooling)
         for model in models:
             overrides: dict[str, Any] = {"model_config": dict((model_configs or {}).get(model, {}))}
             study = tuned / f"{structure}-{model}" if tuned is not None else None

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.features import POOLINGS
 from models.provenance import code_version, machine
 from offline.data.dataset import files_sha256
 from offline.data.tabular import split_rows
@@ -374,7 +375,8 @@ def fit_attainable(
 # Writing a world.
 
 
-def _schema_toml(config: WorldConfig, file_name: str) -> str:
+def _schema_toml(config: WorldConfig, file_name: str, history_pooling: str = "mean") -> str:
+    pooling = "" if history_pooling == "mean" else f'pooling = "{history_pooling}"\nmax_len = {HISTORY}\n'
     return f"""# A generated world ({config.structure}): clicks from a known function; see reference.json.
 # prerank train --dataset {config.structure}.toml --out ARTIFACT
 name = "world-{config.structure}"
@@ -407,7 +409,7 @@ column = "history"      # the user's last {HISTORY} clicked categories, oldest f
 side = "user"
 kind = "sequence"
 vocab = "category"      # one embedding table with the ad's category
-
+{pooling}
 [[features]]
 column = "position"
 side = "context"
@@ -443,10 +445,18 @@ def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}
 
 
-def generate_world(config: WorldConfig, out: Path, file_format: str = "parquet") -> dict[str, Any]:
-    """Writes `out/<structure>.toml`, the log and `out/reference.json`; returns the reference."""
+def generate_world(
+    config: WorldConfig, out: Path, file_format: str = "parquet", history_pooling: str = "mean"
+) -> dict[str, Any]:
+    """Writes `out/<structure>.toml`, the log and `out/reference.json`; returns the reference.
+
+    `history_pooling`: how the schema file pools the behaviour history ("recency" learns one
+    weight per position back from the newest id); the log and the reference do not depend on it.
+    """
     if file_format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {file_format!r}")
+    if history_pooling not in POOLINGS:
+        raise ValueError(f"history pooling must be one of {POOLINGS}, got {history_pooling!r}")
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     world = _build(config)
@@ -456,7 +466,7 @@ def generate_world(config: WorldConfig, out: Path, file_format: str = "parquet")
         world.frame.to_parquet(data, index=False)
     else:
         world.frame.to_csv(data, index=False)
-    (out / f"{config.structure}.toml").write_text(_schema_toml(config, data.name))
+    (out / f"{config.structure}.toml").write_text(_schema_toml(config, data.name, history_pooling))
     generated = time.perf_counter() - started
 
     train, valid, test = split_rows(config.rows, True, config.split_seed)

@@ -29,6 +29,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", type=int, default=1023, help="the train/valid split the reference is fitted on")
     p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
+    p.add_argument(
+        "--history-pooling",
+        default="mean",
+        choices=("mean", "sum", "recency"),
+        help="how the schema file pools the behaviour history (default: mean)",
+    )
     add_threads_arg(p, default=1)
     return p
 
@@ -40,7 +46,7 @@ def _run(args: argparse.Namespace) -> None:
         config = WorldConfig(args.structure, args.users, args.ads, args.rows, args.seed, args.zipf, args.split_seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    ref = generate_world(config, args.out, args.format)
+    ref = generate_world(config, args.out, args.format, args.history_pooling)
     print(
         f"{args.structure}: {ref['rows']['train']}/{ref['rows']['valid']}/{ref['rows']['test']} rows, "
         f"test Bayes AUC {ref['bayes']['auc']:.4f}, attainable {ref['attainable']['auc']:.4f} -> "

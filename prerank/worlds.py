@@ -42,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
         help='model config overrides for one model in every world, e.g. hit=\'{"linear": true, "wide": "rare-ids"}\' '
         "(repeatable; a tuned model config applies over it)",
     )
+    p.add_argument(
+        "--history-pooling",
+        default="mean",
+        choices=("mean", "sum", "recency"),
+        help="how the generated schema files pool the behaviour history (default: mean)",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs")
     return p
 
@@ -64,7 +70,17 @@ def _run(args: argparse.Namespace) -> None:
 
     if not args.report_only:
         size = {"users": args.users, "ads": args.ads, "rows": args.rows}
-        run_worlds(args.runs, args.structures, args.models, args.seeds, size, args.jobs, args.tuned, model_configs)
+        run_worlds(
+            args.runs,
+            args.structures,
+            args.models,
+            args.seeds,
+            size,
+            args.jobs,
+            args.tuned,
+            model_configs,
+            args.history_pooling,
+        )
     print(f"wrote {worlds_report(args.runs, args.out)}")
 
 

@@ -195,12 +195,28 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     assert np.median(counts[counts > 0]) < 20 and rare_id_fields(ds) == ("user_id",)  # 300 users, Zipf
     sparse = {f.name for f in ds.schema.features if f.kind.value == "sparse"}
     assert set(rare_id_fields(ds, max_median_rows=10**6)) == sparse  # every sparse field is counted
-    assert resolve_model_config(ds, {"linear": True, "wide": "rare-ids"})["wide"] == ["user_id"]
+    # the training default: models with a linear part send the rare id fields to it
+    assert resolve_model_config(ds, "hit", {}) == {"linear": True, "wide": ["user_id"]}
+    assert resolve_model_config(ds, "dcn", {}) == {"linear": True, "wide": ["user_id"]}
+    assert resolve_model_config(ds, "hit", {"linear": False}) == {"linear": False, "wide": []}
+    assert resolve_model_config(ds, "cold", {"wide": []}) == {"wide": []}
+    assert resolve_model_config(ds, "dssm", {}) == {}  # no linear part: every field stays in the towers
     params = {n: (s[1][-1] if s[0] == "categorical" else s[1]) for n, s in SEARCH_SPACE.items()}
     for model in ("hit", "dcn"):
         _, cfg = suggest(optuna.trial.FixedTrial(params), model, {}, rare_id_fields(ds))
         assert cfg["linear"] is True and cfg["wide"] == ["user_id"], model
     _, none = suggest(optuna.trial.FixedTrial(params | {"model.wide": "none"}), "hit", {}, ("user_id",))
-    assert "wide" not in none and "linear" not in none
-    trained = train(ds, "hit", {"linear": True, "wide": "rare-ids"}, TrainConfig(epochs=1, progress=False))
-    assert trained.metrics["model_config"]["wide"] == ("user_id",)
+    assert none["wide"] == [] and "linear" not in none  # the rare ids stay in the network
+    trained = train(ds, "hit", {}, TrainConfig(epochs=1, progress=False))
+    assert trained.metrics["model_config"]["wide"] == ("user_id",) and trained.metrics["model_config"]["linear"]
+
+
+def test_generate_can_pool_the_history_by_recency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["generate", "--structure", "sequence", "--users", "200", "--ads", "60", "--rows", "3000"]
+    assert main([*args, "--out", str(tmp_path / "w"), "--history-pooling", "recency"]) == 0
+    history = {f.name: f for f in load_dataset(str(tmp_path / "w" / "sequence.toml")).schema.features}["history"]
+    assert (history.pooling, history.max_len) == ("recency", 20)
+    default = generate_world(WorldConfig(structure="sequence", users=200, ads=60, rows=3000), tmp_path / "m")
+    assert default["data_sha256"] == json.loads((tmp_path / "w" / "reference.json").read_text())["data_sha256"]
+    assert "pooling" not in (tmp_path / "m" / "sequence.toml").read_text()  # the default schema is unchanged
+    capsys.readouterr()

@@ -69,9 +69,12 @@ def _rewrite_index(directory: Path, vectors: torch.Tensor) -> None:
 def test_a_model_whose_shapes_do_not_match_its_index_is_refused(two_versions: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(two_versions / "versions" / "v000001", bad)
-    n = len(load_version(bad).rows)
-    _rewrite_index(bad, torch.zeros(n, 3, 16))  # the HIT model makes (2, 16) rows
-    with pytest.raises(ArtifactError, match=r"encodes ads as \(2, 16\) but the index stores \(3, 16\)"):
+    rows = load_version(bad).rows
+    heads, width = rows.vectors.shape[1:]  # the HIT model's (H_a, p [+ 2]) rows
+    _rewrite_index(bad, torch.zeros(len(rows), heads + 1, width))
+    with pytest.raises(
+        ArtifactError, match=rf"encodes ads as \({heads}, {width}\) but the index stores \({heads + 1}, {width}\)"
+    ):
         load_version(bad)
 
 
