@@ -170,7 +170,8 @@ def test_distillation_from_the_ranking_reference_pulls_the_student_towards_it(
     folder, _ = worlds["cross"]
     ds = load_dataset(str(folder / "cross.toml"))
     cfg = TrainConfig(epochs=3, batch_size=256, progress=False, calibration="none")
-    deep: dict[str, object] = {"wide": []}  # ids in the networks, as when this test was set (the mechanism, not the default)
+    # ids in the networks, as when this test was set: it tests the mechanism, not the rare-id default
+    deep: dict[str, object] = {"wide": []}
     train(ds, "dcn", deep, cfg, tmp_path / "dcn")
     teacher = predict(load_artifact(tmp_path / "dcn").model, ds.test)
     plain = train(ds, "hit", deep, cfg)
