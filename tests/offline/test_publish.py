@@ -17,7 +17,12 @@ def test_export_publishes_and_failure_leaves_live_untouched(tiny, tiny_hit, tmp_
     assert (root / "CURRENT").read_text().strip() == m1["version"] == "v000001"
     index = load_index(root / "versions" / "v000001")
     assert (
-        index.rows.vectors.shape == (len(tiny.ad_ids), 2, 16) and index.manifest["model_version"] == m1["model_version"]
+        index.rows.vectors.shape
+        == (
+            len(tiny.ad_ids),
+            2,
+            16 + 2,
+        )  # p + the folded linear part and index.manifest["model_version"] == m1["model_version"]
     )
     other = make_synthetic(n_users=50, n_ads=10, n_rows=500, seed=1)  # different vocabularies
     with pytest.raises(ArtifactError, match="vocabulary"):
