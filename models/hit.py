@@ -114,8 +114,13 @@ class HIT(PrerankModel):
         # fields of one vocabulary share a table across the towers (unless the config says not to)
         shared: dict[str, nn.Module] | None = {} if config.share_tables else None
         user_fields, ad_fields = schema.user_fields, schema.ad_fields
-        self.user_tower = HITTower(without_wide(user_fields, schema, config.wide), schema, config, shared)
-        self.ad_tower = HITTower(without_wide(ad_fields, schema, config.wide), schema, config, shared)
+        towers = {}
+        for side, fields in (("user", user_fields), ("ad", ad_fields)):
+            inputs = without_wide(fields, schema, config.wide)
+            if not inputs:
+                raise ValueError(f"wide names every {side} field: the {side} tower needs at least one input")
+            towers[side] = HITTower(inputs, schema, config, shared)
+        self.user_tower, self.ad_tower = towers["user"], towers["ad"]
         self.user_linear = FieldLinear(user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(ad_fields, schema) if config.linear else None
         self.bias = nn.Parameter(torch.zeros(()))

@@ -174,16 +174,26 @@ RARE_ID_ROWS = 20
 
 
 def rare_id_fields(dataset: Dataset | StreamingDataset, max_median_rows: int = RARE_ID_ROWS) -> tuple[str, ...]:
-    """Sparse fields whose ids have a median of fewer than `max_median_rows` training rows."""
+    """Sparse fields whose ids have a median of fewer than `max_median_rows` training rows.
+
+    Each side (user with context, ad) keeps at least one network input: where every input of a
+    side is a rare id field, the one with the most rows per id stays in the network.
+    """
     if isinstance(dataset, StreamingDataset):
         raise ValueError('"wide": "rare-ids" counts rows per id in memory (name the fields when streaming)')
     split = dataset.train
-    out = []
+    medians: dict[str, float] = {}
     for table, rows in ((split.users, split.user_rows), (split.ads, split.ad_rows)):
         for name, column in table.sparse.items():
             counts = np.bincount(column[rows])
-            if counts.any() and np.median(counts[counts > 0]) < max_median_rows:
-                out.append(name)
+            medians[name] = float(np.median(counts[counts > 0])) if counts.any() else float("inf")
+    schema = dataset.schema
+    out = []
+    for side in (schema.user_fields, schema.ad_fields):
+        rare = [f.name for f in side if medians.get(f.name, float("inf")) < max_median_rows]
+        if rare and len(rare) == len(side):
+            rare.remove(max(rare, key=lambda name: medians[name]))
+        out.extend(rare)
     return tuple(out)
 
 

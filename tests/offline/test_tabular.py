@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from models.registry import MODELS
+from models.registry import MODELS, build_model
 from offline.data import load_dataset
 from offline.export import export
-from offline.train import TrainConfig, train
+from offline.train import TrainConfig, rare_id_fields, resolve_model_config, train
 from prerank.cli import main
 from service.app import create_app
 from service.config import Settings
@@ -136,6 +136,16 @@ def test_bad_schema_files_are_one_line_cli_errors(
     assert main(["train", "--dataset", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_rare_ids_leave_each_side_a_network_input(tmp_path: Path) -> None:
+    """The sample's only ad field (adgroup_id) and, with every field counted rare, its most
+    populated user-side field (pid) stay in the network; naming every ad field wide is an error."""
+    ds = load_dataset(str(SCHEMAS / "taobao-display-ad.toml"), data_dir=_need(TAOBAO))
+    assert rare_id_fields(ds) == ("user_id",) == rare_id_fields(ds, max_median_rows=10**6)
+    assert resolve_model_config(ds, "hit", {}) == {"wide": ["user_id"], "linear": True}
+    with pytest.raises(ValueError, match="wide names every ad field: the ad tower needs at least one input"):
+        build_model("hit", ds.schema, {"linear": True, "wide": ["adgroup_id"]})
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
