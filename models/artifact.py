@@ -34,15 +34,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.base import PrerankModel
+from models.base import AdBatch, PrerankModel, split_ads
 from models.calibration import CALIBRATION_FILE, Calibrator
 from models.features import FeatureSchema, Vocabulary
 from models.registry import build_model
 from models.rows import VECTOR_DTYPES, AdRows
 from models.tables import FeatureTable
+from models.tensorfile import TensorFileWriter, read_rows
 
 __all__ = [
     "ANN_FILE",
@@ -56,7 +58,8 @@ __all__ = [
     "load_artifact",
     "load_index",
     "save_artifact",
-    "save_index",
+    "IndexWriter",
+    "StoredRows",
     "write_json",
 ]
 
@@ -228,53 +231,135 @@ class IndexData:
     ad_sparse: dict[str, np.ndarray] = field(default_factory=dict)  # encoded sparse ad fields (N,) each
 
 
-def save_index(
-    directory: Path,
-    *,
-    ad_ids: np.ndarray,
-    rows: AdRows,
-    bids: np.ndarray,
-    user_ids: list[str],
-    users: FeatureTable,
-    manifest: dict[str, Any],
-    ad_hashes: np.ndarray | None = None,
-    ad_sparse: dict[str, np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Writes one index version into `directory` (which must be new) and returns its manifest.
+class IndexWriter:
+    """One index version written into `directory` (which must be new) as the ad tower produces
+    its rows: `add` quantises each batch to the stored dtype and writes it in place in
+    index.safetensors (`models.tensorfile`), so no copy of the whole matrix is ever held;
+    `finish` writes the user store and the manifest. Use it as a context manager: on an exception
+    the partial index file is removed.
 
     Args:
-        rows: the ad rows already in their stored dtype (`AdRows.quantize`).
+        ad_ids, bids: (N,) per ad, in row order.
+        dtype: the stored dtype of the rows (`VECTOR_DTYPES`).
+        ad_hashes: uint64 (N,) feature digest per ad (`FeatureTable.row_hashes`), for delta exports.
+        ad_sparse: encoded sparse ad fields (N,) each.
     """
-    directory.mkdir(parents=True)
-    tensors = {
-        "ad_ids": torch.from_numpy(np.ascontiguousarray(ad_ids, dtype=np.int64)),
-        "vectors": rows.vectors.contiguous(),
-        "bids": torch.from_numpy(np.ascontiguousarray(bids, dtype=np.float32)),
-    }
-    if rows.scales is not None:
-        tensors["scales"] = rows.scales.contiguous()
-    if rows.routes is not None:
-        tensors["routes"] = rows.routes.to(torch.int64).contiguous()
-    if ad_hashes is not None:
-        tensors["ad_hashes"] = torch.from_numpy(np.ascontiguousarray(ad_hashes, dtype=np.uint64).view(np.int64))
-    for name, col in (ad_sparse or {}).items():
-        tensors[f"ad/sparse/{name}"] = torch.from_numpy(np.ascontiguousarray(col, dtype=np.int64))
-    save_file(tensors, str(directory / "index.safetensors"))
-    save_file(users.to_tensors("user"), str(directory / "users.safetensors"))
-    write_json(directory / "user_ids.json", user_ids)
-    full = {
-        **manifest,
-        "format_version": FORMAT_VERSION,
-        "n_ads": len(ad_ids),
-        "n_users": len(user_ids),
-        "shape": list(rows.vectors.shape),
-        "dtype": rows.dtype,
-        "checksums": {
-            name: file_sha256(directory / name) for name in ("index.safetensors", "users.safetensors", "user_ids.json")
-        },
-    }
-    write_json(directory / "manifest.json", full)
-    return full
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        ad_ids: np.ndarray,
+        bids: np.ndarray,
+        dtype: str,
+        ad_hashes: np.ndarray | None = None,
+        ad_sparse: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        if dtype not in VECTOR_DTYPES:
+            raise ValueError(f"vector dtype must be one of {VECTOR_DTYPES}, got {dtype!r}")
+        directory.mkdir(parents=True)
+        self.directory, self.dtype = directory, dtype
+        self.n_ads = len(ad_ids)
+        self._columns: dict[str, torch.Tensor] = {
+            "ad_ids": torch.from_numpy(np.ascontiguousarray(ad_ids, dtype=np.int64)),
+            "bids": torch.from_numpy(np.ascontiguousarray(bids, dtype=np.float32)),
+        }
+        if ad_hashes is not None:
+            self._columns["ad_hashes"] = torch.from_numpy(
+                np.ascontiguousarray(ad_hashes, dtype=np.uint64).view(np.int64)
+            )
+        for name, col in (ad_sparse or {}).items():
+            self._columns[f"ad/sparse/{name}"] = torch.from_numpy(np.ascontiguousarray(col, dtype=np.int64))
+        self._file: TensorFileWriter | None = None
+        self._shape: list[int] = []
+        self._rows = 0
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "index.safetensors"
+
+    def _open(self, first: AdRows) -> TensorFileWriter:
+        n = self.n_ads
+        specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
+            "vectors": (first.vectors.dtype, (n, *first.vectors.shape[1:]))
+        }
+        if first.scales is not None:
+            specs["scales"] = (torch.float32, (n,))
+        if first.routes is not None:
+            specs["routes"] = (torch.int64, (n,))
+        specs.update({name: (col.dtype, tuple(col.shape)) for name, col in self._columns.items()})
+        writer = TensorFileWriter(self.path, specs)
+        for name, col in self._columns.items():
+            writer.write(name, col)
+        self._columns = {}
+        self._shape = [n, *first.vectors.shape[1:]]
+        return writer
+
+    def add(self, ads: AdBatch) -> None:
+        """The next rows, in row order, as the ad tower returns them (float32)."""
+        rows = AdRows.quantize(ads, self.dtype)
+        if self._file is None:
+            self._file = self._open(rows)
+        self._file.write("vectors", rows.vectors, self._rows)
+        if rows.scales is not None:
+            self._file.write("scales", rows.scales, self._rows)
+        if rows.routes is not None:
+            self._file.write("routes", rows.routes, self._rows)
+        self._rows += len(rows)
+
+    def finish(self, *, user_ids: list[str], users: FeatureTable, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Closes the index file (every row written), writes the user store and the manifest and
+        returns the manifest."""
+        if self._file is None:
+            raise ValueError("an index needs at least one ad")
+        self._file.close()
+        directory = self.directory
+        save_file(users.to_tensors("user"), str(directory / "users.safetensors"))
+        write_json(directory / "user_ids.json", user_ids)
+        full = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "n_ads": self.n_ads,
+            "n_users": len(user_ids),
+            "shape": self._shape,
+            "dtype": self.dtype,
+            "checksums": {
+                name: file_sha256(directory / name)
+                for name in ("index.safetensors", "users.safetensors", "user_ids.json")
+            },
+        }
+        write_json(directory / "manifest.json", full)
+        return full
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None and self._file is not None:
+            self._file.abort()
+
+
+class StoredRows:
+    """The ad rows of an index file, read a row range at a time as the model scores them
+    (float32; int8 dequantised): `len()` and slicing, like an (N, ...) tensor."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with safe_open(str(self.path), framework="pt") as f:
+            self._int8 = "scales" in set(f.keys())
+            self._len = int(f.get_slice("vectors").get_shape()[0])
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        start, stop, step = rows.indices(self._len)
+        if step != 1:
+            raise ValueError("StoredRows reads contiguous row ranges")
+        vectors = read_rows(self.path, "vectors", start, stop)
+        scales = read_rows(self.path, "scales", start, stop) if self._int8 else None
+        out, _ = split_ads(AdRows(vectors, scales).dequantized())
+        return out.float()
 
 
 def load_index(directory: Path) -> IndexData:

@@ -14,12 +14,13 @@ largest norm) in an L2 HNSW index, and a query u is searched as [u, 0]; then
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-__all__ = ["HNSW_MAX_VECTORS", "build_ann", "ivf_lists"]
+__all__ = ["HNSW_MAX_VECTORS", "RowSource", "build_ann", "ivf_lists"]
 
 #: Ad heads up to which the index is HNSW; above, IVF.
 HNSW_MAX_VECTORS = 1_000_000
@@ -42,35 +43,57 @@ def _augment(flat: np.ndarray, max_sq_norm: float) -> np.ndarray:
     return np.ascontiguousarray(np.hstack([flat, extra]), dtype=np.float32)
 
 
-def build_ann(vectors: torch.Tensor, hnsw_m: int = 32, ef_construction: int = 80, seed: int = 0) -> Any:
+class RowSource(Protocol):
+    """(N, H_a, p) ad rows read a row range at a time: a tensor, or `models.artifact.StoredRows`."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice, /) -> torch.Tensor: ...
+
+
+def _head_batches(vectors: RowSource) -> Iterator[tuple[int, np.ndarray]]:
+    """(first head id, (k, p) float32 heads) over the rows, about `_ADD_BATCH` heads at a time."""
+    heads = int(np.prod(vectors[0:1].shape[1:-1]))
+    step = max(1, _ADD_BATCH // max(heads, 1))
+    for start in range(0, len(vectors), step):
+        batch = vectors[start : start + step].float()
+        yield start * heads, batch.reshape(-1, batch.shape[-1]).numpy()
+
+
+def build_ann(vectors: RowSource, hnsw_m: int = 32, ef_construction: int = 80, seed: int = 0) -> Any:
     """A FAISS index over every ad head for maximum inner product (write it with faiss.write_index:
     serialising to bytes first would hold a second copy of it in memory).
 
+    The rows are read a range at a time (three passes: the largest norm, IVF's training sample,
+    the adds), so an exporter can hand over the index file it just wrote instead of a copy.
+
     Args:
-        vectors: (N, H_a, p) float ad matrix.
+        vectors: (N, H_a, p) ad rows.
         hnsw_m: HNSW graph degree.
         ef_construction: HNSW build breadth.
         seed: IVF's training sample and k-means.
     """
     import faiss
 
-    flat = vectors.float().reshape(-1, vectors.shape[-1]).numpy()  # (N * H_a, p), a view
-    n = len(flat)
-    max_sq = max(
-        float((flat[i : i + _ADD_BATCH].astype(np.float64) ** 2).sum(axis=1).max()) for i in range(0, n, _ADD_BATCH)
-    )
-    dim = flat.shape[1] + 1
+    first = vectors[0:1]
+    dim = first.shape[-1] + 1
+    n = len(vectors) * int(np.prod(first.shape[1:-1]))
+    max_sq = max(float((flat.astype(np.float64) ** 2).sum(axis=1).max()) for _, flat in _head_batches(vectors))
     if n <= HNSW_MAX_VECTORS:
         index = faiss.IndexHNSWFlat(dim, hnsw_m)
         index.hnsw.efConstruction = ef_construction
-        index.add(_augment(flat, max_sq))
+        index.add(_augment(np.concatenate([flat for _, flat in _head_batches(vectors)]), max_sq))
         return index
     nlist = ivf_lists(n)
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
     ivf.cp.seed = seed
-    sample = np.random.default_rng(seed).choice(n, size=min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
-    ivf.train(_augment(flat[np.sort(sample)], max_sq))
-    for start in range(0, n, _ADD_BATCH):  # in batches: no second full-size copy of the matrix
-        ivf.add(_augment(flat[start : start + _ADD_BATCH], max_sq))
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, nlist * IVF_TRAIN_PER_LIST), replace=False))
+    picked = []
+    for start, flat in _head_batches(vectors):
+        lo, hi = np.searchsorted(sample, [start, start + len(flat)])
+        picked.append(flat[sample[lo:hi] - start])
+    ivf.train(_augment(np.concatenate(picked), max_sq))
+    for _, flat in _head_batches(vectors):  # in batches: no second full-size copy of the matrix
+        ivf.add(_augment(flat, max_sq))
     ivf.nprobe = min(IVF_NPROBE, nlist)
     return ivf

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,14 @@ from models.artifact import (
     MODEL_SUBDIR,
     ArtifactError,
     Bundle,
+    IndexWriter,
+    StoredRows,
     file_sha256,
     load_artifact,
-    save_index,
     write_json,
 )
-from models.base import PrerankModel, join_ads, split_ads
+from models.base import AdBatch, PrerankModel, join_ads, split_ads
 from models.provenance import code_version
-from models.rows import AdRows
 from models.tables import FeatureTable
 from offline.ann import build_ann
 from offline.data import Dataset
@@ -37,22 +38,30 @@ from offline.data.stream import Snapshot
 from offline.publish import KEEP_VERSIONS, open_publisher
 from storage import parse_store_url
 
-__all__ = ["encode_ads", "export"]
+__all__ = ["ad_batches", "encode_ads", "export"]
 
 log = logging.getLogger(__name__)
 
 
-@torch.inference_mode()
+def ad_batches(model: PrerankModel, ads: FeatureTable, batch_size: int = 8192) -> Iterator[AdBatch]:
+    """The ad side over the rows of `ads`, in eval mode, `batch_size` rows at a time, in row
+    order: float32 vectors (with routes for routed models)."""
+    model.eval()
+    table = ads.select(model.schema.ad_fields)
+    for s in range(0, ads.n_rows, batch_size):
+        with torch.inference_mode():
+            v, r = split_ads(model.encode_ad(table.take(np.arange(s, min(s + batch_size, ads.n_rows)))))
+        yield join_ads(v.float(), r)
+
+
 def encode_ads(
     model: PrerankModel, ads: FeatureTable, batch_size: int = 8192
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The ad side over every row of `ads`, in eval mode: (N, ...) float32 rows and routes (or None)."""
-    model.eval()
-    table = ads.select(model.schema.ad_fields)
     vectors, routes = [], []
-    for s in range(0, ads.n_rows, batch_size):
-        v, r = split_ads(model.encode_ad(table.take(np.arange(s, min(s + batch_size, ads.n_rows)))))
-        vectors.append(v.float())
+    for batch in ad_batches(model, ads, batch_size):
+        v, r = split_ads(batch)
+        vectors.append(v)
         if r is not None:
             routes.append(r)
     return torch.cat(vectors), (torch.cat(routes) if routes else None)
@@ -92,9 +101,6 @@ def export(
     parse_store_url(store_url)  # a bad URL fails before any work
     bundle = load_artifact(Path(artifact))
     _check_schema(bundle, dataset)
-    t0 = time.perf_counter()
-    vectors, routes = encode_ads(bundle.model, dataset.ads)
-    log.info("encoded %d ads in %.2fs -> %s", len(vectors), time.perf_counter() - t0, tuple(vectors.shape))
     manifest = {
         "model_version": bundle.version,
         "model_name": bundle.model.name,
@@ -104,27 +110,34 @@ def export(
         "code_version": code_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    payload: dict[str, Any] = {
-        "ad_ids": dataset.ad_ids,
-        "rows": AdRows.quantize(join_ads(vectors, routes), dtype),
-        "bids": dataset.ad_bids,
-        "user_ids": dataset.user_keys,
-        "users": dataset.users.select(bundle.schema.user_fields),
-        "ad_hashes": dataset.ads.select(bundle.schema.ad_fields).row_hashes(),
-        "ad_sparse": dataset.ads.select(bundle.schema.ad_fields).sparse,
-    }
+    ad_table = dataset.ads.select(bundle.schema.ad_fields)
     publisher = open_publisher(store_url, keep, blobs, users)
     staged = publisher.staging_dir()
     try:
         shutil.copytree(artifact, staged / MODEL_SUBDIR)
-        save_index(staged / "index", **payload, manifest=manifest)
+        t0 = time.perf_counter()
+        # the ad tower's batches go straight into the index file: no whole-corpus copy in memory
+        with IndexWriter(
+            staged / "index",
+            ad_ids=dataset.ad_ids,
+            bids=dataset.ad_bids,
+            dtype=dtype,
+            ad_hashes=ad_table.row_hashes(),
+            ad_sparse=ad_table.sparse,
+        ) as writer:
+            for batch in ad_batches(bundle.model, dataset.ads):
+                writer.add(batch)
+            user_table = dataset.users.select(bundle.schema.user_fields)
+            writer.finish(user_ids=dataset.user_keys, users=user_table, manifest=manifest)
+        log.info("encoded %d ads in %.2fs", writer.n_ads, time.perf_counter() - t0)
         for name in os.listdir(staged / "index"):
             os.replace(staged / "index" / name, staged / name)
         (staged / "index").rmdir()
         if bundle.model.ann_searchable:
             import faiss
 
-            faiss.write_index(build_ann(vectors), str(staged / ANN_FILE))
+            # built from the stored rows (what the service scores), read back a range at a time
+            faiss.write_index(build_ann(StoredRows(staged / "index.safetensors")), str(staged / ANN_FILE))
             checksums = json.loads((staged / "manifest.json").read_text())
             checksums["checksums"][ANN_FILE] = file_sha256(staged / ANN_FILE)
             write_json(staged / "manifest.json", checksums)
