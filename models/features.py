@@ -7,7 +7,9 @@ the service rebuilds models and encodes raw request values from it, so both side
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -198,9 +200,19 @@ class Vocabulary:
 
     def __init__(self, tokens: list[str]) -> None:
         self.tokens = list(tokens)
-        self._index = {t: i + 1 for i, t in enumerate(self.tokens)}
-        if len(self._index) != len(self.tokens):
+        # The token -> id map is built on the first encode: a server never encodes an ad-side
+        # vocabulary (its ads come encoded in the index), and the map of 1M ad ids would hold
+        # ~90 MB per loaded version. Strictly ascending tokens (what `fit` writes) are unique.
+        if any(a >= b for a, b in itertools.pairwise(self.tokens)) and len(set(self.tokens)) != len(self.tokens):
             raise ValueError("vocabulary tokens must be unique")
+
+    def prepare(self) -> None:
+        """Builds the token -> id map now (a server does, for the vocabularies requests use)."""
+        _ = self._index
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {t: i + 1 for i, t in enumerate(self.tokens)}
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -314,12 +314,11 @@ class Scorer:
                 head and rescores the union exactly; "auto" is exact below EXACT_BELOW ad heads
                 (a brute-force pass is faster there) and ANN above.
         """
-        live = version.live_rows
         heads = int(version.rows.vectors.shape[1])
         if mode == "auto":
-            mode = "exact" if version.ann is None or len(live) * heads <= EXACT_BELOW else "ann"
+            mode = "exact" if version.ann is None or len(version.ranked.rows) * heads <= EXACT_BELOW else "ann"
         if mode == "exact":
-            rows = live
+            rows = version.live_rows
         else:
             if version.ann is None:
                 raise VersionUnavailable("mode", f"version {version.version} has no FAISS index")
@@ -331,8 +330,10 @@ class Scorer:
             per_head = min(version.ann.ntotal, ANN_OVERSAMPLE * k * heads)
             hits = _ann_search(version.ann, queries, per_head)
             found = np.unique(hits[hits >= 0] // heads)
-            # The ANN covers the base rows; drop removed/paused ones, add rows appended by deltas.
-            rows = np.union1d(found[np.isin(found, live, assume_unique=True)], live[live >= version.ann_rows])
+            # The ANN covers the base rows; drop removed/paused ones, add rows appended by deltas
+            # (a mask test per hit: no pass over the corpus per request).
+            appended = np.arange(version.ann_rows, version.n_rows)
+            rows = np.union1d(found[version.live_mask[found]], appended[version.live_mask[appended]])
         with torch.inference_mode():
             logits = version.bundle.model.score(user, self.gather(version, rows)).cpu().numpy()
         if k < len(rows):

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import mmap
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +213,13 @@ class ServingVersion:
         """Rows a request can rank, ascending."""
         return np.sort(self.ranked.rows)
 
+    @functools.cached_property
+    def live_mask(self) -> np.ndarray:
+        """bool (n_rows,): which rows a request can rank (an O(1) test per row)."""
+        mask = np.zeros(self.n_rows, bool)
+        mask[self.ranked.rows] = True
+        return mask
+
     @property
     def live_ids(self) -> np.ndarray:
         return self.ranked.ids
@@ -389,6 +397,9 @@ def build_version(
     _check_shapes(bundle, index, version)
     if ann is not None and ann.ntotal != int(np.prod(index.rows.vectors.shape[:2])):
         raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
+    for spec in bundle.schema.user_fields:  # the maps requests encode with, before any request
+        if spec.vocab is not None and spec.vocab in bundle.vocabs:
+            bundle.vocabs[spec.vocab].prepare()
     link = history_link(bundle)
     tokens = index.ad_sparse.get(link.ad_field) if link is not None else None
     return ServingVersion(
@@ -396,7 +407,7 @@ def build_version(
         bundle=bundle,
         index=index,
         history=link if tokens is not None else None,
-        storage_tokens=None if tokens is None else tokens.astype(np.int64),
+        storage_tokens=None if tokens is None else tokens.astype(np.int64, copy=False),
         storage=index.rows.to(device),
         storage_ids=ids,
         n_rows=len(ids),
@@ -420,6 +431,20 @@ def user_codec(index: IndexData) -> UserRowCodec | None:
         return UserRowCodec.from_json(block["codec"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"version {index.manifest.get('version')}: bad user_store block: {exc}") from None
+
+
+def prefault(tensor: torch.Tensor) -> None:
+    """Reads one byte of every memory page of `tensor`.
+
+    An index's rows are memory-mapped from its file (safetensors loads without copying), so their
+    pages are read in on first touch. A follower prefaults a version before swapping it in, so
+    the first requests on it do not pay the page faults (10k random rows of a 10M-ad index touch
+    10k pages), and the process's memory shows both versions while a swap holds them.
+    """
+    if tensor.device.type != "cpu" or tensor.numel() == 0:
+        return
+    flat = tensor.contiguous().reshape(-1).view(torch.uint8)
+    int(flat[:: mmap.PAGESIZE].sum())
 
 
 def probe_user(bundle: Bundle, index: IndexData, device: str = "cpu") -> Features:

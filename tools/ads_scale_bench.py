@@ -20,7 +20,7 @@ from typing import Any
 
 from tools.procs import free_port, wait_until_ready
 
-__all__ = ["export_once", "serve_and_swap"]
+__all__ = ["empty_server_rss", "export_once", "serve_and_swap"]
 
 #: Runs `prerank export` in this fresh process, then prints its own peak RSS (VmHWM).
 _EXPORT = """
@@ -88,6 +88,26 @@ def serve_and_swap(store: str, export_args: list[str], timeout: float = 1800) ->
             "swap_export": swap,
             "swap_visible_s": round(swapped_s, 1),
         }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def empty_server_rss(store: str, timeout: float = 120) -> int:
+    """VmRSS of `prerank serve` (one torch thread) up on `store` with nothing published: the
+    process's own bytes (interpreter, torch, FAISS, the app), which a version adds to."""
+    port = free_port()
+    env = {**os.environ, "PRERANK_TORCH_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", proc, timeout=timeout, path="/healthz")
+        time.sleep(1)
+        return _status(proc.pid, "VmRSS")
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -79,10 +79,12 @@ def test_an_index_written_batch_by_batch_loads_as_the_quantised_matrix(tmp_path:
     (tmp_path / "v" / "manifest.json").write_text(json.dumps({**manifest, "version": "v1"}))
     index = load_index(tmp_path / "v")
     whole = AdRows.quantize(Routed(vectors, routes), dtype)
-    assert torch.equal(index.rows.vectors, whole.vectors) and torch.equal(index.rows.routes, routes)
-    assert (index.rows.scales is None) == (whole.scales is None)
-    if whole.scales is not None:
-        assert torch.equal(index.rows.scales, whole.scales)
+    assert index.rows.routes is not None and torch.equal(index.rows.routes, routes)
+    assert torch.equal(index.rows.vectors, whole.vectors)
+    if whole.scales is None:
+        assert index.rows.scales is None
+    else:
+        assert index.rows.scales is not None and torch.equal(index.rows.scales, whole.scales)
     np.testing.assert_array_equal(index.ad_ids, ids)
     np.testing.assert_array_equal(index.bids, bids)
     np.testing.assert_array_equal(index.ad_sparse["ad_id"], ids % 97)

@@ -130,7 +130,7 @@ def test_large_corpora_get_an_ivf_index_with_recall_against_exact(
 ) -> None:
     from offline.ann import ivf_lists
 
-    assert ivf_lists(20_000_000) == 4096 and ivf_lists(10_000) == 256
+    assert ivf_lists(20_000_000) == 8192 and ivf_lists(2_000_000) == 2048 and ivf_lists(10_000) == 256
     ivf = _ivf_version(version, version.rows.vectors.float(), monkeypatch)
     assert type(ivf.ann).__name__ == "IndexIVFFlat" and ivf.ann.nlist == 256 and ivf.ann.nprobe == 64
     assert ivf.ann.ntotal == N_ADS * 2
