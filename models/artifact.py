@@ -44,7 +44,7 @@ from models.features import FeatureSchema, Vocabulary
 from models.registry import build_model
 from models.rows import VECTOR_DTYPES, AdRows
 from models.tables import FeatureTable
-from models.tensorfile import TensorFileWriter, read_rows
+from models.tensorfile import TensorFileWriter, read_rows, read_tensors
 
 __all__ = [
     "ANN_FILE",
@@ -371,7 +371,7 @@ def load_index(directory: Path) -> IndexData:
             raise ArtifactError(f"index {manifest.get('version')}: missing {name}")
         if file_sha256(path) != expected:
             raise ArtifactError(f"index {manifest.get('version')}: checksum mismatch in {name}")
-    tensors = load_file(str(directory / "index.safetensors"))
+    tensors = read_tensors(directory / "index.safetensors")  # resident, not memory-mapped
     vectors = tensors["vectors"]
     if list(vectors.shape) != manifest["shape"] or str(vectors.dtype).removeprefix("torch.") != manifest["dtype"]:
         raise ArtifactError(
@@ -385,7 +385,7 @@ def load_index(directory: Path) -> IndexData:
         user_ids, users = [], FeatureTable(0)
     else:
         user_ids = _read_json(directory / "user_ids.json")
-        users = FeatureTable.from_tensors(load_file(str(directory / "users.safetensors")), "user", len(user_ids))
+        users = FeatureTable.from_tensors(read_tensors(directory / "users.safetensors"), "user", len(user_ids))
     scales = tensors.get("scales")
     if (scales is None) != (manifest["dtype"] != "int8") or (scales is not None and scales.shape != (len(vectors),)):
         raise ArtifactError(f"index {manifest.get('version')}: int8 rows need one scale per row, other dtypes none")

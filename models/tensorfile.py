@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-__all__ = ["TensorFileWriter", "read_rows"]
+__all__ = ["TensorFileWriter", "read_rows", "read_tensors"]
 
 #: The format's dtype names.
-_DTYPES = {
+_DTYPES: dict[torch.dtype, str] = {
     torch.float32: "F32",
     torch.bfloat16: "BF16",
     torch.float16: "F16",
@@ -118,3 +118,33 @@ def read_rows(path: Path, name: str, start: int, stop: int) -> torch.Tensor:
     """Rows `start:stop` of tensor `name` of a safetensors file, as a tensor of its own."""
     with safe_open(str(path), framework="pt") as f:
         return f.get_slice(name)[start:stop].clone()
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, read into the process's own memory.
+
+    `safetensors.torch.load_file` memory-maps the file: its tensors live in the page cache, which
+    the kernel may evict at any time (under memory pressure, or by proactive reclaim), and a
+    request that touches an evicted row waits for the disk. A server reads its index with this
+    instead: each tensor is allocated and filled with plain reads, so its rows stay resident
+    (anonymous memory; nothing is paged out without swap) and no mapping is left behind.
+    """
+    names = {v: k for k, v in _DTYPES.items()}
+    out: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        start = 8 + size
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            tensor = torch.empty(entry["shape"], dtype=names[entry["dtype"]])
+            if tensor.numel() * tensor.element_size() != end - begin:
+                raise ValueError(f"{path}: tensor {name!r} spans {end - begin} bytes, not {tuple(tensor.shape)}")
+            f.seek(start + begin)
+            view = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else np.empty(0, np.uint8)
+            if f.readinto(view.data) != end - begin:  # type: ignore[attr-defined]
+                raise ValueError(f"{path}: tensor {name!r} is cut short")
+            out[name] = tensor
+    return out

@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> None:
         f"`{rows[0]['dataset'].replace(str(rows[0]['ads']), 'N', 1)}`, ad vectors stored as {args.dtype}"
         f"{', random 64-bit ad ids' if args.sparse_ids else ''}; each version published to a private "
         "redis-server with its files in a local blob directory (`--blobs`); the server is `prerank serve` with "
-        "one torch thread; a version's rows are prefaulted before it goes live, so the RSS counts them. The "
+        "one torch thread; a version's index is read into the process's memory (not memory-mapped). The "
         f"server with nothing published holds {empty / mib:,.0f} MiB; the last column is the swap peak above "
         "that, over the version's bytes.",
         "",

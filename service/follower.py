@@ -28,7 +28,7 @@ from service.metrics import (
     record_version,
 )
 from service.scorer import Scorer
-from service.store import ServingVersion, Store, prefault, probe_user
+from service.store import ServingVersion, Store, probe_user
 from storage.experiments import Experiment, ShadowConfig
 
 
@@ -147,7 +147,6 @@ class Follower:
         and the pauses, and warms it."""
         expected = None if any_model else self.expected_model
         loaded = self._catch_up(self.store.load(version, self.device, expected))
-        prefault(loaded.storage.vectors)
         with torch.inference_mode():  # warm-up: first calls allocate and pick kernels
             user = loaded.bundle.model.encode_user(probe_user(loaded.bundle, loaded.index, self.device))
             rows = torch.arange(min(len(loaded.rows), 1024)).numpy()

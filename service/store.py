@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import logging
-import mmap
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,20 +430,6 @@ def user_codec(index: IndexData) -> UserRowCodec | None:
         return UserRowCodec.from_json(block["codec"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"version {index.manifest.get('version')}: bad user_store block: {exc}") from None
-
-
-def prefault(tensor: torch.Tensor) -> None:
-    """Reads one byte of every memory page of `tensor`.
-
-    An index's rows are memory-mapped from its file (safetensors loads without copying), so their
-    pages are read in on first touch. A follower prefaults a version before swapping it in, so
-    the first requests on it do not pay the page faults (10k random rows of a 10M-ad index touch
-    10k pages), and the process's memory shows both versions while a swap holds them.
-    """
-    if tensor.device.type != "cpu" or tensor.numel() == 0:
-        return
-    flat = tensor.contiguous().reshape(-1).view(torch.uint8)
-    int(flat[:: mmap.PAGESIZE].sum())
 
 
 def probe_user(bundle: Bundle, index: IndexData, device: str = "cpu") -> Features:

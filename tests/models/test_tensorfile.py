@@ -16,7 +16,7 @@ from models.artifact import IndexWriter, StoredRows, load_index
 from models.base import Routed
 from models.rows import AdRows
 from models.tables import FeatureTable
-from models.tensorfile import TensorFileWriter, read_rows
+from models.tensorfile import TensorFileWriter, read_rows, read_tensors
 from offline.ann import build_ann
 
 
@@ -45,6 +45,22 @@ def test_a_file_written_in_row_ranges_in_any_order_reads_as_the_whole_save(tmp_p
     assert torch.equal(read_rows(tmp_path / "a.safetensors", "vectors", 5, 9), tensors["vectors"][5:9])
     save_file(tensors, str(tmp_path / "b.safetensors"))  # the library's writer: the same payload size
     assert (tmp_path / "a.safetensors").stat().st_size - (tmp_path / "b.safetensors").stat().st_size < 64
+
+
+def test_read_tensors_reads_into_memory_what_load_file_maps(tmp_path: Path) -> None:
+    tensors = {**_tensors(), "empty": torch.zeros(0, 3), "wide": torch.arange(12, dtype=torch.int32).view(3, 4)}
+    save_file(tensors, str(tmp_path / "a.safetensors"))
+    mapped, read = load_file(str(tmp_path / "a.safetensors")), read_tensors(tmp_path / "a.safetensors")
+    assert read.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert read[name].dtype == tensor.dtype and torch.equal(read[name], tensor), name
+    size = (tmp_path / "a.safetensors").stat().st_size
+    header = 8 + int.from_bytes((tmp_path / "a.safetensors").read_bytes()[:8], "little")
+    with open(tmp_path / "a.safetensors", "r+b") as f:  # the file changes under both readers
+        f.seek(header)
+        f.write(b"\x7f" * (size - header))
+    assert not torch.equal(mapped["ids"], tensors["ids"])  # load_file's tensors are the page cache
+    assert all(torch.equal(read[name], tensor) for name, tensor in tensors.items())  # ours are not
 
 
 def test_a_short_or_misfit_write_is_an_error_and_leaves_no_file(tmp_path: Path) -> None:
