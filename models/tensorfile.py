@@ -7,8 +7,9 @@ little-endian u64 header length, a JSON header (each tensor's dtype, shape and b
 tensors' bytes back to back. When every tensor's dtype and shape are known up front the header can
 be written first and each tensor filled at its offset with positional writes, in any order and in
 row ranges, as the ad tower produces them; `safetensors` reads the result like any other file.
-Reads go through `safetensors.safe_open` one row range at a time (its mapping is released after
-each range), so a pass over the file keeps one range resident.
+`read_rows` reads one row range through `safetensors.safe_open` (its mapping is released after
+each range), so a pass over the file keeps one range resident; `read_tensors` reads a whole file
+into the process's own memory, where `load_file` would leave its tensors in the page cache.
 """
 
 from __future__ import annotations

@@ -354,10 +354,26 @@ def history_link(bundle: Bundle) -> HistoryLink | None:
         for a in schema.ad_fields:
             if a.kind is not Kind.SPARSE or a.vocab is None:
                 continue
+            if a.vocab != u.vocab and a.vocab not in bundle.vocabs:  # dropped by the server: not linked
+                continue
             same = u.vocab == a.vocab or bundle.vocabs[u.vocab].tokens == bundle.vocabs[a.vocab].tokens
             if same:
                 return HistoryLink(u.name, a.name)
     return None
+
+
+def drop_unused_vocabularies(bundle: Bundle) -> Bundle:
+    """`bundle` without the vocabularies a server never encodes with: requests carry user-side
+    values only (their ads come encoded in the index), so a vocabulary that only ad fields use
+    goes, unless a user history shares its tokens (`history_link`). 10M ad ids held as strings
+    are ~650 MB per loaded version."""
+    keep = {f.vocab for f in bundle.schema.user_fields if f.vocab}
+    link = history_link(bundle)
+    if link is not None:
+        keep |= {f.vocab for f in bundle.schema.features if f.name == link.ad_field and f.vocab}
+    for name in set(bundle.vocabs) - keep:
+        del bundle.vocabs[name]
+    return bundle
 
 
 def load_version(directory: Path, device: str = "cpu", expected_model: str | None = None) -> ServingVersion:
@@ -366,8 +382,10 @@ def load_version(directory: Path, device: str = "cpu", expected_model: str | Non
     Raises:
         ArtifactError: anything that makes the version unservable, with the reason.
     """
+    # The model first: parsing its vocabularies is the load's transient peak, best taken before
+    # the index is in memory beside the live version.
+    bundle = drop_unused_vocabularies(load_artifact(directory / MODEL_SUBDIR, device))
     index = load_index(directory)
-    bundle = load_artifact(directory / MODEL_SUBDIR, device)
     ann = None
     if (directory / ANN_FILE).exists():
         import faiss

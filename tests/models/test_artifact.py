@@ -57,3 +57,28 @@ def test_quantize_error_bounds() -> None:
     assert bool((err <= scales / 2 + 1e-6).all())
     with pytest.raises(ValueError, match="vector dtype"):
         AdRows.quantize(x, "float16")
+
+
+def test_a_vocabulary_builds_its_token_map_only_when_it_encodes(store) -> None:  # type: ignore[no-untyped-def]
+    """A server encodes user-side values only: it drops the vocabularies only ad fields use (10M
+    ad ids: ~650 MB of strings) and builds the token maps of the rest before any request. Elsewhere
+    a map is built on first encode. Unique tokens are still checked on load, sorted or not."""
+    from models.features import Vocabulary
+    from service.store import open_store
+
+    for tokens in (["a", "b", "c"], ["10", "9", "100"]):
+        vocab = Vocabulary(tokens)
+        assert "_index" not in vocab.__dict__
+        assert vocab.encode([tokens[1], "zz"]).tolist() == [2, 0] and "_index" in vocab.__dict__
+    for duplicated in (["a", "b", "b"], ["b", "a", "b"]):
+        with pytest.raises(ValueError, match="unique"):
+            Vocabulary(duplicated)
+    served = open_store(f"local:{store}")
+    current = served.current()
+    assert current is not None
+    bundle = served.load(current).bundle  # the server's load path
+    user_vocabs = {f.vocab for f in bundle.schema.user_fields}
+    ad_only = {f.vocab for f in bundle.schema.ad_fields} - user_vocabs
+    assert ad_only == {"ad_id", "advertiser"} and not ad_only & set(bundle.vocabs)
+    assert "category" in bundle.vocabs  # shared with the user's preferred_categories
+    assert all("_index" in bundle.vocabs[v].__dict__ for v in user_vocabs if v)  # built before any request

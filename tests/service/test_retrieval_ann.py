@@ -163,3 +163,31 @@ def test_ivf_widens_its_probe_where_a_clustered_corpus_leaves_the_probed_lists_e
     scorer = Scorer()
     user = _users(scorer, ivf)[0]
     assert len(scorer.candidates(ivf, user, 10, mode="ann")) == 10
+
+
+def test_ann_candidates_follow_removals_pauses_and_appended_rows(version: ServingVersion) -> None:
+    """The ANN index covers the base rows only: removed and paused ads leave its hits, and rows
+    a delta appended are scored with them."""
+    from storage.deltas import AdDelta
+
+    scorer = Scorer()
+    user = _users(scorer, version)[3]
+    best = scorer.candidates(version, user, 10, mode="exact")
+    removed, paused = version.row_ids[best[:3]], version.row_ids[best[3:6]]
+    top = version.rows.vectors[best[0] : best[0] + 1] * 2.0  # a new ad that outscores every base ad
+    delta = AdDelta(
+        base_version=version.version,
+        model_version=version.model_version,
+        upsert_ids=np.array([10**6], np.int64),
+        upsert_rows=AdRows.quantize(top, "float32"),
+        upsert_bids=np.ones(1, np.float32),
+        upsert_hashes=np.zeros(1, np.uint64),
+        remove_ids=removed,
+        seq=1,
+    )
+    changed = version.with_delta(delta).with_paused(2, paused)
+    got = scorer.candidates(changed, user, 10, mode="ann")
+    exact = scorer.candidates(changed, user, 10, mode="exact")
+    ids = set(changed.row_ids[got].tolist())
+    assert 10**6 in ids and not ids & set(removed.tolist()) and not ids & set(paused.tolist())
+    assert len(np.intersect1d(got, exact)) >= 9
