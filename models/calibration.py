@@ -15,6 +15,7 @@ log-odds are over-estimated by -log(r), so offset = log(r).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -57,10 +58,15 @@ class Calibrator:
         """pCTR for raw logits, float32, same shape."""
         z = np.asarray(logits, dtype=np.float64) + self.offset
         if self.method == "isotonic":
-            p = np.interp(z, self.knots_x, self.knots_y)
+            p = np.interp(z, *self._knots)
         else:
             p = 1.0 / (1.0 + np.exp(-(self.a * z + self.b) if self.method == "platt" else -z))
         return p.astype(np.float32)
+
+    @functools.cached_property
+    def _knots(self) -> tuple[np.ndarray, np.ndarray]:
+        """The knots as float64 arrays, converted once (np.interp would convert the tuples per call)."""
+        return np.asarray(self.knots_x, dtype=np.float64), np.asarray(self.knots_y, dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

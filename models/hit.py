@@ -91,8 +91,10 @@ class HITTower(nn.Module):
         embedded = self.embedding.embed(features)
         mimics = None
         parts = list(embedded)
-        if self.generators:
-            static = torch.cat(self.embedding.embed(features, self.static_names), -1).detach()
+        if self.generators:  # the static fields' embeddings, reused from the tower's (same lookups)
+            static = torch.cat(
+                [e for f, e in zip(self.embedding.embedded, embedded, strict=True) if f.static], -1
+            ).detach()
             mimics = torch.stack([g(static) for g in self.generators], dim=1)  # (B, 2, H*p)
             fed = F.normalize(mimics, dim=-1) if self.config.normalize_mimic else mimics
             parts.extend(fed.detach().unbind(1))

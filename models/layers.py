@@ -17,6 +17,7 @@ __all__ = [
     "LightSE",
     "check_wide",
     "embedding_l2",
+    "fold_for_inference",
     "jagged_to_padded",
     "without_wide",
 ]
@@ -98,6 +99,12 @@ class FieldEmbedding(nn.Module):
         if isinstance(table, nn.EmbeddingBag):
             return table(value.values, value.offsets, per_sample_weights=weights)
         rows = value.offsets.shape[0]
+        if rows == 1:  # one row (a served request): a plain pool, no segment arithmetic
+            vectors = table(value.values)
+            if weights is not None:
+                vectors = vectors * weights.unsqueeze(1)
+            pooled = vectors.sum(0, keepdim=True)
+            return pooled / max(value.values.shape[0], 1) if f.pooling == "mean" else pooled
         ends = torch.cat([value.offsets[1:], value.offsets.new_tensor([value.values.shape[0]])])
         lengths = ends - value.offsets
         segment = torch.repeat_interleave(torch.arange(rows, device=lengths.device), lengths)
@@ -113,12 +120,16 @@ class FieldEmbedding(nn.Module):
         """Each id's learned weight by its position back from its row's newest id, (T,)."""
         total = value.values.shape[0]
         offsets = value.offsets
+        weights = self.recency[f.name]
+        if offsets.shape[0] == 1:  # one row: positions back from the newest id without segments
+            index = torch.arange(total, device=offsets.device)
+            back = index if f.newest_first else total - 1 - index
+            return weights[back.clamp(max=weights.shape[0] - 1)]
         ends = torch.cat([offsets[1:], offsets.new_tensor([total])])
         lengths = ends - offsets
         start = torch.repeat_interleave(offsets, lengths)
         index = torch.arange(total, device=offsets.device) - start  # position from the row's first id
         back = index if f.newest_first else torch.repeat_interleave(lengths, lengths) - 1 - index
-        weights = self.recency[f.name]
         return weights[back.clamp(max=weights.shape[0] - 1)]
 
     def embed(self, features: Features, names: Sequence[str] | None = None) -> list[torch.Tensor]:
@@ -228,6 +239,31 @@ class MLP(nn.Sequential):
             in_dim = width
         super().__init__(*layers)
         self.out_dim = in_dim
+
+
+def fold_for_inference(model: nn.Module) -> nn.Module:
+    """Folds each MLP's BatchNorm1d into the Linear before it and drops its Dropouts, in place.
+
+    In eval mode this is the same function in fewer ops (BatchNorm with frozen statistics is an
+    affine map), which is what a batch-1 user tower spends its time on. For serving only: the
+    folded model cannot be trained. Returns `model`.
+    """
+    from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+    if model.training:
+        raise ValueError("fold_for_inference needs a model in eval mode")
+    for mlp in [m for m in model.modules() if isinstance(m, MLP)]:
+        layers: list[nn.Module] = []
+        for layer in mlp:
+            if isinstance(layer, nn.BatchNorm1d) and layers and isinstance(layers[-1], nn.Linear):
+                layers[-1] = fuse_linear_bn_eval(layers[-1], layer)
+            elif not isinstance(layer, nn.Dropout):
+                layers.append(layer)
+        for name in list(mlp._modules):
+            del mlp._modules[name]
+        for i, layer in enumerate(layers):
+            mlp.add_module(str(i), layer)
+    return model
 
 
 class FieldLinear(nn.Module):

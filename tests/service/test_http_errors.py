@@ -115,6 +115,19 @@ def test_every_4xx_has_the_fastapi_error_shape(  # type: ignore[no-untyped-def]
         assert r.headers["www-authenticate"] == "Bearer"
 
 
+def test_each_out_of_range_ad_id_is_named_by_its_position(client: TestClient) -> None:
+    # ids are parsed as a plain int list and checked vectorised; a bad one falls back to
+    # per-element validation, so each error names its element as pydantic's constraints would
+    content = b'{"user": {"id": "1"}, "candidates": {"ad_ids": [5, -3, 7, 9223372036854775808, 2]}}'
+    problems = _problems(client.post("/prerank", content=content, headers=JSON))
+    assert [(p["loc"], p["type"]) for p in problems] == [
+        (["body", "candidates", "ad_ids", 1], "greater_than_equal"),
+        (["body", "candidates", "ad_ids", 3], "less_than_equal"),
+    ]
+    ok = b'{"user": {"id": "1"}, "candidates": {"ad_ids": [5, 9223372036854775807]}}'
+    assert client.post("/prerank", content=ok, headers=JSON).status_code == 200
+
+
 def test_every_problem_is_reported_not_only_the_first(client: TestClient) -> None:
     body = {
         "user": {"id": "x" * 65, "features": {"height": 1, "segment": [1]}},
