@@ -16,7 +16,8 @@ An index version is a directory::
                         [, routes int64 (N,): the row of the user output each ad is scored against]
     users.safetensors   user feature table (user/…) for requests that send only a user id
     user_ids.json       user keys, row order of the user table
-    ads.faiss           HNSW index over the ad heads for max inner product (id = row * H_a + head)
+    ads.faiss           FAISS index over the ad heads for max inner product (id = row * H_a + head)
+    ads-pairs.faiss     ads with two heads: FAISS index over [a_1, a_2] and [a_2, a_1] (id = row * 2 + pair)
     manifest.json       version, model version, shape, dtype, checksums, created time
     model/              the model artifact the vectors were computed with
 
@@ -48,6 +49,7 @@ from models.tensorfile import TensorFileWriter, read_rows, read_tensors
 
 __all__ = [
     "ANN_FILE",
+    "ANN_PAIRS_FILE",
     "FORMAT_VERSION",
     "MODEL_SUBDIR",
     "VECTOR_DTYPES",
@@ -64,9 +66,11 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-#: FAISS index over the ad heads for maximum inner product: L2 HNSW over [a, sqrt(M^2 - |a|^2)],
-#: queried with [u, 0]; FAISS id = ad row * H_a + head.
+#: FAISS index over the ad heads for maximum inner product: L2 IVF over [a, sqrt(M^2 - |a|^2)],
+#: queried with [u, 0]; FAISS id = ad row * H_a + head (offline/ann.py).
 ANN_FILE = "ads.faiss"
+#: The pairs index (offline/ann.py), beside ANN_FILE for ads with two heads.
+ANN_PAIRS_FILE = "ads-pairs.faiss"
 #: The model artifact inside an index version directory.
 MODEL_SUBDIR = "model"
 

@@ -20,6 +20,7 @@ import torch
 
 from models.artifact import (
     ANN_FILE,
+    ANN_PAIRS_FILE,
     MODEL_SUBDIR,
     ArtifactError,
     Bundle,
@@ -137,9 +138,16 @@ def export(
             import faiss
 
             # built from the stored rows (what the service scores), read back a range at a time
-            faiss.write_index(build_ann(StoredRows(staged / "index.safetensors")), str(staged / ANN_FILE))
+            rows = StoredRows(staged / "index.safetensors")
+            views = {ANN_FILE: "heads"}
+            if rows[0:1].shape[1] == 2:  # two heads: MaxSim's cross terms get their own index
+                views[ANN_PAIRS_FILE] = "pairs"
             checksums = json.loads((staged / "manifest.json").read_text())
-            checksums["checksums"][ANN_FILE] = file_sha256(staged / ANN_FILE)
+            for name, view in views.items():
+                t0 = time.perf_counter()
+                faiss.write_index(build_ann(rows, view), str(staged / name))
+                log.info("built the %s ANN index in %.1fs", view, time.perf_counter() - t0)
+                checksums["checksums"][name] = file_sha256(staged / name)
             write_json(staged / "manifest.json", checksums)
         full: dict[str, Any] = json.loads((staged / "manifest.json").read_text())
     except BaseException:

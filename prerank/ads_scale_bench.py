@@ -72,7 +72,6 @@ def _run(args: argparse.Namespace) -> None:
     import redis
 
     from models.provenance import code_version, machine
-    from offline.ann import HNSW_MAX_VECTORS
     from tools.ads_scale_bench import empty_server_rss, export_once, serve_and_swap
     from tools.recall import measure_recall
     from tools.user_store_bench import private_redis
@@ -131,7 +130,7 @@ def _run(args: argparse.Namespace) -> None:
         if args.recall_users:
             for n, store in stores.items():
                 measured = measure_recall(store, [100], args.recall_users)
-                recall[n] = {**measured["results"][0], "heads": measured["heads"]}
+                recall[n] = {**measured["results"][0], "heads": measured["heads"], "index": measured["index"]}
                 print(json.dumps({"ads": n, **recall[n]}), flush=True)
     report = {
         "command": "prerank ads-scale-bench " + " ".join(args.argv),
@@ -184,7 +183,7 @@ def _run(args: argparse.Namespace) -> None:
             "|---|---|---|---|---|---|",
         ]
         for n, r in recall.items():
-            kind = "HNSW" if r["heads"] * n <= HNSW_MAX_VECTORS else "IVF"
+            kind = r.get("index", "IVF")
             lines.append(
                 f"| {n:,} | {kind} | {r['recall_mean']:.4f} | {r['recall_min']:.2f} | {r['ann_ms_p50']:.2f} / "
                 f"{r['ann_ms_p99']:.2f} | {r['exact_ms_p50']:.1f} |"

@@ -78,9 +78,6 @@ def _ann_search(ann: Any, queries: np.ndarray, per_head: int) -> np.ndarray:
     """
     import faiss
 
-    if not hasattr(ann, "nprobe"):  # HNSW
-        params = faiss.SearchParametersHNSW(efSearch=max(64, per_head))  # type: ignore[attr-defined]
-        return np.asarray(ann.search(queries, per_head, params=params)[1])
     nprobe = int(ann.nprobe)
     while True:
         params = faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[attr-defined,call-arg]
@@ -310,8 +307,8 @@ class Scorer:
         """Index rows of the k ads with the highest logit over the whole corpus.
 
         Args:
-            mode: "exact" scores every ad; "ann" searches the FAISS index of ad heads with each user
-                head and rescores the union exactly; "auto" is exact below EXACT_BELOW ad heads
+            mode: "exact" scores every ad; "ann" searches the version's FAISS indexes (`_ann_rows`)
+                and rescores the union exactly; "auto" is exact below EXACT_BELOW ad heads
                 (a brute-force pass is faster there) and ANN above.
         """
         heads = int(version.rows.vectors.shape[1])
@@ -323,13 +320,7 @@ class Scorer:
             if version.ann is None:
                 raise VersionUnavailable("mode", f"version {version.version} has no FAISS index")
 
-            queries = user.float().reshape(-1, user.shape[-1]).cpu().numpy()  # (H_u, p)
-            if len(queries) > 1:  # also the heads' sum: the ads one head of which serves every user head
-                queries = np.vstack([queries, queries.sum(axis=0, keepdims=True)])
-            queries = np.hstack([queries, np.zeros((len(queries), 1), np.float32)])  # MIPS -> L2: [u, 0]
-            per_head = min(version.ann.ntotal, ANN_OVERSAMPLE * k * heads)
-            hits = _ann_search(version.ann, queries, per_head)
-            found = np.unique(hits[hits >= 0] // heads)
+            found = self._ann_rows(version, user, k)
             # The ANN covers the base rows; drop removed/paused ones, add rows appended by deltas
             # (a mask test per hit: no pass over the corpus per request).
             appended = np.arange(version.ann_rows, version.n_rows)
@@ -339,6 +330,30 @@ class Scorer:
         if k < len(rows):
             rows = rows[np.argpartition(-logits, k - 1)[:k]]
         return rows
+
+    def _ann_rows(self, version: ServingVersion, user: torch.Tensor, k: int) -> np.ndarray:
+        """Candidate base rows for the top k by MaxSim from the version's FAISS indexes (offline/ann.py).
+
+        Two user heads with a pairs index: u_1 + u_2 against the heads and [u_1, u_2] against the
+        pairs, which together hold the exact top k (up to the indexes' own approximation).
+        Otherwise each user head and their sum against the heads, each over-fetching.
+        """
+        heads = int(version.rows.vectors.shape[1])
+        queries = user.float().reshape(-1, user.shape[-1]).cpu().numpy()  # (H_u, p)
+        searches = []  # (index, queries, FAISS ids per ad)
+        if version.ann_pairs is not None and len(queries) == 2:
+            searches.append((version.ann, queries.sum(axis=0, keepdims=True), heads))
+            searches.append((version.ann_pairs, queries.reshape(1, -1), 2))
+        else:
+            if len(queries) > 1:  # also the heads' sum: the ads one head of which serves every user head
+                queries = np.vstack([queries, queries.sum(axis=0, keepdims=True)])
+            searches.append((version.ann, queries, heads))
+        found = []
+        for index, q, per_ad in searches:
+            q = np.hstack([q, np.zeros((len(q), 1), np.float32)])  # MIPS -> L2: [u, 0]
+            hits = _ann_search(index, q, min(index.ntotal, ANN_OVERSAMPLE * k * per_ad))
+            found.append(hits[hits >= 0] // per_ad)
+        return np.unique(np.concatenate(found))
 
     def retrieve(self, request: RetrieveRequest) -> ScoreResult:
         """Top-k ads of the whole corpus for the user, ranked by eCPM with their stored bids."""

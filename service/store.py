@@ -20,7 +20,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from models.artifact import ANN_FILE, MODEL_SUBDIR, ArtifactError, Bundle, IndexData, load_artifact, load_index
+from models.artifact import (
+    ANN_FILE,
+    ANN_PAIRS_FILE,
+    MODEL_SUBDIR,
+    ArtifactError,
+    Bundle,
+    IndexData,
+    load_artifact,
+    load_index,
+)
 from models.base import split_ads
 from models.features import Features, Kind, default_features, move_features
 from models.layers import fold_for_inference
@@ -174,6 +183,7 @@ class ServingVersion:
     user_codec: UserRowCodec | None = field(default=None, repr=False)  # per-request store: its row layout
     user_buckets: int = 0  # per-request store: its hash buckets
     ann: Any = field(default=None, repr=False)  # faiss index over the base rows' heads, when published
+    ann_pairs: Any = field(default=None, repr=False)  # faiss index over their head pairs (offline/ann.py)
     ann_rows: int = 0  # rows the ANN index covers (the base version's)
     delta_seq: int = 0  # highest store change number applied (deltas and pauses)
     delta_stream_id: str = "-"  # last applied entry of the version's delta stream
@@ -387,16 +397,23 @@ def load_version(directory: Path, device: str = "cpu", expected_model: str | Non
     # the index is in memory beside the live version.
     bundle = drop_unused_vocabularies(load_artifact(directory / MODEL_SUBDIR, device))
     index = load_index(directory)
-    ann = None
+    ann = pairs = None
     if (directory / ANN_FILE).exists():
         import faiss
 
         ann = faiss.read_index(str(directory / ANN_FILE))  # straight from the file: no second in-memory copy
-    return build_version(bundle, index, device, expected_model, ann)
+        if (directory / ANN_PAIRS_FILE).exists():
+            pairs = faiss.read_index(str(directory / ANN_PAIRS_FILE))
+    return build_version(bundle, index, device, expected_model, ann, pairs)
 
 
 def build_version(
-    bundle: Bundle, index: IndexData, device: str = "cpu", expected_model: str | None = None, ann: Any = None
+    bundle: Bundle,
+    index: IndexData,
+    device: str = "cpu",
+    expected_model: str | None = None,
+    ann: Any = None,
+    ann_pairs: Any = None,
 ) -> ServingVersion:
     """Checks that a model and an index belong together and prepares them for scoring."""
     version = str(index.manifest.get("version", "unversioned"))
@@ -415,6 +432,8 @@ def build_version(
     _check_shapes(bundle, index, version)
     if ann is not None and ann.ntotal != int(np.prod(index.rows.vectors.shape[:2])):
         raise ArtifactError(f"version {version}: ANN index has {ann.ntotal} vectors, expected ads x heads")
+    if ann_pairs is not None and (ann is None or ann_pairs.ntotal != 2 * len(index.ad_ids)):
+        raise ArtifactError(f"version {version}: the ANN pairs index does not match the ads (2 per ad)")
     fold_for_inference(bundle.model)  # BatchNorm folded into its Linear: fewer ops per request
     for spec in bundle.schema.user_fields:  # the maps requests encode with, before any request
         if spec.vocab is not None and spec.vocab in bundle.vocabs:
@@ -437,6 +456,7 @@ def build_version(
         user_codec=user_codec(index),
         user_buckets=int(index.manifest.get("user_store", {}).get("buckets", 0)),
         ann=ann,
+        ann_pairs=ann_pairs,
         ann_rows=len(ids) if ann is not None else 0,
     )
 

@@ -33,6 +33,7 @@ def measure_recall(store_url: str, ks: list[int], n_users: int = 300, seed: int 
         "model_version": version.model_version,
         "n_ads": int(version.rows.vectors.shape[0]),
         "heads": int(version.rows.vectors.shape[1]),
+        "index": type(version.ann).__name__ + (" + pairs" if version.ann_pairs is not None else ""),
         "users": len(rows),
         "results": [],
     }

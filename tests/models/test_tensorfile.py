@@ -125,12 +125,14 @@ def test_the_ann_index_built_from_the_file_equals_the_one_built_from_the_matrix(
     stored = StoredRows(tmp_path / "v" / "index.safetensors")
     monkeypatch.setattr(offline.ann, "_ADD_BATCH", 1000)  # several read ranges over 6,000 heads
     queries = np.hstack([np.random.default_rng(0).normal(size=(50, 8)), np.zeros((50, 1))]).astype(np.float32)
-    for max_vectors in (10**6, 1000):  # HNSW, then IVF (its training sample gathered across ranges)
-        monkeypatch.setattr(offline.ann, "HNSW_MAX_VECTORS", max_vectors)
-        from_file, from_matrix = build_ann(stored), build_ann(vectors)
-        assert type(from_file).__name__ == ("IndexHNSWFlat" if max_vectors > 6000 else "IndexIVFFlat")
-        assert from_file.ntotal == from_matrix.ntotal == 6000
-        np.testing.assert_array_equal(from_file.search(queries, 10)[1], from_matrix.search(queries, 10)[1])
+    from_file, from_matrix = build_ann(stored), build_ann(vectors)  # IVF: its training sample gathered across ranges
+    assert type(from_file).__name__ == "IndexIVFFlat"
+    assert from_file.ntotal == from_matrix.ntotal == 6000
+    np.testing.assert_array_equal(from_file.search(queries, 10)[1], from_matrix.search(queries, 10)[1])
+    pairs = build_ann(stored, "pairs")  # [a_1, a_2] and [a_2, a_1] per ad, read in ranges too
+    assert type(pairs).__name__ == "IndexIVFScalarQuantizer" and pairs.ntotal == 6000 and pairs.d == 17
+    wide = np.hstack([queries[:, :8], queries[:, :8], queries[:, 8:]])
+    np.testing.assert_array_equal(pairs.search(wide, 10)[1], build_ann(vectors, "pairs").search(wide, 10)[1])
 
 
 _BOUNDED = """

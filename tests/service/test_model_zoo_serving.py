@@ -94,5 +94,7 @@ def test_retrieve_over_the_whole_corpus(served, learnable: Dataset) -> None:  # 
     # top-k by logit then ranked by eCPM with stored bids: compare against the logit top-10
     logit_best = {ads[i] for i in np.argsort(-_offline(tiny, result, "11", ads))[:10]}
     assert set(r.json()["ad_ids"]) == logit_best, (name, best)
-    has_ann = client.app.state.scorer.live.ann is not None  # type: ignore[attr-defined]
-    assert has_ann == MODELS[name].ann_searchable
+    live = client.app.state.scorer.live  # type: ignore[attr-defined]
+    assert (live.ann is not None) == MODELS[name].ann_searchable
+    # ads with two heads also get the pairs index (offline/ann.py); single-head ones do not
+    assert (live.ann_pairs is not None) == (live.ann is not None and live.rows.vectors.shape[1] == 2)

@@ -52,8 +52,7 @@ def version() -> ServingVersion:
         users=FeatureTable(N_USERS, sparse={"user_id": np.arange(1, N_USERS + 1)}),
     )
 
-    ann = build_ann(vectors)
-    return build_version(bundle, index, ann=ann)
+    return build_version(bundle, index, ann=build_ann(vectors), ann_pairs=build_ann(vectors, "pairs"))
 
 
 def _users(scorer: Scorer, version: ServingVersion) -> list[torch.Tensor]:
@@ -64,10 +63,8 @@ def test_build_ann_top1_equals_brute_force_maximum_inner_product(version: Servin
     heads = version.rows.vectors.flatten(0, 1).numpy()  # (N * H_a, p)
     rng = np.random.default_rng(1)
     queries = rng.normal(size=(200, heads.shape[1])).astype(np.float32)
-    import faiss
-
-    params = faiss.SearchParametersHNSW(efSearch=256)  # type: ignore[attr-defined]
-    _, hits = version.ann.search(np.hstack([queries, np.zeros((200, 1), np.float32)]), 1, params=params)
+    assert type(version.ann).__name__ == "IndexIVFFlat" and version.ann.nprobe < version.ann.nlist
+    _, hits = version.ann.search(np.hstack([queries, np.zeros((200, 1), np.float32)]), 1)
     exact = (queries @ heads.T).argmax(1)
     assert float((hits[:, 0] == exact).mean()) >= 0.97
 
@@ -89,7 +86,7 @@ def test_ann_mode_recall_against_exact_when_the_search_is_not_exhaustive(version
 def test_concurrent_retrieves_of_different_k_do_not_share_search_state(version: ServingVersion) -> None:
     scorer = Scorer()
     users = _users(scorer, version)[:16]
-    ef_before = version.ann.hnsw.efSearch
+    probe_before = version.ann.nprobe, version.ann_pairs.nprobe
     serial = {(u, k): scorer.candidates(version, users[u], k, mode="ann").tolist() for u in range(16) for k in (2, 60)}
     results: dict[tuple[int, int], list[list[int]]] = {key: [] for key in serial}
     errors: list[BaseException] = []
@@ -108,32 +105,20 @@ def test_concurrent_retrieves_of_different_k_do_not_share_search_state(version: 
     for t in threads:
         t.join()
     assert not errors
-    assert version.ann.hnsw.efSearch == ef_before  # the shared index is never mutated
+    assert (version.ann.nprobe, version.ann_pairs.nprobe) == probe_before  # shared indexes are never mutated
     for key, runs in results.items():
         assert all(sorted(r) == sorted(serial[key]) for r in runs), key
 
 
-def _ivf_version(version: ServingVersion, vectors: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> ServingVersion:
-
-    import offline.ann
-
-    monkeypatch.setattr(offline.ann, "HNSW_MAX_VECTORS", 1000)  # force the large-corpus index on a small one
-    ann = build_ann(vectors)
-    index = IndexData(**{**version.index.__dict__, "rows": AdRows.quantize(vectors, "float32")})
-    index.ad_ids = np.arange(len(vectors), dtype=np.int64)
-    index.bids = np.ones(len(vectors), np.float32)
-    return build_version(version.bundle, index, ann=ann)
-
-
-def test_large_corpora_get_an_ivf_index_with_recall_against_exact(
-    version: ServingVersion, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_large_corpora_get_an_ivf_index_with_recall_against_exact(version: ServingVersion) -> None:
     from offline.ann import ivf_lists
 
     assert ivf_lists(20_000_000) == 8192 and ivf_lists(2_000_000) == 2048 and ivf_lists(10_000) == 256
-    ivf = _ivf_version(version, version.rows.vectors.float(), monkeypatch)
+    ivf = _corpus_version(version, version.rows.vectors.float(), pairs=True)
     assert type(ivf.ann).__name__ == "IndexIVFFlat" and ivf.ann.nlist == 256 and ivf.ann.nprobe == 64
     assert ivf.ann.ntotal == N_ADS * 2
+    assert type(ivf.ann_pairs).__name__ == "IndexIVFScalarQuantizer" and ivf.ann_pairs.ntotal == N_ADS * 2
+    assert ivf.ann_pairs.nprobe == 16  # its fp16 lists cost more per list to scan (offline/ann.py)
     scorer = Scorer()
     recalls = []
     for user in _users(scorer, ivf):
@@ -143,16 +128,14 @@ def test_large_corpora_get_an_ivf_index_with_recall_against_exact(
     assert float(np.mean(recalls)) >= 0.95
 
 
-def test_ivf_widens_its_probe_where_a_clustered_corpus_leaves_the_probed_lists_empty(
-    version: ServingVersion, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ivf_widens_its_probe_where_a_clustered_corpus_leaves_the_probed_lists_empty(version: ServingVersion) -> None:
     from service.scorer import _ann_search
 
     base = version.rows.vectors.float()
     # 4 distinct ads repeated 1,250 times each, with tiny noise: most of the 256 lists sit on a few
     # points, and the 64 nearest a query hold fewer heads than a wide search asks for
     clustered = base[torch.arange(N_ADS) % 4] + 1e-6 * torch.randn_like(base)
-    ivf = _ivf_version(version, clustered, monkeypatch)
+    ivf = _corpus_version(version, clustered, pairs=True)
     queries = np.hstack([clustered[:8, 0].numpy(), np.zeros((8, 1), np.float32)])
     import faiss
 
@@ -163,6 +146,44 @@ def test_ivf_widens_its_probe_where_a_clustered_corpus_leaves_the_probed_lists_e
     scorer = Scorer()
     user = _users(scorer, ivf)[0]
     assert len(scorer.candidates(ivf, user, 10, mode="ann")) == 10
+
+
+def _corpus_version(version: ServingVersion, vectors: torch.Tensor, pairs: bool) -> ServingVersion:
+    index = IndexData(**{**version.index.__dict__, "rows": AdRows.quantize(vectors, "float32")})
+    index.ad_ids = np.arange(len(vectors), dtype=np.int64)
+    index.bids = np.ones(len(vectors), np.float32)
+    ann_pairs = build_ann(vectors, "pairs") if pairs else None
+    return build_version(version.bundle, index, ann=build_ann(vectors), ann_pairs=ann_pairs)
+
+
+def test_the_pairs_index_finds_ads_that_match_both_user_heads_moderately(version: ServingVersion) -> None:
+    """MaxSim = max over (j, k) of <u_1, a_j> + <u_2, a_k>. Ads scoring 0.7 + 0.7 on two different
+    heads rank first, yet every single-head query (and the sum) ranks 2,000 one-sided ads above
+    them: only the [u_1, u_2] x [a_j, a_k] search finds them."""
+    gen = torch.Generator().manual_seed(0)
+    p = version.rows.vectors.shape[-1]
+    e1, e2 = torch.zeros(p), torch.zeros(p)
+    e1[0], e2[1] = 1.0, 1.0
+
+    def noisy(n: int) -> torch.Tensor:
+        return 0.01 * torch.randn(n, 2, p, generator=gen)
+
+    one_sided_1 = e1.expand(2000, 2, p) + noisy(2000)  # MaxSim ~1.0; first for u_1 and for u_1 + u_2
+    one_sided_2 = e2.expand(2000, 2, p) + noisy(2000)  # MaxSim ~1.0; first for u_2 and for u_1 + u_2
+    crossed = torch.stack([0.7 * e1, 0.7 * e2]).expand(40, 2, p) + noisy(40)  # MaxSim ~1.4
+    vectors = torch.cat([one_sided_1, one_sided_2, crossed]).contiguous()
+    user = torch.stack([e1, e2]).unsqueeze(0)
+    scorer = Scorer()
+    with_pairs = _corpus_version(version, vectors, pairs=True)
+    exact = scorer.candidates(with_pairs, user, 10, mode="exact")
+    assert set(exact.tolist()) <= set(range(4000, 4040))
+    np.testing.assert_array_equal(np.sort(scorer.candidates(with_pairs, user, 10, mode="ann")), np.sort(exact))
+    single = scorer.candidates(_corpus_version(version, vectors, pairs=False), user, 10, mode="ann")
+    assert len(np.intersect1d(single, exact)) == 0  # what the single-head searches alone return
+    with pytest.raises(ValueError, match="2 heads"):
+        build_ann(torch.randn(10, 3, 4), "pairs")
+    with pytest.raises(ValueError, match="view"):
+        build_ann(vectors, "triples")
 
 
 def test_ann_candidates_follow_removals_pauses_and_appended_rows(version: ServingVersion) -> None:
