@@ -506,4 +506,6 @@ def load_baseline(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     if "test_auc" not in data:
         raise ValueError(f"{path} has no test_auc")
+    if not float(data["test_auc"]) > 0.5:  # checked before training, not after it
+        raise ValueError(f"{path}: baseline test_auc {data['test_auc']} is not above 0.5, so RelaImpr is undefined")
     return data
