@@ -279,6 +279,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _code_version(checkout: Path) -> str:
+    """The commit a --code checkout is at (its directory name where git cannot tell)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+    except OSError:
+        return checkout.name
+    return out.stdout.strip() or checkout.name
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prerank openloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,6 +308,14 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=SERVER",
         help="the HTTP server `prerank serve --server` runs for target NAME: uvicorn (default) or granian",
+    )
+    p.add_argument(
+        "--code",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="run target NAME's server from the checkout DIR (e.g. a git worktree of an earlier commit, with "
+        "a store that commit exported; give that store as an absolute path), to compare code versions in one run",
     )
     p.add_argument("--candidates", type=int, nargs="+", default=[1000, 5000, 10000])
     p.add_argument("--rates", type=int, nargs="+", default=[20, 50, 100, 150, 200, 300], help="offered req/s")
@@ -333,6 +352,11 @@ def _targets(parser_: argparse.ArgumentParser, args: argparse.Namespace) -> list
         name, _, server_kind = value.partition("=")
         if name not in {label for label, _, kind in out if kind is None} or server_kind not in ("uvicorn", "granian"):
             parser_.error(f"--server takes TARGET=uvicorn|granian for a --target, got {value!r}")
+    ours = {label for label, _, kind in out if kind is None}
+    for value in args.code:
+        name, _, code = value.partition("=")
+        if name not in ours or not code or not (Path(code) / "prerank").is_dir():
+            parser_.error(f"--code takes TARGET=DIR for a --target, DIR a checkout of this project, got {value!r}")
     if len({label for label, _, _ in out}) != len(out):
         parser_.error("each --target and --peer needs its own name")
     return out
@@ -364,15 +388,16 @@ def main(argv: list[str] | None = None) -> int:
                     body_files[store, n] = path
 
         servers = dict(value.partition("=")[::2] for value in args.server)
+        codes = {name: Path(code).resolve() for name, code in (v.partition("=")[::2] for v in args.code)}
         for name, store, kind in targets:
             grpc_port = free_port() if "grpc" in args.protocols else None
-            extra: tuple[str, ...] = ("--server", servers.get(name, "uvicorn"))
+            extra: tuple[str, ...] = ("--server", servers[name]) if name in servers else ()
             if grpc_port:
                 extra += ("--grpc-port", str(grpc_port))
             if kind is not None and any((store, n) not in body_files for n in args.candidates):
                 with server(store) as url:  # bodies from the live version's /sample, through our server
                     write_bodies(url, store)
-            with server(store, extra) if kind is None else peer_server(kind, store) as url:
+            with server(store, extra, codes.get(name)) if kind is None else peer_server(kind, store) as url:
                 if kind is None:
                     write_bodies(url, store)
                 for n in args.candidates:
@@ -395,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                             entry["server"] = kind
                         else:
                             entry["http_server"] = servers.get(name, "uvicorn")
+                            if name in codes:
+                                entry["code"] = _code_version(codes[name])
                         if args.overload and entry["knee_rps"]:
                             tagged = functools.partial(_tagged_step, url, body_file, args.seconds, Path(tmp), address)
                             entry["overload"] = overload(entry["knee_rps"], tagged, f"{name}-{protocol}-{n}")

