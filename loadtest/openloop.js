@@ -1,7 +1,7 @@
-// Open-loop load for POST /prerank: k6's constant-arrival-rate executor starts requests at a fixed
+// Open-loop load for POST /prerank (or /retrieve): k6's constant-arrival-rate executor starts requests at a fixed
 // rate whether or not earlier ones have answered, so queueing shows in the latency (no coordinated
 // omission). Arrivals that find no free VU are counted as dropped_iterations.
-// Run by loadtest/openloop.py: k6 run -e URL=... -e BODIES=file.json -e RATE=100 -e SECONDS=20 openloop.js
+// Run by loadtest/openloop.py: k6 run -e URL=http://host:port/prerank -e BODIES=file.json -e RATE=100 -e SECONDS=20 openloop.js
 import http from 'k6/http';
 import { check } from 'k6';
 import { openLoopOptions } from './openloop_scenario.js';
@@ -19,7 +19,7 @@ export const options = openLoopOptions({
 
 export default function () {
   const body = bodies[(__ITER + __VU * 7919) % bodies.length];
-  const res = http.post(`${__ENV.URL}/prerank`, body, { headers: headers });
+  const res = http.post(__ENV.URL, body, { headers: headers });
   check(res, { 'status 200': (r) => r.status === 200 });
   if (res.status === 503) shed.add(1);
 }

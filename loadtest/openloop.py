@@ -41,12 +41,15 @@ __all__ = ["against_peers", "knee", "main", "parser", "run_step"]
 HERE = Path(__file__).resolve().parent
 
 
-def bodies(url: str, candidates: int, count: int = 64, seed: int = 0) -> list[str]:
-    """`count` request bodies of `candidates` real ad ids each, for random real users."""
+def bodies(url: str, candidates: int, count: int = 64, seed: int = 0, endpoint: str = "prerank") -> list[str]:
+    """`count` request bodies for random real users: /prerank bodies of `candidates` real ad ids
+    each (top_k 200), or /retrieve bodies asking for the top `candidates` ads of the corpus."""
     with urllib.request.urlopen(f"{url}/sample?ads={max(candidates, 1000)}&users=500", timeout=30) as resp:
         sample = json.loads(resp.read())
     rng = random.Random(seed)
     ads, users = sample["ad_ids"], sample["user_ids"]
+    if endpoint == "retrieve":
+        return [json.dumps({"user": {"id": rng.choice(users)}, "top_k": candidates}) for _ in range(count)]
     n = min(candidates, len(ads))
     return [
         json.dumps({"user": {"id": rng.choice(users)}, "candidates": {"ad_ids": rng.sample(ads, n)}, "top_k": 200})
@@ -74,12 +77,18 @@ def grpc_body(http_body: str) -> dict[str, Any]:
 
 
 def run_step(
-    url: str, body_file: Path, rate: int, seconds: int, summary: Path, grpc_address: str | None = None
+    url: str,
+    body_file: Path,
+    rate: int,
+    seconds: int,
+    summary: Path,
+    grpc_address: str | None = None,
+    endpoint: str = "prerank",
 ) -> dict[str, Any]:
     """One k6 run at a fixed arrival rate; returns its latency percentiles and counts.
 
-    With `grpc_address` (host:port) the same bodies go to prerank.v1.Prerank/Rank instead of
-    POST /prerank. `failed` counts every non-OK answer; `shed` the 503s among them (HTTP) and
+    The bodies go to POST /`endpoint`; with `grpc_address` (host:port) to prerank.v1.Prerank/Rank
+    instead. `failed` counts every non-OK answer; `shed` the 503s among them (HTTP) and
     `accepted_p99_ms` is the p99 of the 2xx answers alone.
     """
     k6 = shutil.which("k6")
@@ -89,7 +98,7 @@ def run_step(
     cmd += ["--summary-export", str(summary)]
     cmd += ["-e", f"RATE={rate}", "-e", f"SECONDS={seconds}"]
     if grpc_address is None:
-        cmd += ["-e", f"BODIES={body_file}", "-e", f"URL={url}", str(HERE / "openloop.js")]
+        cmd += ["-e", f"BODIES={body_file}", "-e", f"URL={url}/{endpoint}", str(HERE / "openloop.js")]
     else:
         grpc_bodies = body_file.with_suffix(".grpc.json")
         if not grpc_bodies.exists():
@@ -128,9 +137,9 @@ def run_step(
 
 
 def _tagged_step(
-    url: str, body_file: Path, seconds: int, tmp: Path, address: str | None, rate: int, tag: str
+    url: str, body_file: Path, seconds: int, tmp: Path, address: str | None, endpoint: str, rate: int, tag: str
 ) -> dict[str, Any]:
-    return run_step(url, body_file, rate, seconds, tmp / f"{tag}.json", address)
+    return run_step(url, body_file, rate, seconds, tmp / f"{tag}.json", address, endpoint)
 
 
 def overload(capacity: int, step: Any, tag: str) -> dict[str, Any]:
@@ -161,11 +170,14 @@ def knee(steps: list[dict[str, Any]], slo_ms: float) -> int | None:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    retrieve = report.get("endpoint") == "retrieve"
+    count = "top_k" if retrieve else "candidates"  # what the per-count sweeps vary
     lines = [
         f"Machine: {report['machine']}; server pinned to CPU 0 (1 torch thread), k6 to the others; "
         f"open loop (constant arrival rate), {report['seconds']} s per step; SLO p99 <= {report['slo_ms']} ms.",
+        *([f"Endpoint: POST /retrieve (the {count} column is the request's top_k)."] if retrieve else []),
         "",
-        "| target | candidates | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | dropped | failed "
+        f"| target | {count} | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | dropped | failed "
         "(shed) | accepted p99 ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -180,7 +192,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Capacity (knee: highest offered rate meeting the SLO with no drops or failures):", ""]
     for name, by_n in report["targets"].items():
         for n, entry in by_n.items():
-            lines.append(f"- {name} at {n} candidates: {entry['knee_rps'] or 'below the lowest rate tried'} req/s")
+            knee_rps = entry["knee_rps"] or "below the lowest rate tried"
+            where = f"top_k {n}" if retrieve else f"{n} candidates"
+            lines.append(f"- {name} at {where}: {knee_rps} req/s")
     comparison = against_peers(report)
     if comparison:
         lines += [
@@ -317,6 +331,12 @@ def parser() -> argparse.ArgumentParser:
         help="run target NAME's server from the checkout DIR (e.g. a git worktree of an earlier commit, with "
         "a store that commit exported; give that store as an absolute path), to compare code versions in one run",
     )
+    p.add_argument(
+        "--endpoint",
+        choices=("prerank", "retrieve"),
+        default="prerank",
+        help="POST /prerank, or POST /retrieve with --candidates read as its top_k (our server only, HTTP)",
+    )
     p.add_argument("--candidates", type=int, nargs="+", default=[1000, 5000, 10000])
     p.add_argument("--rates", type=int, nargs="+", default=[20, 50, 100, 150, 200, 300], help="offered req/s")
     p.add_argument("--seconds", type=int, default=20)
@@ -368,12 +388,15 @@ def main(argv: list[str] | None = None) -> int:
     targets = _targets(parser_, args)
     if any(kind for _, _, kind in targets) and args.protocols != ["http"]:
         parser_.error("--peer serves HTTP only: run it with --protocols http")
+    if args.endpoint == "retrieve" and (any(kind for _, _, kind in targets) or args.protocols != ["http"]):
+        parser_.error("--endpoint retrieve runs over HTTP against --target servers only")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "machine": cpu_model(),
         "seconds": args.seconds,
         "slo_ms": args.slo_ms,
         "command": "prerank openloop " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "endpoint": args.endpoint,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "targets": {},
     }
@@ -384,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.candidates:
                 if (store, n) not in body_files:
                     path = Path(tmp) / f"bodies-{len(body_files)}.json"
-                    path.write_text(json.dumps(bodies(url, n)))
+                    path.write_text(json.dumps(bodies(url, n, endpoint=args.endpoint)))
                     body_files[store, n] = path
 
         servers = dict(value.partition("=")[::2] for value in args.server)
@@ -407,11 +430,11 @@ def main(argv: list[str] | None = None) -> int:
                         address = f"127.0.0.1:{grpc_port}" if protocol == "grpc" else None
                         if args.warmup_seconds:  # first requests (lazy imports, allocator growth), unrecorded
                             warm = Path(tmp) / f"{name}-{protocol}-{n}-warmup.json"
-                            run_step(url, body_file, min(args.rates), args.warmup_seconds, warm, address)
+                            run_step(url, body_file, min(args.rates), args.warmup_seconds, warm, address, args.endpoint)
                         steps = []
                         for rate in sorted(args.rates):
                             summary = Path(tmp) / f"{name}-{protocol}-{n}-{rate}.json"
-                            step = run_step(url, body_file, rate, args.seconds, summary, address)
+                            step = run_step(url, body_file, rate, args.seconds, summary, address, args.endpoint)
                             steps.append(step)
                             if args.stop_after_saturation and step["dropped"] > 0:
                                 break
@@ -423,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                             if name in codes:
                                 entry["code"] = _code_version(codes[name])
                         if args.overload and entry["knee_rps"]:
-                            tagged = functools.partial(_tagged_step, url, body_file, args.seconds, Path(tmp), address)
+                            tagged = functools.partial(
+                                _tagged_step, url, body_file, args.seconds, Path(tmp), address, args.endpoint
+                            )
                             entry["overload"] = overload(entry["knee_rps"], tagged, f"{name}-{protocol}-{n}")
                         report["targets"].setdefault(label, {})[str(n)] = entry
     report["against_peers"] = against_peers(report)

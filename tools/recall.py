@@ -37,19 +37,23 @@ def measure_recall(store_url: str, ks: list[int], n_users: int = 300, seed: int 
         "users": len(rows),
         "results": [],
     }
+    encoded = [scorer.encode_user(version, users.take(np.array([row]))) for row in rows]
     for k in ks:
         k = min(k, int(version.rows.vectors.shape[0]))
-        recalls, ann_ms, exact_ms = [], [], []
-        for row in rows:
-            user = scorer.encode_user(version, users.take(np.array([row])))
+        # Every ANN call first, back to back as a server answering /retrieve makes them, then every
+        # exact pass: an exact pass streams the whole corpus through the caches and would leave
+        # the ANN call after it cold.
+        approx, ann_ms = [], []
+        for user in encoded:
             t0 = time.perf_counter()
-            approx = scorer.candidates(version, user, k, mode="ann")
-            t1 = time.perf_counter()
+            approx.append(scorer.candidates(version, user, k, mode="ann"))
+            ann_ms.append((time.perf_counter() - t0) * 1e3)
+        recalls, exact_ms = [], []
+        for user, found in zip(encoded, approx, strict=True):
+            t0 = time.perf_counter()
             exact = scorer.candidates(version, user, k, mode="exact")
-            t2 = time.perf_counter()
-            recalls.append(len(np.intersect1d(approx, exact)) / k)
-            ann_ms.append((t1 - t0) * 1e3)
-            exact_ms.append((t2 - t1) * 1e3)
+            exact_ms.append((time.perf_counter() - t0) * 1e3)
+            recalls.append(len(np.intersect1d(found, exact)) / k)
         out["results"].append(
             {
                 "k": k,
