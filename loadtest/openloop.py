@@ -293,6 +293,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _recorded(argv: list[str], codes: list[str]) -> str:
+    """The command line as the report records it: paths under the working directory relative to it,
+    and each --code checkout named by its commit (a temporary worktree's path means nothing later)."""
+    line = "prerank openloop " + " ".join(argv)
+    for value in codes:
+        checkout = value.partition("=")[2]
+        line = line.replace(checkout, f"<worktree of {_code_version(Path(checkout).resolve())}>")
+    return line.replace(f"{Path.cwd()}/", "")
+
+
 def _code_version(checkout: Path) -> str:
     """The commit a --code checkout is at (its directory name where git cannot tell)."""
     try:
@@ -395,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": cpu_model(),
         "seconds": args.seconds,
         "slo_ms": args.slo_ms,
-        "command": "prerank openloop " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": _recorded(argv if argv is not None else sys.argv[1:], args.code),
         "endpoint": args.endpoint,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "targets": {},

@@ -64,7 +64,9 @@ def test_a_target_runs_its_server_from_the_checkout_it_is_given(tiny, tiny_hit, 
     out = tmp_path / "report"
     argv = ["openloop", "--target", f"then=local:{tmp_path / 'store'}", "--code", f"then={checkout}"]
     assert main([*argv, "--candidates", "20", "--rates", "10", "--seconds", "1", "--out", str(out)]) == 0
-    entry = json.loads((out / "report.json").read_text())["targets"]["then"]["20"]
+    report = json.loads((out / "report.json").read_text())
+    entry = report["targets"]["then"]["20"]
+    assert str(checkout) not in report["command"] and "<worktree of " in report["command"]
     assert entry["steps"][0]["requests"] >= 8 and entry["steps"][0]["failed"] == 0
     head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     assert entry["code"] == (head.stdout.strip() or checkout.name)
