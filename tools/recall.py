@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from models.provenance import code_version, machine
 from service.scorer import Scorer
 from service.store import open_store
 
@@ -35,6 +36,11 @@ def measure_recall(store_url: str, ks: list[int], n_users: int = 300, seed: int 
         "heads": int(version.rows.vectors.shape[1]),
         "index": type(version.ann).__name__ + (" + pairs" if version.ann_pairs is not None else ""),
         "users": len(rows),
+        "user_sample_seed": seed,
+        "machine": machine(),
+        "code_version": code_version(),
+        "protocol": "each user's ANN call timed back to back with the others', then every exact pass (one "
+        "torch thread); recall = |ANN top-K & exact top-K| / K",
         "results": [],
     }
     encoded = [scorer.encode_user(version, users.take(np.array([row]))) for row in rows]
