@@ -293,13 +293,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _recorded(argv: list[str], codes: list[str]) -> str:
+def _recorded(argv: list[str], codes: list[str], commits: dict[str, str]) -> str:
     """The command line as the report records it: paths under the working directory relative to it,
     and each --code checkout named by its commit (a temporary worktree's path means nothing later)."""
     line = "prerank openloop " + " ".join(argv)
     for value in codes:
-        checkout = value.partition("=")[2]
-        line = line.replace(checkout, f"<worktree of {_code_version(Path(checkout).resolve())}>")
+        name, _, checkout = value.partition("=")
+        line = line.replace(checkout, f"<worktree of {commits[name]}>")
     return line.replace(f"{Path.cwd()}/", "")
 
 
@@ -378,11 +378,11 @@ def _targets(parser_: argparse.ArgumentParser, args: argparse.Namespace) -> list
             out.append((name, store, name if flag == "--peer" else None))
     if not out:
         parser_.error("give at least one --target or --peer")
+    ours = {label for label, _, kind in out if kind is None}
     for value in args.server:
         name, _, server_kind = value.partition("=")
-        if name not in {label for label, _, kind in out if kind is None} or server_kind not in ("uvicorn", "granian"):
+        if name not in ours or server_kind not in ("uvicorn", "granian"):
             parser_.error(f"--server takes TARGET=uvicorn|granian for a --target, got {value!r}")
-    ours = {label for label, _, kind in out if kind is None}
     for value in args.code:
         name, _, code = value.partition("=")
         if name not in ours or not code or not (Path(code) / "prerank").is_dir():
@@ -401,11 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.endpoint == "retrieve" and (any(kind for _, _, kind in targets) or args.protocols != ["http"]):
         parser_.error("--endpoint retrieve runs over HTTP against --target servers only")
     args.out.mkdir(parents=True, exist_ok=True)
+    codes = {name: Path(code).resolve() for name, code in (v.partition("=")[::2] for v in args.code)}
+    commits = {name: _code_version(checkout) for name, checkout in codes.items()}
     report: dict[str, Any] = {
         "machine": cpu_model(),
         "seconds": args.seconds,
         "slo_ms": args.slo_ms,
-        "command": _recorded(argv if argv is not None else sys.argv[1:], args.code),
+        "command": _recorded(argv if argv is not None else sys.argv[1:], args.code, commits),
         "endpoint": args.endpoint,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "targets": {},
@@ -421,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
                     body_files[store, n] = path
 
         servers = dict(value.partition("=")[::2] for value in args.server)
-        codes = {name: Path(code).resolve() for name, code in (v.partition("=")[::2] for v in args.code)}
         for name, store, kind in targets:
             grpc_port = free_port() if "grpc" in args.protocols else None
             extra: tuple[str, ...] = ("--server", servers[name]) if name in servers else ()
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             entry["http_server"] = servers.get(name, "uvicorn")
                             if name in codes:
-                                entry["code"] = _code_version(codes[name])
+                                entry["code"] = commits[name]
                         if args.overload and entry["knee_rps"]:
                             tagged = functools.partial(
                                 _tagged_step, url, body_file, args.seconds, Path(tmp), address, args.endpoint
