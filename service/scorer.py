@@ -325,8 +325,8 @@ class Scorer:
             # (a mask test per hit: no pass over the corpus per request).
             appended = np.arange(version.ann_rows, version.n_rows)
             rows = np.union1d(found[version.live_mask[found]], appended[version.live_mask[appended]])
-        with torch.inference_mode():
-            logits = version.bundle.model.score(user, self.gather(version, rows)).cpu().numpy()
+        # In cache-sized chunks: an exact pass over 10M ads would otherwise copy the whole matrix.
+        logits = self.score_rows(version, user, rows).float().cpu().numpy()
         if k < len(rows):
             rows = rows[np.argpartition(-logits, k - 1)[:k]]
         return rows
