@@ -313,7 +313,7 @@ class Scorer:
         """
         heads = int(version.rows.vectors.shape[1])
         if mode == "auto":
-            mode = "exact" if version.ann is None or len(version.ranked.rows) * heads <= EXACT_BELOW else "ann"
+            mode = "exact" if version.ann is None or len(version.ranked) * heads <= EXACT_BELOW else "ann"
         if mode == "exact":
             rows = version.live_rows
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,20 @@ def test_duplicates_are_refused_and_changes_keep_the_lookup_exact() -> None:
     rows, known = changed.lookup(np.array([ids[0], ids[10], ids[11], 2**61]))
     assert known.tolist() == [False, True, True, True] and rows.tolist() == [5000, 11, 5001]
     assert len(changed) == 991 and len(IdIndex.build(np.zeros(0, np.int64), np.zeros(0, np.int64))) == 0
+
+
+def test_the_sparse_index_neither_copies_ids_nor_grows_past_a_few_bytes_per_id() -> None:
+    """Each version a server holds during a hot swap carries one, built beside the live version."""
+    n = 1_000_000
+    ids = np.random.default_rng(1).integers(2**40, 2**63 - 1, n)
+    tracemalloc.start()
+    try:
+        index = IdIndex.build(ids)  # rows are the ids' positions, as for a loaded version
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert index.table is None and np.shares_memory(index.ids, ids)
+    assert index.nbytes <= 12 * n  # 4-byte slots + 4-8 bytes of bucket offsets per id
+    assert peak <= 32 * n  # the build's transient: the hashes (8 B/id), argsort's order (8) and slots (4)
+    rows, known = index.lookup(ids[::1000])
+    assert known.all() and np.array_equal(rows, np.arange(0, n, 1000))
