@@ -15,6 +15,7 @@ import torch
 
 from models.artifact import ArtifactError
 from service.experiments import ArmSet, Shadow
+from service.memory import release_freed_memory
 from service.metrics import (
     DELTA_SEQ,
     DELTAS_APPLIED,
@@ -383,6 +384,8 @@ class Follower:
         if self.status.pinned is not None:  # pinned while this version was loading
             return False
         self._make_live(loaded, started, identity, epoch)
+        del loaded
+        await anyio.to_thread.run_sync(release_freed_memory)  # the old version's heap pages, once it is dropped
         return True
 
     def _make_live(
