@@ -287,7 +287,7 @@ class Follower:
                 identity = await anyio.to_thread.run_sync(self.store.identity, version)
                 epoch = await anyio.to_thread.run_sync(self.store.epoch)
                 loaded = await anyio.to_thread.run_sync(self._load_and_warm, version)
-                self._make_live(loaded, time.perf_counter(), identity, epoch)
+                await self._swap_in(loaded, time.perf_counter(), identity, epoch)
             self.status.pinned = version
 
     async def unpin(self) -> bool:
@@ -383,10 +383,15 @@ class Follower:
             return False
         if self.status.pinned is not None:  # pinned while this version was loading
             return False
-        self._make_live(loaded, started, identity, epoch)
-        del loaded
-        await anyio.to_thread.run_sync(release_freed_memory)  # the old version's heap pages, once it is dropped
+        await self._swap_in(loaded, started, identity, epoch)
         return True
+
+    async def _swap_in(
+        self, loaded: ServingVersion, started: float, identity: str | None = None, epoch: str | None = None
+    ) -> None:
+        """Makes `loaded` live, then gives the dropped version's heap pages back (off the event loop)."""
+        self._make_live(loaded, started, identity, epoch)
+        await anyio.to_thread.run_sync(release_freed_memory)
 
     def _make_live(
         self, loaded: ServingVersion, started: float, identity: str | None = None, epoch: str | None = None

@@ -92,9 +92,9 @@ class IdIndex:
 
     The index holds no copy of the ids (it probes the caller's array) and, where rows are the ids'
     own positions (a loaded version), no rows either: at 10M sparse ids it adds 4 bytes of slots
-    and 4-8 bytes of bucket offsets per id (107 MB; a copy of ids and rows was 160 MB more), and
-    its build's transient peak is ~30 bytes per id (68 before). Every version a server holds during
-    a hot swap carries one, and the build runs beside the live version: the swap's memory bound.
+    and 4-8 bytes of bucket offsets per id (107 MB), and its build's transient peak is ~20 bytes
+    per id. Every version a server holds during a hot swap carries one, and the build runs beside
+    the live version: both count against the swap's memory bound.
     """
 
     ids: np.ndarray  # int64 ad ids, as given (shared with the caller, never copied)
@@ -108,7 +108,8 @@ class IdIndex:
         """`rows[i]` is the row of `ids[i]` (None: row i). Raises ValueError on a duplicate id."""
         ids = np.asarray(ids, dtype=np.int64)
         n = len(ids)
-        offsets = np.int32 if max(n, 0 if rows is None or n == 0 else int(np.max(rows)) + 1) < 2**31 else np.int64
+        largest = n if rows is None or n == 0 else max(n, int(np.max(rows)) + 1)
+        offsets = np.int32 if largest < 2**31 else np.int64
         row_of = None if rows is None else np.asarray(rows).astype(offsets)
         if n == 0:
             return cls(ids, row_of)

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tools.procs import free_port, wait_until_ready
+from tools.procs import free_port, memory_bytes, wait_until_ready
 
 __all__ = ["empty_server_rss", "export_once", "serve_and_swap"]
 
@@ -33,11 +33,6 @@ with open("/proc/self/status") as f:
     peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 print(json.dumps({"rc": rc, "seconds": seconds, "peak_rss": peak}))
 """
-
-
-def _status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def export_once(args: list[str]) -> dict[str, Any]:
@@ -71,7 +66,7 @@ def serve_and_swap(store: str, export_args: list[str], timeout: float = 1800) ->
         wait_until_ready(url, proc, timeout=timeout)
         ready_s = time.perf_counter() - t0
         first = _live(url)
-        one = _status(proc.pid, "VmRSS")
+        one = memory_bytes("VmRSS", proc.pid)
         swap = export_once(export_args)
         t1 = time.perf_counter()
         while _live(url) == first:
@@ -83,8 +78,8 @@ def serve_and_swap(store: str, export_args: list[str], timeout: float = 1800) ->
         return {
             "ready_s": round(ready_s, 1),
             "rss_one_version": one,
-            "peak_rss_across_swap": _status(proc.pid, "VmHWM"),
-            "rss_after_swap": _status(proc.pid, "VmRSS"),
+            "peak_rss_across_swap": memory_bytes("VmHWM", proc.pid),
+            "rss_after_swap": memory_bytes("VmRSS", proc.pid),
             "swap_export": swap,
             "swap_visible_s": round(swapped_s, 1),
         }
@@ -107,7 +102,7 @@ def empty_server_rss(store: str, timeout: float = 120) -> int:
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", proc, timeout=timeout, path="/healthz")
         time.sleep(1)
-        return _status(proc.pid, "VmRSS")
+        return memory_bytes("VmRSS", proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

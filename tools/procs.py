@@ -1,4 +1,4 @@
-"""Local ports and waiting for a server to become ready (standard library only)."""
+"""Local ports, waiting for a server to become ready, and a process's memory (standard library only)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import time
 import urllib.error
 import urllib.request
 
-__all__ = ["ServerExited", "free_port", "port_in_use", "wait_until_ready"]
+__all__ = ["ServerExited", "free_port", "memory_bytes", "port_in_use", "wait_until_ready"]
 
 
 class ServerExited(RuntimeError):
     """The server process ended before it became ready."""
+
+
+def memory_bytes(field: str, pid: int | str = "self") -> int:
+    """A memory field of /proc/PID/status in bytes: VmRSS (resident now), VmHWM (its peak)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -15,11 +15,7 @@ from service.memory import release_freed_memory
 from service.schemas import PrerankRequest, RetrieveRequest
 from service.scorer import Scorer
 from service.store import load_version
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+from tools.procs import memory_bytes
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heap and /proc are Linux's")
@@ -27,9 +23,9 @@ def test_free_heap_pages_between_live_blocks_go_back_to_the_os() -> None:
     blocks = [np.ones(8000) for _ in range(3000)]  # 64 KB each: under the mmap threshold, in the heap
     kept = blocks[::10]  # one live block in ten pins the heap: freeing the rest leaves holes, not a top
     del blocks
-    before = _rss()
+    before = memory_bytes("VmRSS")
     assert release_freed_memory()
-    assert before - _rss() >= 100 * 2**20  # of the ~170 MB freed
+    assert before - memory_bytes("VmRSS") >= 100 * 2**20  # of the ~170 MB freed
     assert all(float(b[0]) == 1.0 for b in kept)
 
 

@@ -24,18 +24,15 @@ import torch
 torch.set_num_threads(1)
 from service.memory import release_freed_memory
 from service.store import load_version
-def status(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+from tools.procs import memory_bytes
 load_version(Path(sys.argv[3]))
 release_freed_memory()
-empty = status("VmRSS")
+empty = memory_bytes("VmRSS")
 live = load_version(Path(sys.argv[1]))
-one = status("VmRSS")
-next_version = load_version(Path(sys.argv[2]))
-live = next_version
+one = memory_bytes("VmRSS")
+live = load_version(Path(sys.argv[2]))  # loaded beside the live one, which is dropped only then
 release_freed_memory()
-print(json.dumps({"empty": empty, "one": one, "peak": status("VmHWM"), "after": status("VmRSS")}))
+print(json.dumps({"empty": empty, "one": one, "peak": memory_bytes("VmHWM"), "after": memory_bytes("VmRSS")}))
 """
 
 
