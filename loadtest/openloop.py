@@ -189,6 +189,15 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{s['p99_ms']:.2f} | {s['p999_ms']:.2f} | {s['dropped']} | {s['failed']} ({s.get('shed', 0)}) | "
                     f"{s.get('accepted_p99_ms', s['p99_ms']):.2f} |"
                 )
+    configured = {
+        name: next(iter(by_n.values()))["settings"]
+        for name, by_n in report["targets"].items()
+        if "settings" in next(iter(by_n.values()), {})
+    }
+    if configured:
+        lines += ["", "Server settings per target (--serve-env):", ""]
+        for name, kv in configured.items():
+            lines.append(f"- {name}: " + ", ".join(f"`{k}={v}`" for k, v in sorted(kv.items())))
     lines += ["", "Capacity (knee: highest offered rate meeting the SLO with no drops or failures):", ""]
     for name, by_n in report["targets"].items():
         for n, entry in by_n.items():
@@ -342,6 +351,14 @@ def parser() -> argparse.ArgumentParser:
         "a store that commit exported; give that store as an absolute path), to compare code versions in one run",
     )
     p.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="NAME=KEY=VALUE",
+        help="a setting for target NAME's server, e.g. gpu=PRERANK_DEVICE=cuda or gpu=PRERANK_USER_BATCH=16 "
+        "(repeatable; service/config.py lists them)",
+    )
+    p.add_argument(
         "--endpoint",
         choices=("prerank", "retrieve"),
         default="prerank",
@@ -383,6 +400,11 @@ def _targets(parser_: argparse.ArgumentParser, args: argparse.Namespace) -> list
         name, _, server_kind = value.partition("=")
         if name not in ours or server_kind not in ("uvicorn", "granian"):
             parser_.error(f"--server takes TARGET=uvicorn|granian for a --target, got {value!r}")
+    for value in args.serve_env:
+        name, _, setting = value.partition("=")
+        key, sep, _ = setting.partition("=")
+        if name not in ours or not sep or not key.startswith("PRERANK_"):
+            parser_.error(f"--serve-env takes TARGET=PRERANK_KEY=VALUE for a --target, got {value!r}")
     for value in args.code:
         name, _, code = value.partition("=")
         if name not in ours or not code or not (Path(code) / "prerank").is_dir():
@@ -423,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
                     body_files[store, n] = path
 
         servers = dict(value.partition("=")[::2] for value in args.server)
+        settings: dict[str, dict[str, str]] = {}
+        for value in args.serve_env:
+            name, _, setting = value.partition("=")
+            key, _, val = setting.partition("=")
+            settings.setdefault(name, {})[key] = val
         for name, store, kind in targets:
             grpc_port = free_port() if "grpc" in args.protocols else None
             extra: tuple[str, ...] = ("--server", servers[name]) if name in servers else ()
@@ -431,7 +458,11 @@ def main(argv: list[str] | None = None) -> int:
             if kind is not None and any((store, n) not in body_files for n in args.candidates):
                 with server(store) as url:  # bodies from the live version's /sample, through our server
                     write_bodies(url, store)
-            with server(store, extra, codes.get(name)) if kind is None else peer_server(kind, store) as url:
+            with (
+                server(store, extra, codes.get(name), settings.get(name))
+                if kind is None
+                else peer_server(kind, store) as url
+            ):
                 if kind is None:
                     write_bodies(url, store)
                 for n in args.candidates:
@@ -454,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                             entry["server"] = kind
                         else:
                             entry["http_server"] = servers.get(name, "uvicorn")
+                            if name in settings:
+                                entry["settings"] = settings[name]
                             if name in codes:
                                 entry["code"] = commits[name]
                         if args.overload and entry["knee_rps"]:

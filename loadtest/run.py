@@ -38,7 +38,7 @@ def _pin(cpus: str) -> list[str]:
 
 @contextmanager
 def server_process(
-    store: str, extra: tuple[str, ...] = (), code: Path | None = None
+    store: str, extra: tuple[str, ...] = (), code: Path | None = None, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`prerank serve` on a free port, pinned to CPU 0 (taskset execs it: the pid is the server's);
     yields its URL and process once /readyz answers 200.
@@ -47,11 +47,12 @@ def server_process(
         code: a checkout to run the server from (e.g. a git worktree of an earlier commit):
             `python -m prerank` started there imports that tree's code, with this environment's
             packages. Default: this code.
+        env: settings for this server (PRERANK_DEVICE=cuda, ...), over the environment's.
     """
     port = free_port()
-    env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    full_env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=code)
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=code)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, proc, timeout=120)
@@ -62,9 +63,11 @@ def server_process(
 
 
 @contextmanager
-def server(store: str, extra: tuple[str, ...] = (), code: Path | None = None) -> Iterator[str]:
+def server(
+    store: str, extra: tuple[str, ...] = (), code: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
-    with server_process(store, extra, code) as (url, _):
+    with server_process(store, extra, code, env) as (url, _):
         yield url
 
 

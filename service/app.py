@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from models.artifact import load_artifact
 from service.admin import router as admin_router
 from service.admission import Admission
+from service.batching import UserTowerBatcher
 from service.config import Settings
 from service.follower import Follower
 from service.http_errors import install_error_handlers
@@ -68,7 +69,12 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 cache_size=settings.user_cache_size,
                 online=settings.online_users,
             )
-        scorer = Scorer(settings.device, users)
+        batcher = (
+            UserTowerBatcher(settings.user_batch, settings.user_batch_window_us, settings.device)
+            if settings.user_batch
+            else None
+        )
+        scorer = Scorer(settings.device, users, batcher)
         follower = Follower(
             open_store(settings.store), scorer, settings.device, expected, settings.memory_budget_mb * 2**20
         )
@@ -99,6 +105,8 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if batcher is not None:
+                batcher.close()
             tracing.shutdown()
             mark_process_dead()
 

