@@ -30,7 +30,7 @@ from models.artifact import (
     load_artifact,
     load_index,
 )
-from models.base import split_ads
+from models.base import join_ads, split_ads
 from models.features import Features, Kind, default_features, move_features
 from models.layers import fold_for_inference
 from models.rows import AdRows
@@ -523,8 +523,10 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
     stored = index.rows
     if (codec is None and users.n_rows == 0) or len(stored) == 0:
         raise ArtifactError(f"version {version}: empty index or user store")
+    device = next(bundle.model.parameters()).device  # the checks run where the model will serve
     with torch.inference_mode():
-        vectors, routes = split_ads(bundle.model.encode_ad(default_features(bundle.schema.ad_fields)))
+        ad_inputs = move_features(default_features(bundle.schema.ad_fields), device)
+        vectors, routes = split_ads(bundle.model.encode_ad(ad_inputs))
         expected = tuple(vectors.shape[1:])
         if expected != tuple(stored.vectors.shape[1:]):
             raise ArtifactError(
@@ -533,9 +535,11 @@ def _check_shapes(bundle: Bundle, index: IndexData, version: str) -> None:
             )
         if (routes is None) != (stored.routes is None):
             raise ArtifactError(f"version {version}: the model and the index disagree on ad routes")
-        user = bundle.model.encode_user(probe_user(bundle, index))
+        user = bundle.model.encode_user(probe_user(bundle, index, str(device)))
+        first, first_routes = split_ads(stored.take(torch.zeros(1, dtype=torch.int64)))
+        row = join_ads(first.to(device), None if first_routes is None else first_routes.to(device))
         try:
-            out = bundle.model.score(user, stored.take(torch.zeros(1, dtype=torch.int64)))
+            out = bundle.model.score(user, row)
         except RuntimeError as exc:
             raise ArtifactError(
                 f"version {version}: model output {tuple(user.shape)} cannot score index rows "

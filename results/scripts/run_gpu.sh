@@ -26,6 +26,29 @@ cat "$out/machine.txt"
 
 python3 -m pytest -q -p no:cacheprovider tests/service/test_cuda.py 2>&1 | tail -15 | tee "$out/pytest.txt"
 
+# One server on the device first, its log kept: the sweep's servers log nowhere.
+port=18731
+PRERANK_DEVICE=$device PRERANK_USER_BATCH=16 python3 -m prerank serve --store "$store" --port $port \
+  > "$out/serve.log" 2>&1 &
+pid=$!
+python3 - "$port" <<'PY' 2>&1 | tee -a "$out/pytest.txt"
+import json, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(240):
+    try:
+        if urllib.request.urlopen(url + "/readyz", timeout=1).status == 200:
+            break
+    except OSError:
+        time.sleep(0.5)
+sample = json.loads(urllib.request.urlopen(url + "/sample?ads=1000&users=5").read())
+body = json.dumps({"user": {"id": sample["user_ids"][0]}, "candidates": {"ad_ids": sample["ad_ids"]}, "top_k": 5})
+req = urllib.request.Request(url + "/prerank", body.encode(), {"Content-Type": "application/json"})
+answer = json.loads(urllib.request.urlopen(req).read())
+print("smoke /prerank on the device server:", answer["ad_ids"], [round(p, 5) for p in answer["pctr"]])
+PY
+kill $pid; wait $pid 2>/dev/null
+tail -40 "$out/serve.log"
+
 models=(hit dssm inttower cold)
 python3 -m prerank bench --device "$device" --models "${models[@]}" --dtypes float32 bfloat16 \
   --candidates 1000 10000 --ads 50000 --repeats 200 --out "$out/bench" 2>&1 | tail -25
