@@ -12,6 +12,7 @@ store=${1:?STORE_URL}
 out=${2:?OUT_DIR}
 device=${3:-cuda}
 seconds=${PRERANK_GPU_STEP_SECONDS:-6}
+parts=${PRERANK_GPU_PARTS:-tests bench openloop}  # a subset reruns only those parts
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 {
@@ -24,7 +25,9 @@ export PYTHONUNBUFFERED=1
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
-python3 -m pytest -q -p no:cacheprovider tests/service/test_cuda.py 2>&1 | tail -15 | tee "$out/pytest.txt"
+if [[ $parts == *tests* ]]; then
+  python3 -m pytest -q -p no:cacheprovider tests/service/test_cuda.py 2>&1 | tail -15 | tee "$out/pytest.txt"
+fi
 
 # One server on the device first, its log kept: the sweep's servers log nowhere.
 port=18731
@@ -50,12 +53,12 @@ kill $pid; wait $pid 2>/dev/null
 tail -40 "$out/serve.log"
 
 models=(hit dssm inttower cold)
-python3 -m prerank bench --device "$device" --models "${models[@]}" --dtypes float32 bfloat16 \
+[[ $parts == *bench* ]] && python3 -m prerank bench --device "$device" --models "${models[@]}" --dtypes float32 bfloat16 \
   --candidates 1000 10000 --ads 50000 --repeats 200 --out "$out/bench" 2>&1 | tail -25
 
 gpu=(--serve-env "gpu=PRERANK_DEVICE=$device")
 batched=(--serve-env "gpu-batch=PRERANK_DEVICE=$device" --serve-env gpu-batch=PRERANK_USER_BATCH=16
   --serve-env gpu-batch=PRERANK_MAX_CONCURRENCY=8)
-python3 -m prerank openloop --target "cpu=$store" --target "gpu=$store" "${gpu[@]}" \
-  --target "gpu-batch=$store" "${batched[@]}" --candidates 1000 10000 --rates 200 400 600 800 1200 1600 \
+[[ $parts == *openloop* ]] && python3 -m prerank openloop --target "cpu=$store" --target "gpu=$store" "${gpu[@]}" \
+  --target "gpu-batch=$store" "${batched[@]}" --candidates 1000 10000 --rates 200 400 800 1200 1600 \
   --seconds "$seconds" --warmup-seconds 2 --stop-after-saturation --out "$out/openloop" 2>&1 | tail -40

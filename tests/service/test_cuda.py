@@ -73,7 +73,7 @@ def test_cuda_user_batching_under_concurrency_equals_one_at_a_time() -> None:
 
 
 def test_kernel_bench_runs_on_the_device() -> None:
-    configs = tuple(c for c in CONFIGS if c.model == "hit")
+    configs = tuple(c for c in CONFIGS if c.label == "hit 2x16")
     result = run_bench(5000, 20, configs, (1000,), ("float32", "bfloat16"), "cuda")
     assert result["device"].startswith("cuda (") and result["copy_bandwidth_gb_s"] > 100
     assert [c["dtype"] for c in result["cells"]] == ["float32", "bfloat16"]
