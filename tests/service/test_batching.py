@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,7 +119,7 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_lives_on(store: Path,
     def fail(feats: Features) -> torch.Tensor:
         raise RuntimeError("tower failed")
 
-    broken.bundle.model.encode_user = fail  # type: ignore[method-assign]
+    broken.bundle.model.encode_user = fail  # type: ignore[method-assign,assignment]
     batcher = UserTowerBatcher(max_batch=4, window_us=1000)
     try:
         failures: list[str] = []
@@ -172,10 +173,13 @@ def test_http_scores_with_batching_equal_scores_without(clients: tuple[TestClien
     ads = [int(a) for a in tiny.ad_ids[:200]]
     bodies = [{"user": {"id": str(u)}, "candidates": {"ad_ids": ads}} for u in range(16)]
     want = [plain.post("/prerank", json=b).json() for b in bodies]
-    got: dict[int, dict] = {}  # type: ignore[type-arg]
-    _concurrently(
-        8, lambda i: [got.__setitem__(j, batched.post("/prerank", json=bodies[j]).json()) for j in range(i, 16, 8)]
-    )
+    got: dict[int, dict[str, Any]] = {}
+
+    def work(i: int) -> None:
+        for j in range(i, 16, 8):
+            got[j] = batched.post("/prerank", json=bodies[j]).json()
+
+    _concurrently(8, work)
     for j, w in enumerate(want):
         assert got[j]["ad_ids"] == w["ad_ids"]
         np.testing.assert_allclose(got[j]["pctr"], w["pctr"], rtol=1e-5, atol=1e-6)
