@@ -29,7 +29,7 @@ from models.registry import config_from_dict
 from offline.data import Dataset
 from offline.train import TrainConfig, rare_id_fields, train
 
-__all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "run_study", "suggest"]
+__all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "default_params", "run_study", "suggest"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,32 @@ def suggest(
     return train_cfg, model_cfg
 
 
+def default_params(model: str, rare_ids: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The search space's values of the training defaults (`TrainConfig()` and the model's own
+    config, the rare ids in the linear part): a new study's first trial, so the config tune writes
+    is never one the defaults beat on the validation rows (within the study's epoch cap), and the
+    sampler starts from a known-good point. A default outside a float range is clipped to it
+    (embedding_decay 0 becomes the range's floor, 1e-3); one outside a categorical is left to the
+    sampler."""
+    train_defaults = asdict(TrainConfig())
+    model_defaults = asdict(config_from_dict(model, {}))
+    params: dict[str, Any] = {}
+    for name, spec in SEARCH_SPACE.items():
+        key = name.removeprefix("model.")
+        if name.startswith("model.") and key not in model_defaults:
+            continue
+        if name == "model.wide":
+            if rare_ids:
+                params[name] = "rare-ids"
+            continue
+        value = model_defaults[key] if name.startswith("model.") else train_defaults[key]
+        if spec[0] == "float":
+            params[name] = min(max(float(value), spec[1]), spec[2])
+        elif value in spec[1]:
+            params[name] = value
+    return params
+
+
 def _objective(dataset: Dataset, model: str, base: dict[str, Any], epochs: int, seed: int) -> Callable[[Any], float]:
     import optuna
 
@@ -137,6 +163,8 @@ def run_study(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
     )
+    if not study.trials:  # a new study: the defaults first (default_params)
+        study.enqueue_trial(default_params(model, rare_id_fields(dataset)))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = sum(t.state in finished for t in study.trials)
     started = time.perf_counter()

@@ -219,6 +219,31 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     assert trained.metrics["model_config"]["wide"] == ("user_id",) and trained.metrics["model_config"]["linear"]
 
 
+def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: dict[str, tuple[Path, dict]]) -> None:
+    from offline.train import rare_id_fields
+    from offline.tune import default_params, run_study
+
+    ds = load_dataset(str(worlds["cross"][0] / "cross.toml"))
+    anchor = default_params("hit", rare_id_fields(ds))
+    assert anchor == {
+        "lr": 1e-3,
+        "batch_size": 2048,
+        "id_dropout": 0.0,
+        "embedding_decay": 1e-3,  # the default 0 clipped to the range's floor
+        "lr_decay": 1.0,
+        "model.dropout": 0.3,
+        "model.embedding_dim": 32,
+        "model.head_dim": 16,
+        "model.wide": "rare-ids",
+    }
+    assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params("dssm", ("user_id",))
+    summary = run_study(ds, "hit", tmp_path / "study", trials=2, epochs=1)
+    first, second = summary["trials"]
+    assert first["params"] == anchor and second["params"] != anchor
+    resumed = run_study(ds, "hit", tmp_path / "study", trials=3, epochs=1)  # no second anchor on resume
+    assert [t["params"] == anchor for t in resumed["trials"]] == [True, False, False]
+
+
 def test_generate_can_pool_the_history_by_recency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["generate", "--structure", "sequence", "--users", "200", "--ads", "60", "--rows", "3000"]
     assert main([*args, "--out", str(tmp_path / "w"), "--history-pooling", "recency"]) == 0
