@@ -106,8 +106,8 @@ def run_worlds(
             overrides: dict[str, Any] = {"model_config": dict((model_configs or {}).get(model, {}))}
             study = tuned / f"{structure}-{model}" if tuned is not None else None
             if study is not None and (study / "train_config.json").exists():
-                overrides = json.loads((study / "train_config.json").read_text())
-                overrides = {k: v for k, v in overrides.items() if k not in ("epochs", "calibration")}
+                train_cfg = json.loads((study / "train_config.json").read_text())
+                overrides |= {k: v for k, v in train_cfg.items() if k not in ("epochs", "calibration", "model_config")}
                 overrides["model_config"] |= json.loads((study / "model_config.json").read_text())
             for seed in seeds:
                 out = runs / structure / f"{model}-s{seed}"

@@ -9,7 +9,7 @@ prerank worlds --out results/worlds --runs runs/worlds                       # d
 for structure in maxsim cross sequence; do
   for model in ${MODELS:-hit}; do
     prerank tune --dataset "runs/worlds/$structure/data/$structure.toml" --model "$model" \
-                 --trials "${TRIALS:-8}" --epochs 12 --seed 0 --out "runs/tune/$structure-$model" &
+                 --trials "${TRIALS:-16}" --epochs 12 --seed 0 --out "runs/tune/$structure-$model" &
     [ "$(jobs -r | wc -l)" -ge 2 ] && wait -n
   done
 done

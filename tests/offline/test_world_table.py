@@ -39,3 +39,20 @@ def test_the_worlds_table_from_one_command(tmp_path: Path, capsys: pytest.Captur
     assert main([*args, *size]) == 0
     assert (runs / "cross" / "dcn-s1" / "metrics.json").stat().st_mtime == mtime
     capsys.readouterr()
+
+
+def test_tuned_configs_apply_over_the_base_model_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tuned: each (world, model) trains with its study's train config (epochs and calibration
+    excepted) and its model config applied over --model-config."""
+    runs, out, tuned = tmp_path / "runs", tmp_path / "out", tmp_path / "tune" / "cross-dcn"
+    tuned.mkdir(parents=True)
+    (tuned / "train_config.json").write_text(json.dumps({"lr": 0.004, "batch_size": 512, "epochs": 99}))
+    (tuned / "model_config.json").write_text(json.dumps({"dropout": 0.05}))
+    args = ["worlds", "--runs", str(runs), "--out", str(out), "--structures", "cross", "--models", "dcn"]
+    args += ["--model-config", 'dcn={"wide": []}', "--tuned", str(tmp_path / "tune")]
+    assert main([*args, "--users", "300", "--ads", "100", "--rows", "12000", "--seeds", "1"]) == 0
+    metrics = json.loads((runs / "cross" / "dcn-s1" / "metrics.json").read_text())
+    assert (metrics["train_config"]["lr"], metrics["train_config"]["batch_size"]) == (0.004, 512)
+    assert metrics["train_config"]["epochs"] == 30  # the table's own cap, not the study's
+    assert metrics["model_config"]["dropout"] == 0.05 and list(metrics["model_config"]["wide"]) == []
+    capsys.readouterr()
