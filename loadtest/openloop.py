@@ -382,6 +382,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _serve_env(value: str) -> tuple[str, str, str | None]:
+    """(target, key, value) of a --serve-env TARGET=KEY=VALUE; value None where there is no second '='."""
+    name, _, setting = value.partition("=")
+    key, sep, val = setting.partition("=")
+    return name, key, val if sep else None
+
+
 def _targets(parser_: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
     """(label, store, peer kind or None) per --target and --peer, in the order given."""
     out: list[tuple[str, str, str | None]] = []
@@ -401,9 +408,8 @@ def _targets(parser_: argparse.ArgumentParser, args: argparse.Namespace) -> list
         if name not in ours or server_kind not in ("uvicorn", "granian"):
             parser_.error(f"--server takes TARGET=uvicorn|granian for a --target, got {value!r}")
     for value in args.serve_env:
-        name, _, setting = value.partition("=")
-        key, sep, _ = setting.partition("=")
-        if name not in ours or not sep or not key.startswith("PRERANK_"):
+        name, key, val = _serve_env(value)
+        if name not in ours or val is None or not key.startswith("PRERANK_"):
             parser_.error(f"--serve-env takes TARGET=PRERANK_KEY=VALUE for a --target, got {value!r}")
     for value in args.code:
         name, _, code = value.partition("=")
@@ -446,10 +452,8 @@ def main(argv: list[str] | None = None) -> int:
 
         servers = dict(value.partition("=")[::2] for value in args.server)
         settings: dict[str, dict[str, str]] = {}
-        for value in args.serve_env:
-            name, _, setting = value.partition("=")
-            key, _, val = setting.partition("=")
-            settings.setdefault(name, {})[key] = val
+        for name, key, val in map(_serve_env, args.serve_env):  # checked by _targets
+            settings.setdefault(name, {})[key] = val or ""
         for name, store, kind in targets:
             grpc_port = free_port() if "grpc" in args.protocols else None
             extra: tuple[str, ...] = ("--server", servers[name]) if name in servers else ()

@@ -69,11 +69,7 @@ def create_app(settings: Settings | None = None, tracing: Tracing | None = None)
                 cache_size=settings.user_cache_size,
                 online=settings.online_users,
             )
-        batcher = (
-            UserTowerBatcher(settings.user_batch, settings.user_batch_window_us, settings.device)
-            if settings.user_batch
-            else None
-        )
+        batcher = UserTowerBatcher(settings.user_batch, settings.user_batch_window_us) if settings.user_batch else None
         scorer = Scorer(settings.device, users, batcher)
         follower = Follower(
             open_store(settings.store), scorer, settings.device, expected, settings.memory_budget_mb * 2**20

@@ -22,7 +22,7 @@ from typing import cast
 
 import torch
 
-from models.features import Features, Jagged, move_features
+from models.features import Features, Jagged
 from service.metrics import USER_BATCH_SIZE
 from service.store import ServingVersion
 
@@ -69,27 +69,26 @@ class UserTowerBatcher:
     Args:
         max_batch: most requests encoded in one call.
         window_us: how long the worker holds a batch open for more requests (0: never waits).
-        device: where the features are moved before they are batched (the serving device).
     """
 
-    def __init__(self, max_batch: int, window_us: float = 0.0, device: str = "cpu") -> None:
+    def __init__(self, max_batch: int, window_us: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
         self.window_s = window_us / 1e6
-        self.device = device
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="user-tower-batcher", daemon=True)
         self._thread.start()
 
     def encode(self, version: ServingVersion, feats: Features) -> torch.Tensor:
-        """The user tower of one request's features, (rows, H_u, p), computed in a shared batch.
+        """The user tower of one request's features (on the version's device), (rows, H_u, p),
+        computed in a shared batch.
 
         Raises whatever the model raised for the batch holding this request.
         """
         if not self._thread.is_alive():
             raise RuntimeError("the user-tower batcher is closed")
-        pending = _Pending(version, move_features(feats, self.device))
+        pending = _Pending(version, feats)
         self._queue.put(pending)
         pending.done.wait()
         if pending.error is not None:

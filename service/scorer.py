@@ -275,9 +275,9 @@ class Scorer:
     def encode_user(self, version: ServingVersion, feats: Features) -> torch.Tensor:
         """The user tower on the serving device, (1, H_u, p): in a batch shared with concurrent
         requests where a batcher is set."""
-        if self.batcher is not None:
-            return self.batcher.encode(version, feats)
         moved = move_features(feats, version.rows.device)
+        if self.batcher is not None:
+            return self.batcher.encode(version, moved)
         with torch.inference_mode():
             return version.bundle.model.encode_user(moved)
 

@@ -52,7 +52,7 @@ def test_cuda_user_batching_under_concurrency_equals_one_at_a_time() -> None:
     gpu = _version(cfg, N_ADS, "float32", device="cuda")
     requests = _requests(gpu, n=32, candidates=2000)
     want = [Scorer("cuda").prerank(r, gpu) for r in requests]
-    batcher = UserTowerBatcher(max_batch=16, window_us=500, device="cuda")
+    batcher = UserTowerBatcher(max_batch=16, window_us=500)
     scorer = Scorer("cuda", batcher=batcher)
     got: dict[int, object] = {}
 
