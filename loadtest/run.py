@@ -36,12 +36,28 @@ def _pin(cpus: str) -> list[str]:
     return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
+def server_cpus(cores: int = 1) -> str:
+    """The CPUs a server under test is pinned to: the first `cores` of the machine."""
+    return "0" if cores <= 1 else f"0-{cores - 1}"
+
+
+def client_cpus(cores: int = 1) -> str:
+    """The CPUs a load generator runs on: the ones the server under test does not (at least one)."""
+    last = (os.cpu_count() or 2) - 1
+    return f"{min(cores, last)}-{max(min(cores, last), last)}"
+
+
 @contextmanager
 def server_process(
-    store: str, extra: tuple[str, ...] = (), code: Path | None = None, env: dict[str, str] | None = None
+    store: str,
+    extra: tuple[str, ...] = (),
+    code: Path | None = None,
+    env: dict[str, str] | None = None,
+    cores: int = 1,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`prerank serve` on a free port, pinned to CPU 0 (taskset execs it: the pid is the server's);
-    yields its URL and process once /readyz answers 200.
+    yields its URL and process once /readyz answers 200. With `cores` > 1 it runs `--workers cores`
+    processes pinned to the first `cores` CPUs.
 
     Args:
         code: a checkout to run the server from (e.g. a git worktree of an earlier commit):
@@ -51,7 +67,8 @@ def server_process(
     """
     port = free_port()
     full_env = {**os.environ, "PRERANK_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [*_pin("0"), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port), *extra]
+    cmd = [*_pin(server_cpus(cores)), sys.executable, "-m", "prerank", "serve", "--store", store, "--port", str(port)]
+    cmd += [*extra, *(("--workers", str(cores)) if cores > 1 else ())]
     proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=code)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -64,10 +81,15 @@ def server_process(
 
 @contextmanager
 def server(
-    store: str, extra: tuple[str, ...] = (), code: Path | None = None, env: dict[str, str] | None = None
+    store: str,
+    extra: tuple[str, ...] = (),
+    code: Path | None = None,
+    env: dict[str, str] | None = None,
+    cores: int = 1,
 ) -> Iterator[str]:
-    """`prerank serve` on a free port, pinned to CPU 0; yields its URL once /readyz answers 200."""
-    with server_process(store, extra, code, env) as (url, _):
+    """`prerank serve` on a free port, pinned to CPU 0 (`cores` > 1: that many worker processes on
+    the first `cores` CPUs); yields its URL once /readyz answers 200."""
+    with server_process(store, extra, code, env, cores) as (url, _):
         yield url
 
 

@@ -96,7 +96,7 @@ def evaluate_artifacts(
             "auc": auc(test.labels, probs),
             "logloss": logloss(test.labels, probs),
             "ece": ece(test.labels, probs),
-            "gauc": gauc(test.user_rows, test.labels, probs),
+            "gauc": gauc(test.user_groups, test.labels, probs),
         }
         curves[name] = reliability(test.labels, probs)
     out: dict[str, Any] = {"rows": rows, "reliability": curves, "k": k, "big_k": big_k}

@@ -33,7 +33,7 @@ import torch
 from models.provenance import code_version, machine
 from models.registry import MODELS, config_from_dict
 from offline.evaluate import plot_reliability
-from offline.worlds import STRUCTURES, WorldConfig, generate_world
+from offline.worlds import HISTORY_POOLING, STRUCTURES, WorldConfig, generate_world
 from tools.markdown import splice
 from tools.plotting import pyplot
 
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = ("hit", "dssm", "inttower", "fit", "cold", "dcn")
 
 
-def _world(runs: Path, structure: str, size: dict[str, int], history_pooling: str = "mean") -> Path:
+def _world(runs: Path, structure: str, size: dict[str, int], history_pooling: str = HISTORY_POOLING) -> Path:
     data = runs / structure / "data"
     if not (data / "reference.json").exists():
         generate_world(WorldConfig(structure=structure, **size), data, history_pooling=history_pooling)
@@ -86,7 +86,7 @@ def run_worlds(
     jobs: int = 2,
     tuned: Path | None = None,
     model_configs: dict[str, dict[str, Any]] | None = None,
-    history_pooling: str = "mean",
+    history_pooling: str = HISTORY_POOLING,
 ) -> None:
     """Generates missing worlds and trains every missing (structure, model, seed), `jobs` at a time.
 

@@ -50,7 +50,15 @@ from offline.data.dataset import files_sha256
 from offline.data.tabular import split_rows
 from offline.metrics import auc, logloss
 
-__all__ = ["STRUCTURES", "WorldConfig", "attach_oracle", "fit_attainable", "generate_world", "world_logits"]
+__all__ = [
+    "HISTORY_POOLING",
+    "STRUCTURES",
+    "WorldConfig",
+    "attach_oracle",
+    "fit_attainable",
+    "generate_world",
+    "world_logits",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,8 @@ STRUCTURES = ("maxsim", "cross", "sequence")
 SEGMENTS, AGES, CATEGORIES, ADVERTISERS, POSITIONS, HISTORY = 16, 6, 40, 300, 5, 20
 WIDE = 10.0  # prior std of scalar parameters with no real prior (biases, scales)
 FORMATS = ("parquet", "csv")
+#: The pooling the generated schema files give the time-ordered behaviour history.
+HISTORY_POOLING = "recency"
 
 
 @dataclass(frozen=True)
@@ -375,8 +385,7 @@ def fit_attainable(
 # Writing a world.
 
 
-def _schema_toml(config: WorldConfig, file_name: str, history_pooling: str = "mean") -> str:
-    pooling = "" if history_pooling == "mean" else f'pooling = "{history_pooling}"\nmax_len = {HISTORY}\n'
+def _schema_toml(config: WorldConfig, file_name: str, history_pooling: str = HISTORY_POOLING) -> str:
     return f"""# A generated world ({config.structure}): clicks from a known function; see reference.json.
 # prerank train --dataset {config.structure}.toml --out ARTIFACT
 name = "world-{config.structure}"
@@ -409,11 +418,19 @@ column = "history"      # the user's last {HISTORY} clicked categories, oldest f
 side = "user"
 kind = "sequence"
 vocab = "category"      # one embedding table with the ad's category
-{pooling}
+pooling = "{history_pooling}"
+max_len = {HISTORY}
+
 [[features]]
 column = "position"
 side = "context"
 kind = "sparse"
+
+[[features]]
+column = "ts"           # the impression's time, as the timestamp key: a click model may drift with it
+side = "context"
+kind = "dense"
+normalize = true
 
 [[features]]
 column = "ad_id"
@@ -446,12 +463,15 @@ def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 
 
 def generate_world(
-    config: WorldConfig, out: Path, file_format: str = "parquet", history_pooling: str = "mean"
+    config: WorldConfig, out: Path, file_format: str = "parquet", history_pooling: str = HISTORY_POOLING
 ) -> dict[str, Any]:
     """Writes `out/<structure>.toml`, the log and `out/reference.json`; returns the reference.
 
-    `history_pooling`: how the schema file pools the behaviour history ("recency" learns one
-    weight per position back from the newest id); the log and the reference do not depend on it.
+    The schema file declares every column the click model reads, the impression time included
+    (a dense context field beside the timestamp key), so the reference's learner reads nothing a
+    model is denied. `history_pooling`: how the schema file pools the behaviour history (default
+    "recency", one learned weight per position back from the newest id, as the README advises for
+    a time-ordered history); the log and the reference do not depend on it.
     """
     if file_format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {file_format!r}")

@@ -31,9 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
     p.add_argument(
         "--history-pooling",
-        default="mean",
+        default="recency",  # offline.worlds.HISTORY_POOLING (not imported: the CLI starts light)
         choices=("mean", "sum", "recency"),
-        help="how the schema file pools the behaviour history (default: mean)",
+        help="how the schema file pools the behaviour history (default: recency, a learned weight per position)",
     )
     add_threads_arg(p, default=1)
     return p

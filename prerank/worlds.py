@@ -44,9 +44,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--history-pooling",
-        default="mean",
+        default="recency",  # offline.worlds.HISTORY_POOLING (not imported: the CLI starts light)
         choices=("mean", "sum", "recency"),
-        help="how the generated schema files pool the behaviour history (default: mean)",
+        help="how the generated schema files pool the behaviour history "
+        "(default: recency, a learned weight per position)",
     )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs")
     return p

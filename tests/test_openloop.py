@@ -148,3 +148,56 @@ def test_server_choices_are_checked_before_anything_starts(
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_server_cores_split_the_cpus_between_the_server_and_k6(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loadtest import run
+
+    assert run.server_cpus(1) == "0" and run.server_cpus(4) == "0-3"
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 16)
+    assert run.client_cpus(1) == "1-15" and run.client_cpus(4) == "4-15"
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 2)
+    assert run.client_cpus(1) == "1-1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--server-cores", "0"], "--server-cores must be 1, or"),
+        (["--server-cores", "64"], "--server-cores must be 1, or"),
+        (["--server-cores", "2", "--protocols", "grpc"], "HTTP only"),
+    ],
+)
+def test_server_cores_outside_the_machine_is_a_usage_error(
+    extra: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from loadtest import openloop
+
+    monkeypatch.setattr(openloop.os, "cpu_count", lambda: 8)
+    with pytest.raises(SystemExit) as exit_:
+        openloop.main(["--target", "hit=local:nowhere", *extra])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_server_with_two_cores_runs_two_worker_processes(tiny, tiny_hit, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import urllib.request
+
+    import psutil
+
+    from loadtest.run import server_process
+    from offline.export import export
+
+    store = f"local:{tmp_path / 'store'}"
+    export(tiny_hit.artifact, tiny, store)
+    with server_process(store, cores=2) as (url, proc):
+        sample = json.loads(urllib.request.urlopen(f"{url}/sample?ads=5&users=1", timeout=10).read())
+        body = {"user": {"id": sample["user_ids"][0]}, "candidates": {"ad_ids": sample["ad_ids"]}, "top_k": 3}
+        request = urllib.request.Request(
+            f"{url}/prerank", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        assert len(json.loads(urllib.request.urlopen(request, timeout=10).read())["ad_ids"]) == 3
+        children = psutil.Process(proc.pid).children(recursive=True)
+        workers = [p for p in children if "spawn_main" in " ".join(p.cmdline())]  # uvicorn spawns each worker
+        assert len(workers) == 2, [p.cmdline() for p in children]
+        if len(psutil.Process().cpu_affinity() or []) > 1:
+            assert psutil.Process(proc.pid).cpu_affinity() == [0, 1]

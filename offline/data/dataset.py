@@ -38,6 +38,14 @@ class Split:
     labels: np.ndarray
     users: FeatureTable
     ads: FeatureTable
+    #: The user (by key) of each row, where a user-table row is a user *and* a context (schema
+    #: files with context fields); None: user rows are users.
+    user_keys: np.ndarray | None = None
+
+    @property
+    def user_groups(self) -> np.ndarray:
+        """Each row's user, for per-user metrics (GAUC)."""
+        return self.user_rows if self.user_keys is None else self.user_keys
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -77,7 +85,8 @@ class Split:
             yield Batch(feats, labels, mine, len(rows))
 
     def subset(self, idx: np.ndarray) -> Split:
-        return Split(self.user_rows[idx], self.ad_rows[idx], self.labels[idx], self.users, self.ads)
+        keys = None if self.user_keys is None else self.user_keys[idx]
+        return Split(self.user_rows[idx], self.ad_rows[idx], self.labels[idx], self.users, self.ads, keys)
 
 
 @dataclass

@@ -486,15 +486,15 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
     ad_cols = [c for c in spec.features if c.side is Side.AD]
     context = [c.column for c in user_cols if c.side is Side.CONTEXT]
     row_user, user_rep = _representatives(frame[[spec.user_key, *context]].astype(str))
+    row_key, serving_rep = _representatives(frame[[spec.user_key]].astype(str))  # users by key alone
     row_ad, ad_rep = _representatives(frame[[spec.ad_key]].astype(str))
     users = _table(frame, user_rep, user_cols, specs, vocabs)
     ads = _table(frame, ad_rep, ad_cols, specs, vocabs)
 
     def split(idx: np.ndarray) -> Split:
-        return Split(row_user[idx], row_ad[idx], labels[idx], users, ads)
+        return Split(row_user[idx], row_ad[idx], labels[idx], users, ads, row_key[idx] if context else None)
 
     # Serving snapshot: each user's latest row (its latest context), each ad's latest row.
-    _, serving_rep = _representatives(frame[[spec.user_key]].astype(str))
     raw_ad_keys = frame[spec.ad_key].iloc[ad_rep]
     numeric = pd.to_numeric(raw_ad_keys, errors="coerce")
     if numeric.notna().all() and (numeric % 1 == 0).all() and numeric.min() >= 0:

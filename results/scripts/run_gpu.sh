@@ -2,7 +2,9 @@
 # The serving path on a GPU, in one run: the CUDA tests, the kernel table with --device cuda, and
 # the open-loop sweep of the same store served on the CPU, on the GPU, and on the GPU with the
 # user towers of concurrent requests batched (PRERANK_USER_BATCH). Each server is pinned to CPU 0
-# as in every other sweep; k6 runs on the other CPUs. Nothing else may run meanwhile.
+# as in every other sweep; k6 runs on the other CPUs. The part "workers" (not in the default parts)
+# sweeps CPU and GPU servers of PRERANK_GPU_SERVER_CORES (default 4) worker processes, each on its
+# own CPU, sharing the one GPU. Nothing else may run meanwhile.
 # Usage: bash results/scripts/run_gpu.sh STORE_URL OUT_DIR [DEVICE]
 #   STORE_URL: a published store, e.g. local:runs/gpu/store (HIT on synthetic:50000, as trained by
 #   results/scripts/run_vs_preissue.sh); DEVICE: cuda (default) or cpu for a dry run of the script.
@@ -62,3 +64,9 @@ batched=(--serve-env "gpu-batch=PRERANK_DEVICE=$device" --serve-env gpu-batch=PR
 [[ $parts == *openloop* ]] && python3 -m prerank openloop --target "cpu=$store" --target "gpu=$store" "${gpu[@]}" \
   --target "gpu-batch=$store" "${batched[@]}" --candidates 1000 10000 --rates 200 400 800 1200 1600 \
   --seconds "$seconds" --warmup-seconds 2 --stop-after-saturation --out "$out/openloop" 2>&1 | tail -40
+
+cores=${PRERANK_GPU_SERVER_CORES:-4}
+[[ $parts == *workers* ]] && python3 -m prerank openloop --server-cores "$cores" --target "cpu=$store" \
+  --target "gpu=$store" "${gpu[@]}" --candidates ${PRERANK_GPU_WORKER_CANDIDATES:-10000 1000} \
+  --rates ${PRERANK_GPU_WORKER_RATES:-400 800 1200 1600 2400 3200} --seconds "$seconds" --warmup-seconds 2 \
+  --stop-after-saturation --out "$out/openloop-$cores-workers" 2>&1 | tail -40

@@ -244,12 +244,30 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
     assert [t["params"] == anchor for t in resumed["trials"]] == [True, False, False]
 
 
-def test_generate_can_pool_the_history_by_recency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_worlds_schema_declares_the_time_and_pools_the_history_by_recency(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every column the click model reads is a feature (the impression time as a dense context
+    field); the history is pooled by recency unless --history-pooling says otherwise."""
+    from offline.worlds import HISTORY_POOLING
+    from prerank import worlds as worlds_cli
+
     args = ["generate", "--structure", "sequence", "--users", "200", "--ads", "60", "--rows", "3000"]
-    assert main([*args, "--out", str(tmp_path / "w"), "--history-pooling", "recency"]) == 0
-    history = {f.name: f for f in load_dataset(str(tmp_path / "w" / "sequence.toml")).schema.features}["history"]
-    assert (history.pooling, history.max_len) == ("recency", 20)
-    default = generate_world(WorldConfig(structure="sequence", users=200, ads=60, rows=3000), tmp_path / "m")
-    assert default["data_sha256"] == json.loads((tmp_path / "w" / "reference.json").read_text())["data_sha256"]
-    assert "pooling" not in (tmp_path / "m" / "sequence.toml").read_text()  # the default schema is unchanged
+    assert main([*args, "--out", str(tmp_path / "w")]) == 0
+    specs = {f.name: f for f in load_dataset(str(tmp_path / "w" / "sequence.toml")).schema.features}
+    assert (specs["history"].pooling, specs["history"].max_len) == (HISTORY_POOLING, 20) == ("recency", 20)
+    ts = specs["ts"]
+    assert (ts.side.value, ts.kind.value) == ("context", "dense") and ts.normalize is not None
+    # a user-table row is a user in one context (here: one impression); per-user metrics group by key
+    test = load_dataset(str(tmp_path / "w" / "sequence.toml")).test
+    frame = pd.read_parquet(tmp_path / "w" / "impressions.parquet").iloc[-len(test) :]
+    assert len(np.unique(test.user_rows)) == len(test) > len(np.unique(test.user_groups))
+    assert len(np.unique(test.user_groups)) == frame["user_id"].nunique()
+    assert main([*args, "--out", str(tmp_path / "m"), "--history-pooling", "mean"]) == 0
+    mean = {f.name: f for f in load_dataset(str(tmp_path / "m" / "sequence.toml")).schema.features}["history"]
+    assert mean.pooling == "mean"
+    same = [json.loads((tmp_path / d / "reference.json").read_text())["data_sha256"] for d in ("w", "m")]
+    assert same[0] == same[1]  # the log does not depend on the schema's pooling
+    for cli in (generate, worlds_cli):
+        assert cli.parser().get_default("history_pooling") == HISTORY_POOLING
     capsys.readouterr()
