@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
-from models.features import Features, FeatureSchema, FeatureSpec
+from models.features import Features, FeatureSchema, FeatureSpec, Kind
 from models.layers import MLP, FieldEmbedding, FieldLinear, check_wide, embedding_l2, without_wide
 from models.scoring import maxsim
 
@@ -39,6 +39,10 @@ class HITConfig(ModelConfig):
         gen_loss_weight: alpha, the weight of the generation loss.
         linear: add each side's linear part (per-id and per-dense-value weights) to the logit.
         wide: fields read only by the linear parts, not by the towers (needs `linear`).
+        vocab_dot: add, for every vocabulary both towers embed (a behaviour history of categories
+            and the ad's category), the dot product of the two sides' embeddings of it (the user
+            side's pooled) to the logit: an exact id-to-id match term beside the towers, folded
+            into the heads as the linear part is, so serving and the index need nothing new.
     """
 
     heads: int = 2
@@ -49,6 +53,7 @@ class HITConfig(ModelConfig):
     gen_loss_weight: float = 0.1
     linear: bool = False
     wide: tuple[str, ...] = ()
+    vocab_dot: bool = False
 
     def __post_init__(self) -> None:
         if self.gen_loss not in GEN_LOSS_MODES:
@@ -71,10 +76,13 @@ class HITTower(nn.Module):
         schema: FeatureSchema,
         config: HITConfig,
         shared: dict[str, nn.Module] | None = None,
+        dot_vocabs: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.config = config
         self.embedding = FieldEmbedding(fields, schema, config.embedding_dim, shared)
+        #: per vocabulary of the match term, the positions of this side's fields of it
+        self.dot_fields = [[i for i, f in enumerate(self.embedding.embedded) if f.vocab == v] for v in dot_vocabs]
         self.static_names = tuple(f.name for f in self.embedding.embedded if f.static)
         width = config.heads * config.head_dim
         static_dim = len(self.static_names) * config.embedding_dim
@@ -86,9 +94,14 @@ class HITTower(nn.Module):
         self.dnn = MLP(in_dim, config.hidden, config.dropout, config.batch_norm)
         self.representer = nn.Linear(self.dnn.out_dim, width)
 
-    def forward(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns the heads (B, H, p) and the mimic vectors (B, 2, H*p), or None without statics."""
+    def forward(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns the heads (B, H, p), the mimic vectors (B, 2, H*p), or None without statics, and
+        the match-term vectors (B, V*D): per vocabulary of `dot_vocabs` the sum of this side's
+        embeddings of it, or None without any."""
         embedded = self.embedding.embed(features)
+        dots = None
+        if self.dot_fields:
+            dots = torch.cat([sum((embedded[i] for i in idx[1:]), embedded[idx[0]]) for idx in self.dot_fields], -1)
         mimics = None
         parts = list(embedded)
         if self.generators:  # the static fields' embeddings, reused from the tower's (same lookups)
@@ -100,7 +113,7 @@ class HITTower(nn.Module):
             parts.extend(fed.detach().unbind(1))
         x = torch.cat(parts + self.embedding.dense_values(features), -1)
         heads = self.representer(self.dnn(x))  # (B, H*p)
-        return heads.view(-1, self.config.heads, self.config.head_dim), mimics
+        return heads.view(-1, self.config.heads, self.config.head_dim), mimics, dots
 
 
 class HIT(PrerankModel):
@@ -116,40 +129,56 @@ class HIT(PrerankModel):
         # fields of one vocabulary share a table across the towers (unless the config says not to)
         shared: dict[str, nn.Module] | None = {} if config.share_tables else None
         user_fields, ad_fields = schema.user_fields, schema.ad_fields
-        towers = {}
-        for side, fields in (("user", user_fields), ("ad", ad_fields)):
-            inputs = without_wide(fields, schema, config.wide)
-            if not inputs:
+        inputs = {
+            side: without_wide(fields, schema, config.wide)
+            for side, fields in (("user", user_fields), ("ad", ad_fields))
+        }
+        for side, kept in inputs.items():
+            if not kept:
                 raise ValueError(f"wide names every {side} field: the {side} tower needs at least one input")
-            towers[side] = HITTower(inputs, schema, config, shared)
+        both = [{f.vocab for f in kept if f.kind is not Kind.DENSE and f.vocab} for kept in inputs.values()]
+        self.dot_vocabs = tuple(sorted(both[0] & both[1])) if config.vocab_dot else ()
+        if config.vocab_dot and not self.dot_vocabs:
+            raise ValueError("vocab_dot: no vocabulary is embedded by both towers (give two fields one `vocab`)")
+        towers = {side: HITTower(kept, schema, config, shared, self.dot_vocabs) for side, kept in inputs.items()}
         self.user_tower, self.ad_tower = towers["user"], towers["ad"]
         self.user_linear = FieldLinear(user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(ad_fields, schema) if config.linear else None
         self.bias = nn.Parameter(torch.zeros(()))
 
+    # Folding: sum_i max_j <U_i, A_j> gains c_user + c_ad + <u, a> exactly when every user head
+    # carries [u / H_u, 1 / H_u, c_user / H_u] and every ad head [a, c_ad, 1]: each added term is the
+    # same for every ad head j, so it passes through the max and sums over the H_u user heads.
+
     def _user_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded user heads (B, H_u, p [+ 2]), the mimic vectors and the unfolded heads."""
-        heads, mimic = self.user_tower(features)
-        if self.user_linear is None:
-            return heads, mimic, heads
+        """Folded user heads (B, H_u, p [+ V*D] [+ 2]), the mimic vectors and the unfolded heads."""
+        heads, mimic, dots = self.user_tower(features)
+        folded = [heads]
         share = 1.0 / heads.shape[1]
-        bias = self.user_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1) * share
-        return torch.cat([heads, torch.full_like(bias, share), bias], -1), mimic, heads
+        if dots is not None:
+            folded.append(dots.unsqueeze(1).expand(-1, heads.shape[1], -1) * share)
+        if self.user_linear is not None:
+            bias = self.user_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1) * share
+            folded += [torch.full_like(bias, share), bias]
+        return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def _ad_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded ad heads (N, H_a, p [+ 2]), the mimic vectors and the unfolded heads."""
-        heads, mimic = self.ad_tower(features)
-        if self.ad_linear is None:
-            return heads, mimic, heads
-        bias = self.ad_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1)
-        return torch.cat([heads, bias, torch.ones_like(bias)], -1), mimic, heads
+        """Folded ad heads (N, H_a, p [+ V*D] [+ 2]), the mimic vectors and the unfolded heads."""
+        heads, mimic, dots = self.ad_tower(features)
+        folded = [heads]
+        if dots is not None:
+            folded.append(dots.unsqueeze(1).expand(-1, heads.shape[1], -1))
+        if self.ad_linear is not None:
+            bias = self.ad_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1)
+            folded += [bias, torch.ones_like(bias)]
+        return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, H_u, p), or (B, H_u, p + 2) with the linear part folded in."""
+        """(B, H_u, p), widened by the match term's V*D and the linear part's 2 where they are on."""
         return self._user_heads(features)[0]
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, H_a, p), or (N, H_a, p + 2) with the linear part folded in."""
+        """(N, H_a, p), widened by the match term's V*D and the linear part's 2 where they are on."""
         return self._ad_heads(features)[0]
 
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:

@@ -55,15 +55,25 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "model.embedding_dim": ("categorical", (8, 16, 32)),
     "model.head_dim": ("categorical", (16, 32)),
     "model.wide": ("categorical", ("none", "rare-ids")),
+    "model.vocab_dot": ("categorical", (False, True)),
 }
 
 
+def cross_vocabularies(dataset: Dataset) -> tuple[str, ...]:
+    """Vocabularies that both towers embed (a user-side history and an ad field of one `vocab`):
+    where there are none, `model.vocab_dot` is not searched."""
+    schema = dataset.schema
+    sides = [{f.vocab for f in fields if f.vocab} for fields in (schema.user_fields, schema.ad_fields)]
+    return tuple(sorted(sides[0] & sides[1]))
+
+
 def suggest(
-    trial: Any, model: str, base: dict[str, Any], rare_ids: tuple[str, ...] = ()
+    trial: Any, model: str, base: dict[str, Any], rare_ids: tuple[str, ...] = (), cross_vocab: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train overrides, model config) sampled for one trial, over `base` (the fixed settings).
 
-    `rare_ids` are the fields `model.wide` = "rare-ids" sends to the linear part.
+    `rare_ids` are the fields `model.wide` = "rare-ids" sends to the linear part; `cross_vocab`:
+    whether the data has a vocabulary both towers embed (`model.vocab_dot` is searched only then).
     """
     model_fields = set(asdict(config_from_dict(model, {})))
     train_cfg = dict(base.get("train", {}))
@@ -72,6 +82,8 @@ def suggest(
         target = model_cfg if name.startswith("model.") else train_cfg
         key = name.removeprefix("model.")
         if name.startswith("model.") and key not in model_fields:
+            continue
+        if name == "model.vocab_dot" and not cross_vocab:
             continue
         if name == "model.wide":
             if rare_ids and trial.suggest_categorical(name, list(spec[1])) == "rare-ids":
@@ -86,7 +98,7 @@ def suggest(
     return train_cfg, model_cfg
 
 
-def default_params(model: str, rare_ids: tuple[str, ...] = ()) -> dict[str, Any]:
+def default_params(model: str, rare_ids: tuple[str, ...] = (), cross_vocab: bool = False) -> dict[str, Any]:
     """The search space's values of the training defaults (`TrainConfig()` and the model's own
     config, the rare ids in the linear part): a new study's first trial, so the config tune writes
     is never one the defaults beat on the validation rows (within the study's epoch cap), and the
@@ -99,6 +111,8 @@ def default_params(model: str, rare_ids: tuple[str, ...] = ()) -> dict[str, Any]
     for name, spec in SEARCH_SPACE.items():
         key = name.removeprefix("model.")
         if name.startswith("model.") and key not in model_defaults:
+            continue
+        if name == "model.vocab_dot" and not cross_vocab:
             continue
         if name == "model.wide":
             if rare_ids:
@@ -116,9 +130,10 @@ def _objective(dataset: Dataset, model: str, base: dict[str, Any], epochs: int, 
     import optuna
 
     rare_ids = rare_id_fields(dataset)
+    cross_vocab = bool(cross_vocabularies(dataset))
 
     def objective(trial: Any) -> float:
-        train_cfg, model_cfg = suggest(trial, model, base, rare_ids)
+        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab)
         cfg = TrainConfig(**{**train_cfg, "epochs": epochs, "seed": seed, "progress": False, "calibration": "none"})
 
         def report(epoch: int, valid_auc: float) -> None:
@@ -164,7 +179,7 @@ def run_study(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
     )
     if not study.trials:  # a new study: the defaults first (default_params)
-        study.enqueue_trial(default_params(model, rare_id_fields(dataset)))
+        study.enqueue_trial(default_params(model, rare_id_fields(dataset), bool(cross_vocabularies(dataset))))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = sum(t.state in finished for t in study.trials)
     started = time.perf_counter()

@@ -289,6 +289,38 @@ def test_wide_fields_feed_only_the_linear_part(tiny, batch, name: str) -> None: 
         assert (model(feats) - model(other)).abs().max() > 0.1
 
 
+def test_hit_folds_its_vocabulary_match_term_into_the_heads(tiny, batch) -> None:  # type: ignore[no-untyped-def]
+    """vocab_dot adds <pooled history, ad category> from the one shared table, exactly, through MaxSim."""
+    torch.manual_seed(0)
+    config = HITConfig(heads=3, head_dim=8, embedding_dim=6, linear=True, wide=("user_id",), vocab_dot=True)
+    model = HIT(tiny.schema, config).eval()
+    assert model.dot_vocabs == ("category",)
+    table = model.user_tower.embedding.tables["preferred_categories"]
+    assert table is model.ad_tower.embedding.tables["category"]  # one table: an id matches itself
+    feats, _ = batch
+    with torch.no_grad():
+        for p in model.parameters():  # large weights: the fold must be exact, not merely small
+            p.normal_()
+        user, ads = model.encode_user(feats), model.encode_ad(feats)
+        assert user.shape == (64, 3, 8 + 6 + 2) and ads.shape == (64, 3, 8 + 6 + 2)
+        heads_u, _, u = model.user_tower(feats)
+        heads_a, _, a = model.ad_tower(feats)
+        assert u is not None and a is not None and u.shape == a.shape == (64, 6)
+        torch.testing.assert_close(a, table(feats["category"]))
+        b_u = model.user_linear(feats).squeeze(-1)  # type: ignore[misc]
+        b_a = model.ad_linear(feats).squeeze(-1)  # type: ignore[misc]
+        expected = maxsim(heads_u, heads_a) + (u * a).sum(-1) + b_u + b_a + model.bias
+        torch.testing.assert_close(model.score(user, ads), expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(model(feats), expected, rtol=1e-5, atol=1e-4)
+        off = HIT(tiny.schema, HITConfig(heads=3, head_dim=8, embedding_dim=6)).encode_user(feats)
+        assert off.shape == (64, 3, 8)  # off by default: the heads are as before
+    alone = FeatureSchema(
+        tuple(f for f in tiny.schema.features if f.name != "preferred_categories"), tiny.schema.vocab_sizes
+    )
+    with pytest.raises(ValueError, match="no vocabulary is embedded by both towers"):
+        HIT(alone, HITConfig(vocab_dot=True))
+
+
 def test_hit_folds_its_linear_part_into_two_extra_head_columns(tiny, batch) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = HIT(tiny.schema, HITConfig(heads=3, head_dim=8, linear=True, wide=("user_id",))).eval()
@@ -298,8 +330,8 @@ def test_hit_folds_its_linear_part_into_two_extra_head_columns(tiny, batch) -> N
             p.normal_()
         user, ads = model.encode_user(feats), model.encode_ad(feats)
         assert user.shape == (64, 3, 10) and ads.shape == (64, 3, 10)
-        heads_u, _ = model.user_tower(feats)
-        heads_a, _ = model.ad_tower(feats)
+        heads_u, _, _ = model.user_tower(feats)
+        heads_a, _, _ = model.ad_tower(feats)
         b_u = model.user_linear(feats).squeeze(-1)  # type: ignore[misc]
         b_a = model.ad_linear(feats).squeeze(-1)  # type: ignore[misc]
         expected = maxsim(heads_u, heads_a) + b_u + b_a + model.bias

@@ -210,7 +210,11 @@ def test_recency_pooling_weighs_each_id_by_its_position_back_from_the_newest(new
 
 @pytest.mark.parametrize(
     ("model", "model_config", "pooling"),
-    [("dssm", {}, "mean"), ("hit", {"linear": True, "wide": ["u", "a"]}, "recency")],
+    [
+        ("dssm", {}, "mean"),
+        ("hit", {"linear": True, "wide": ["u", "a"]}, "recency"),
+        ("hit", {"linear": True, "wide": ["u", "a"], "vocab_dot": True}, "recency"),
+    ],
 )
 def test_served_pctr_applies_buckets_truncation_and_normalisation_like_training(
     tmp_path: Path, model: str, model_config: dict[str, object], pooling: str

@@ -215,16 +215,22 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
         assert cfg["linear"] is True and cfg["wide"] == ["user_id"], model
     _, none = suggest(optuna.trial.FixedTrial(params | {"model.wide": "none"}), "hit", {}, ("user_id",))
     assert none["wide"] == [] and "linear" not in none  # the rare ids stay in the network
+    assert "vocab_dot" not in none  # searched only where both towers embed one vocabulary
+    _, dot = suggest(optuna.trial.FixedTrial(params), "hit", {}, ("user_id",), cross_vocab=True)
+    assert dot["vocab_dot"] is True
+    _, dcn = suggest(optuna.trial.FixedTrial(params), "dcn", {}, ("user_id",), cross_vocab=True)
+    assert "vocab_dot" not in dcn  # a HIT option only
     trained = train(ds, "hit", {}, TrainConfig(epochs=1, progress=False))
     assert trained.metrics["model_config"]["wide"] == ("user_id",) and trained.metrics["model_config"]["linear"]
 
 
 def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: dict[str, tuple[Path, dict]]) -> None:
     from offline.train import rare_id_fields
-    from offline.tune import default_params, run_study
+    from offline.tune import cross_vocabularies, default_params, run_study
 
     ds = load_dataset(str(worlds["cross"][0] / "cross.toml"))
-    anchor = default_params("hit", rare_id_fields(ds))
+    assert cross_vocabularies(ds) == ("category",)  # the history and the ad's category
+    anchor = default_params("hit", rare_id_fields(ds), cross_vocab=True)
     assert anchor == {
         "lr": 1e-3,
         "batch_size": 2048,
@@ -235,7 +241,9 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         "model.embedding_dim": 32,
         "model.head_dim": 16,
         "model.wide": "rare-ids",
+        "model.vocab_dot": False,
     }
+    assert "model.vocab_dot" not in default_params("hit", rare_id_fields(ds))  # nothing to match: not searched
     assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params("dssm", ("user_id",))
     summary = run_study(ds, "hit", tmp_path / "study", trials=2, epochs=1)
     first, second = summary["trials"]
