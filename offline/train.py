@@ -88,6 +88,8 @@ class TrainConfig:
         sparse_embeddings: sparse embedding gradients (SparseAdam on the tables, Adam on the rest;
             plain SGD takes them as they are) and the L2 of the looked-up rows only, so a step's
             cost does not grow with the vocabulary (offline.sparse).
+        drop_features: schema fields the model leaves out (`Dataset.without`): feature ablations,
+            and the context fields `prerank tune` found to hurt on the validation rows.
     """
 
     epochs: int = 30
@@ -109,6 +111,10 @@ class TrainConfig:
     eval_batch_size: int = 32768
     progress: bool = True
     device: str = "cpu"
+    drop_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drop_features", tuple(self.drop_features))  # a JSON list from a file
 
 
 @dataclass
@@ -345,6 +351,10 @@ def train(
         raise ValueError(f"id_dropout must be in [0, 1), got {cfg.id_dropout}")
     if not 0.0 < cfg.lr_decay <= 1.0 or cfg.embedding_decay < 0:
         raise ValueError("lr_decay must be in (0, 1] and embedding_decay >= 0")
+    if cfg.drop_features:
+        if not isinstance(dataset, Dataset):
+            raise ValueError("drop_features needs the log in memory (not a streamed dataset)")
+        dataset = dataset.without(cfg.drop_features)
     version_of_code = code_version()  # at the start: the code that trains, not what is edited meanwhile
     ddp = _distributed(cfg.device)
     torch.manual_seed(cfg.seed)  # every rank builds the same initial model and batch order

@@ -24,12 +24,13 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from models.features import Kind, Side
 from models.provenance import code_version, machine
 from models.registry import config_from_dict
 from offline.data import Dataset
 from offline.train import TrainConfig, rare_id_fields, train
 
-__all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "default_params", "run_study", "suggest"]
+__all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "default_params", "droppable_fields", "run_study", "suggest"]
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,27 @@ def cross_vocabularies(dataset: Dataset) -> tuple[str, ...]:
     return tuple(sorted(sides[0] & sides[1]))
 
 
+def droppable_fields(dataset: Dataset) -> tuple[str, ...]:
+    """The dense context fields (an impression's time, say), each of which a trial keeps or drops
+    (`drop.<field>`, the train config's `drop_features`): a continuous value that differs on every
+    row, crossed with ids, gives a model rows to memorise, and whether that costs more than the
+    field tells is the validation rows' call."""
+    return tuple(f.name for f in dataset.schema.features if f.side is Side.CONTEXT and f.kind is Kind.DENSE)
+
+
 def suggest(
-    trial: Any, model: str, base: dict[str, Any], rare_ids: tuple[str, ...] = (), cross_vocab: bool = False
+    trial: Any,
+    model: str,
+    base: dict[str, Any],
+    rare_ids: tuple[str, ...] = (),
+    cross_vocab: bool = False,
+    droppable: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train overrides, model config) sampled for one trial, over `base` (the fixed settings).
 
     `rare_ids` are the fields `model.wide` = "rare-ids" sends to the linear part; `cross_vocab`:
-    whether the data has a vocabulary both towers embed (`model.vocab_dot` is searched only then).
+    whether the data has a vocabulary both towers embed (`model.vocab_dot` is searched only then);
+    `droppable`: fields each trial keeps or drops (`droppable_fields`; one `base` drops stay dropped).
     """
     model_fields = set(asdict(config_from_dict(model, {})))
     train_cfg = dict(base.get("train", {}))
@@ -95,12 +110,20 @@ def suggest(
             target[key] = trial.suggest_float(name, spec[1], spec[2], log=spec[3])
         else:
             target[key] = trial.suggest_categorical(name, list(spec[1]))
+    dropped = list(train_cfg.get("drop_features", ()))
+    for field in droppable:
+        if field not in dropped and trial.suggest_categorical(f"drop.{field}", [False, True]):
+            dropped.append(field)
+    if dropped:
+        train_cfg["drop_features"] = sorted(dropped)
     return train_cfg, model_cfg
 
 
-def default_params(model: str, rare_ids: tuple[str, ...] = (), cross_vocab: bool = False) -> dict[str, Any]:
+def default_params(
+    model: str, rare_ids: tuple[str, ...] = (), cross_vocab: bool = False, droppable: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The search space's values of the training defaults (`TrainConfig()` and the model's own
-    config, the rare ids in the linear part): a new study's first trial, so the config tune writes
+    config, the rare ids in the linear part, every field kept): a new study's first trial, so the config tune writes
     is never one the defaults beat on the validation rows (within the study's epoch cap), and the
     sampler starts from a known-good point. A default outside a float range is clipped to it
     (embedding_decay 0 becomes the range's floor, 1e-3); one outside a categorical is left to the
@@ -123,7 +146,7 @@ def default_params(model: str, rare_ids: tuple[str, ...] = (), cross_vocab: bool
             params[name] = min(max(float(value), spec[1]), spec[2])
         elif value in spec[1]:
             params[name] = value
-    return params
+    return params | {f"drop.{field}": False for field in droppable}
 
 
 def _objective(dataset: Dataset, model: str, base: dict[str, Any], epochs: int, seed: int) -> Callable[[Any], float]:
@@ -131,9 +154,10 @@ def _objective(dataset: Dataset, model: str, base: dict[str, Any], epochs: int, 
 
     rare_ids = rare_id_fields(dataset)
     cross_vocab = bool(cross_vocabularies(dataset))
+    droppable = droppable_fields(dataset)
 
     def objective(trial: Any) -> float:
-        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab)
+        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab, droppable)
         cfg = TrainConfig(**{**train_cfg, "epochs": epochs, "seed": seed, "progress": False, "calibration": "none"})
 
         def report(epoch: int, valid_auc: float) -> None:
@@ -179,7 +203,9 @@ def run_study(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
     )
     if not study.trials:  # a new study: the defaults first (default_params)
-        study.enqueue_trial(default_params(model, rare_id_fields(dataset), bool(cross_vocabularies(dataset))))
+        study.enqueue_trial(
+            default_params(model, rare_id_fields(dataset), bool(cross_vocabularies(dataset)), droppable_fields(dataset))
+        )
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = sum(t.state in finished for t in study.trials)
     started = time.perf_counter()
@@ -226,7 +252,7 @@ def run_study(
 
 
 def _markdown(summary: dict[str, Any], out: Path) -> str:
-    names = list(SEARCH_SPACE)
+    names = list(SEARCH_SPACE) + sorted({n for t in summary["trials"] for n in t["params"]} - set(SEARCH_SPACE))
     lines = [
         f"# `prerank tune`: {summary['model']} on {summary['dataset']['dataset']}",
         "",

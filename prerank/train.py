@@ -105,7 +105,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, help="a DSSM run's artifact or metrics.json, for RelaImpr")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per process)")
-    p.add_argument("--drop-features", nargs="+", default=[], help="leave these fields out (ablations)")
+    p.add_argument(
+        "--drop-features",
+        nargs="+",
+        default=[],
+        help="leave these schema fields out (ablations; prerank tune may write some in train_config.json)",
+    )
     add_threads_arg(p)
     return p
 
@@ -136,6 +141,7 @@ def _train_settings(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, 
         "lr_decay": args.lr_decay,
         "distill_from": str(args.distill_from) if args.distill_from else "",
         "distill_weight": args.distill_weight,
+        "drop_features": tuple(args.drop_features),
     }
     given = {a.split("=")[0].removeprefix("--").replace("-", "_") for a in argv if a.startswith("--")}
     return {**flags, **{k: v for k, v in args.train_config.items() if k not in given}}
@@ -177,8 +183,6 @@ def _run(args: argparse.Namespace) -> None:
         dataset = load_streaming(stream_schema(args.dataset), args.data_dir, args.split_seed, args.shuffle_buffer)
     else:
         dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
-        if args.drop_features:
-            dataset = dataset.without(args.drop_features)
     try:
         cfg = TrainConfig(
             **_train_settings(args, args.argv),  # type: ignore[arg-type]

@@ -226,11 +226,12 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
 
 def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: dict[str, tuple[Path, dict]]) -> None:
     from offline.train import rare_id_fields
-    from offline.tune import cross_vocabularies, default_params, run_study
+    from offline.tune import cross_vocabularies, default_params, droppable_fields, run_study
 
     ds = load_dataset(str(worlds["cross"][0] / "cross.toml"))
     assert cross_vocabularies(ds) == ("category",)  # the history and the ad's category
-    anchor = default_params("hit", rare_id_fields(ds), cross_vocab=True)
+    assert droppable_fields(ds) == ("ts",)  # the dense context field; not the position (sparse)
+    anchor = default_params("hit", rare_id_fields(ds), cross_vocab=True, droppable=("ts",))
     assert anchor == {
         "lr": 1e-3,
         "batch_size": 2048,
@@ -242,6 +243,7 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         "model.head_dim": 16,
         "model.wide": "rare-ids",
         "model.vocab_dot": False,
+        "drop.ts": False,  # every field kept
     }
     assert "model.vocab_dot" not in default_params("hit", rare_id_fields(ds))  # nothing to match: not searched
     assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params("dssm", ("user_id",))
@@ -279,3 +281,43 @@ def test_a_worlds_schema_declares_the_time_and_pools_the_history_by_recency(
     for cli in (generate, worlds_cli):
         assert cli.parser().get_default("history_pooling") == HISTORY_POOLING
     capsys.readouterr()
+
+
+def test_tune_keeps_or_drops_each_dense_context_field_and_train_honours_the_choice(
+    tmp_path: Path, worlds: dict[str, tuple[Path, dict]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial's `drop.<field>` becomes the train config's drop_features, which training (API, CLI
+    and --train-config file) applies: the artifact's schema and model no longer have the field."""
+    import optuna
+
+    from offline.tune import SEARCH_SPACE, suggest
+
+    schema = str(worlds["sequence"][0] / "sequence.toml")
+    ds = load_dataset(schema)
+    params = {n: (s[1][0] if s[0] == "categorical" else s[1]) for n, s in SEARCH_SPACE.items()}
+    kept, _ = suggest(optuna.trial.FixedTrial(params | {"drop.ts": False}), "dcn", {}, droppable=("ts",))
+    dropped, _ = suggest(optuna.trial.FixedTrial(params | {"drop.ts": True}), "dcn", {}, droppable=("ts",))
+    assert "drop_features" not in kept and dropped["drop_features"] == ["ts"]
+    base, _ = suggest(optuna.trial.FixedTrial(params), "dcn", {"train": {"drop_features": ["ts"]}}, droppable=("ts",))
+    assert base["drop_features"] == ["ts"]  # a base drop stays dropped and is not searched
+    cfg = TrainConfig(epochs=1, progress=False, drop_features=["ts"])  # type: ignore[arg-type]  # as JSON gives it
+    assert cfg.drop_features == ("ts",)
+    result = train(ds, "dcn", {}, cfg)
+    assert "ts" not in {f.name for f in result.model.schema.features} and "ts" in {f.name for f in ds.schema.features}
+    assert result.metrics["train_config"]["drop_features"] == ("ts",)
+    with pytest.raises(ValueError, match="cannot drop"):
+        train(ds, "dcn", {}, TrainConfig(epochs=1, progress=False, drop_features=("nope",)))
+    # the CLI: a tune-written train config drops the field; the explicit flag wins over the file
+    config = tmp_path / "train_config.json"
+    config.write_text(json.dumps({"drop_features": ["ts"], "lr": 0.002}))
+    cmd = ["train", "--dataset", schema, "--model", "dcn", "--no-progress", "--epochs", "1"]
+    cmd += ["--train-config", str(config)]
+    assert main([*cmd, "--out", str(tmp_path / "a")]) == 0
+    written = {f["name"] for f in json.loads((tmp_path / "a" / "schema.json").read_text())["features"]}
+    assert "ts" not in written and {"history", "position", "price"} <= written
+    assert main([*cmd, "--out", str(tmp_path / "b"), "--drop-features", "history"]) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["train_config"]["drop_features"] == ["history"]
+    config.write_text(json.dumps({"drop_features": ["nope"]}))
+    assert main([*cmd, "--out", str(tmp_path / "c")]) == 2
+    assert "cannot drop ['nope']" in capsys.readouterr().err
