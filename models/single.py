@@ -239,13 +239,22 @@ class DCNConfig(SingleTowerConfig):
 
     Args:
         cross_layers: depth of the cross network.
+        cross: "vector" (DCN, 2017: x_{l+1} = x_0 (w_l . x_l) + b_l + x_l, a rank-1 cross per layer)
+            or "matrix" (DCN-V2, 2021: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, every pair of input
+            coordinates crossed with its own weight).
     """
 
     cross_layers: int = 3
+    cross: str = "vector"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cross not in ("vector", "matrix"):
+            raise ValueError(f"cross must be 'vector' or 'matrix', got {self.cross!r}")
 
 
 class DCN(SingleTower):
-    """Deep & Cross Network (Wang et al., 2017): x_{l+1} = x_0 (w_l . x_l) + b_l + x_l beside a DNN."""
+    """Deep & Cross Network (Wang et al., 2017; DCN-V2's matrix cross with `cross="matrix"`) beside a DNN."""
 
     name = "dcn"
     config_class = DCNConfig
@@ -253,9 +262,11 @@ class DCN(SingleTower):
 
     def __init__(self, schema: FeatureSchema, config: DCNConfig) -> None:
         super().__init__(schema, config)
-        width = self.deep_width
-        self.cross_w = nn.Parameter(torch.randn(config.cross_layers, width) * width**-0.5)
-        self.cross_b = nn.Parameter(torch.zeros(config.cross_layers, width))
+        width, layers = self.deep_width, config.cross_layers
+        self.matrix = config.cross == "matrix"
+        shape = (layers, width, width) if self.matrix else (layers, width)
+        self.cross_w = nn.Parameter(torch.randn(shape) * width**-0.5)
+        self.cross_b = nn.Parameter(torch.zeros(layers, width))
         self.dnn = MLP(width, config.hidden, config.dropout, config.batch_norm)
         self.out = nn.Linear(width + self.dnn.out_dim, 1)
 
@@ -263,5 +274,5 @@ class DCN(SingleTower):
         x0 = torch.cat([fields.flatten(1), dense], 1)
         x = x0
         for w, b in zip(self.cross_w, self.cross_b, strict=True):
-            x = x0 * (x @ w).unsqueeze(-1) + b + x
+            x = x0 * torch.addmm(b, x, w.T) + x if self.matrix else x0 * (x @ w).unsqueeze(-1) + b + x
         return self.out(torch.cat([x, self.dnn(x0)], 1)).squeeze(-1)

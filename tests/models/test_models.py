@@ -341,3 +341,28 @@ def test_hit_folds_its_linear_part_into_two_extra_head_columns(tiny, batch) -> N
         HITConfig(wide=("user_id",))
     with pytest.raises(ValueError, match=r"wide names fields the schema lacks: \['nope'\]"):
         HIT(tiny.schema, HITConfig(linear=True, wide=("nope",)))
+
+
+def test_dcn_matrix_cross_is_dcn_v2s_layer_and_serves_like_training(tiny, batch) -> None:  # type: ignore[no-untyped-def]
+    """cross="matrix": x_{l+1} = x_0 * (W_l x_l + b_l) + x_l (DCN-V2), checked against a hand loop;
+    the vector cross keeps its rank-1 form; a bad value is a one-line config error."""
+    from models.single import DCN, DCNConfig
+
+    torch.manual_seed(0)
+    model = build_model("dcn", tiny.schema, {"cross": "matrix", "cross_layers": 2}).eval()
+    assert isinstance(model, DCN) and model.cross_w.shape == (2, model.deep_width, model.deep_width)
+    fields, dense = torch.randn(4, model.n_fields, model.config.embedding_dim), torch.randn(4, model.n_dense)
+    with torch.no_grad():
+        model.cross_b.normal_()
+        x0 = x = torch.cat([fields.flatten(1), dense], 1)
+        for w, b in zip(model.cross_w, model.cross_b, strict=True):
+            x = x0 * (x @ w.T + b) + x
+        expected = model.out(torch.cat([x, model.dnn(x0)], 1)).squeeze(-1)
+        torch.testing.assert_close(model.head(fields, dense), expected, rtol=1e-5, atol=1e-5)
+        feats, _ = batch
+        served = model.score(model.encode_user(feats), model.encode_ad(feats))
+        torch.testing.assert_close(model(feats), served, rtol=1e-5, atol=1e-5)
+    vector = build_model("dcn", tiny.schema, {})
+    assert isinstance(vector, DCN) and vector.cross_w.shape == (3, vector.deep_width)
+    with pytest.raises(ValueError, match="cross must be"):
+        DCNConfig(cross="full")
