@@ -149,12 +149,17 @@ def default_params(
     return params | {f"drop.{field}": False for field in droppable}
 
 
-def _objective(dataset: Dataset, model: str, base: dict[str, Any], epochs: int, seed: int) -> Callable[[Any], float]:
+def _objective(
+    dataset: Dataset,
+    model: str,
+    base: dict[str, Any],
+    epochs: int,
+    seed: int,
+    rare_ids: tuple[str, ...],
+    cross_vocab: bool,
+    droppable: tuple[str, ...],
+) -> Callable[[Any], float]:
     import optuna
-
-    rare_ids = rare_id_fields(dataset)
-    cross_vocab = bool(cross_vocabularies(dataset))
-    droppable = droppable_fields(dataset)
 
     def objective(trial: Any) -> float:
         train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab, droppable)
@@ -202,17 +207,18 @@ def run_study(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
     )
+    # what the dataset offers the search: read once, for the defaults' trial and every other
+    rare_ids, droppable = rare_id_fields(dataset), droppable_fields(dataset)
+    cross_vocab = bool(cross_vocabularies(dataset))
     if not study.trials:  # a new study: the defaults first (default_params)
-        study.enqueue_trial(
-            default_params(model, rare_id_fields(dataset), bool(cross_vocabularies(dataset)), droppable_fields(dataset))
-        )
+        study.enqueue_trial(default_params(model, rare_ids, cross_vocab, droppable))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = sum(t.state in finished for t in study.trials)
     started = time.perf_counter()
     if done < trials:
         log.info("study %s: %d of %d trials done, running %d", study.study_name, done, trials, trials - done)
         study.optimize(
-            _objective(dataset, model, base or {}, epochs, seed),
+            _objective(dataset, model, base or {}, epochs, seed, rare_ids, cross_vocab, droppable),
             n_trials=trials - done,
             timeout=timeout,
             catch=(),
