@@ -43,6 +43,11 @@ class HITConfig(ModelConfig):
             and the ad's category), the dot product of the two sides' embeddings of it (the user
             side's pooled) to the logit: an exact id-to-id match term beside the towers, folded
             into the heads as the linear part is, so serving and the index need nothing new.
+        field_dot: add the dot product of the sum of the user side's field embeddings and the sum of
+            the ad side's (a dense field enters as its value times a learned vector): every
+            cross-tower pair of a factorization machine, <e_u, e_a> for each user field u and ad
+            field a, beside the towers. Folded into the heads as `vocab_dot` is; it covers the
+            match term too (a shared vocabulary's two fields are one of its pairs).
     """
 
     heads: int = 2
@@ -54,6 +59,7 @@ class HITConfig(ModelConfig):
     linear: bool = False
     wide: tuple[str, ...] = ()
     vocab_dot: bool = False
+    field_dot: bool = False
 
     def __post_init__(self) -> None:
         if self.gen_loss not in GEN_LOSS_MODES:
@@ -83,6 +89,11 @@ class HITTower(nn.Module):
         self.embedding = FieldEmbedding(fields, schema, config.embedding_dim, shared)
         #: per vocabulary of the match term, the positions of this side's fields of it
         self.dot_fields = [[i for i, f in enumerate(self.embedding.embedded) if f.vocab == v] for v in dot_vocabs]
+        n_dense = len(self.embedding.dense)
+        #: the field-dot term's vector per dense field (its value scales it), when the term is on
+        self.dense_vectors = (
+            nn.Parameter(torch.randn(n_dense, config.embedding_dim) * 0.01) if config.field_dot and n_dense else None
+        )
         self.static_names = tuple(f.name for f in self.embedding.embedded if f.static)
         width = config.heads * config.head_dim
         static_dim = len(self.static_names) * config.embedding_dim
@@ -96,12 +107,20 @@ class HITTower(nn.Module):
 
     def forward(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the heads (B, H, p), the mimic vectors (B, 2, H*p), or None without statics, and
-        the match-term vectors (B, V*D): per vocabulary of `dot_vocabs` the sum of this side's
-        embeddings of it, or None without any."""
+        the dot-term vectors (B, V*D [+ D]): per vocabulary of `dot_vocabs` the sum of this side's
+        embeddings of it, then with `field_dot` the sum of all its field vectors; None without
+        either."""
         embedded = self.embedding.embed(features)
-        dots = None
-        if self.dot_fields:
-            dots = torch.cat([sum((embedded[i] for i in idx[1:]), embedded[idx[0]]) for idx in self.dot_fields], -1)
+        dense = self.embedding.dense_values(features)
+        terms = [sum((embedded[i] for i in idx[1:]), embedded[idx[0]]) for idx in self.dot_fields]
+        if self.config.field_dot:
+            fm = torch.stack(embedded, 0).sum(0) if embedded else None
+            if self.dense_vectors is not None:
+                scaled = torch.cat(dense, -1) @ self.dense_vectors  # sum_f x_f v_f, (B, D)
+                fm = scaled if fm is None else fm + scaled
+            assert fm is not None  # a tower has at least one input
+            terms.append(fm)
+        dots = torch.cat(terms, -1) if terms else None
         mimics = None
         parts = list(embedded)
         if self.generators:  # the static fields' embeddings, reused from the tower's (same lookups)
@@ -111,7 +130,7 @@ class HITTower(nn.Module):
             mimics = torch.stack([g(static) for g in self.generators], dim=1)  # (B, 2, H*p)
             fed = F.normalize(mimics, dim=-1) if self.config.normalize_mimic else mimics
             parts.extend(fed.detach().unbind(1))
-        x = torch.cat(parts + self.embedding.dense_values(features), -1)
+        x = torch.cat(parts + dense, -1)
         heads = self.representer(self.dnn(x))  # (B, H*p)
         return heads.view(-1, self.config.heads, self.config.head_dim), mimics, dots
 
@@ -151,7 +170,7 @@ class HIT(PrerankModel):
     # same for every ad head j, so it passes through the max and sums over the H_u user heads.
 
     def _user_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded user heads (B, H_u, p [+ V*D] [+ 2]), the mimic vectors and the unfolded heads."""
+        """Folded user heads (B, H_u, p [+ V*D] [+ D] [+ 2]), the mimic vectors and the unfolded heads."""
         heads, mimic, dots = self.user_tower(features)
         folded = [heads]
         share = 1.0 / heads.shape[1]
@@ -163,7 +182,7 @@ class HIT(PrerankModel):
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def _ad_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded ad heads (N, H_a, p [+ V*D] [+ 2]), the mimic vectors and the unfolded heads."""
+        """Folded ad heads (N, H_a, p [+ V*D] [+ D] [+ 2]), the mimic vectors and the unfolded heads."""
         heads, mimic, dots = self.ad_tower(features)
         folded = [heads]
         if dots is not None:
@@ -174,11 +193,11 @@ class HIT(PrerankModel):
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, H_u, p), widened by the match term's V*D and the linear part's 2 where they are on."""
+        """(B, H_u, p), widened by the dot terms' V*D [+ D] and the linear part's 2 where they are on."""
         return self._user_heads(features)[0]
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, H_a, p), widened by the match term's V*D and the linear part's 2 where they are on."""
+        """(N, H_a, p), widened by the dot terms' V*D [+ D] and the linear part's 2 where they are on."""
         return self._ad_heads(features)[0]
 
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:

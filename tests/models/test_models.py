@@ -321,6 +321,37 @@ def test_hit_folds_its_vocabulary_match_term_into_the_heads(tiny, batch) -> None
         HIT(alone, HITConfig(vocab_dot=True))
 
 
+def test_hit_folds_its_field_dot_term_into_the_heads(tiny, batch) -> None:  # type: ignore[no-untyped-def]
+    """field_dot adds, for every user field u and ad field a, <e_u, e_a> (an FM's cross-tower pairs;
+    a dense field as value x its vector), exactly, through MaxSim and beside vocab_dot."""
+    torch.manual_seed(0)
+    price = FeatureSpec(name="price", side=Side.AD, kind=Kind.DENSE)
+    schema = FeatureSchema((*tiny.schema.features, price), tiny.schema.vocab_sizes)
+    model = HIT(schema, HITConfig(heads=2, head_dim=4, embedding_dim=5, vocab_dot=True, field_dot=True)).eval()
+    feats, _ = batch
+    feats = {**feats, "price": torch.randn(64)}
+    with torch.no_grad():
+        for p in model.parameters():  # large weights: the fold must be exact, not merely small
+            p.normal_()
+        user, ads = model.encode_user(feats), model.encode_ad(feats)
+        assert user.shape == ads.shape == (64, 2, 4 + 5 + 5)  # heads, vocab_dot's D, field_dot's D
+        vec_u = model.user_tower.embedding.embed(feats)
+        vec_a = model.ad_tower.embedding.embed(feats)
+        assert model.ad_tower.dense_vectors is not None and model.user_tower.dense_vectors is None
+        vec_a.append(feats["price"].unsqueeze(-1) * model.ad_tower.dense_vectors[0])
+        assert len(vec_u) == 4 and len(vec_a) == 4
+        pairs = sum((u * a).sum(-1) for u in vec_u for a in vec_a)  # pair by pair, as an FM writes it
+        history = model.user_tower.embedding.embed(feats, ["preferred_categories"])[0]
+        category = model.ad_tower.embedding.embed(feats, ["category"])[0]
+        heads_u, _, _ = model.user_tower(feats)
+        heads_a, _, _ = model.ad_tower(feats)
+        expected = maxsim(heads_u, heads_a) + (history * category).sum(-1) + pairs + model.bias
+        torch.testing.assert_close(model.score(user, ads), expected, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(model(feats), expected, rtol=1e-4, atol=1e-3)
+        plain = HIT(schema, HITConfig(heads=2, head_dim=4, embedding_dim=5)).encode_user(feats)
+        assert plain.shape == (64, 2, 4)  # off by default: the heads are as before
+
+
 def test_hit_folds_its_linear_part_into_two_extra_head_columns(tiny, batch) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = HIT(tiny.schema, HITConfig(heads=3, head_dim=8, linear=True, wide=("user_id",))).eval()

@@ -217,9 +217,9 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     assert none["wide"] == [] and "linear" not in none  # the rare ids stay in the network
     assert "vocab_dot" not in none  # searched only where both towers embed one vocabulary
     _, dot = suggest(optuna.trial.FixedTrial(params), "hit", {}, ("user_id",), cross_vocab=True)
-    assert dot["vocab_dot"] is True
+    assert dot["vocab_dot"] is True and dot["field_dot"] is True and dot["heads"] == 4
     _, dcn = suggest(optuna.trial.FixedTrial(params), "dcn", {}, ("user_id",), cross_vocab=True)
-    assert "vocab_dot" not in dcn  # a HIT option only
+    assert not {"vocab_dot", "field_dot", "heads"} & set(dcn) and dcn["cross"] == "matrix"  # HIT's, DCN's
     trained = train(ds, "hit", {}, TrainConfig(epochs=1, progress=False))
     assert trained.metrics["model_config"]["wide"] == ("user_id",) and trained.metrics["model_config"]["linear"]
 
@@ -243,9 +243,12 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         "model.head_dim": 16,
         "model.wide": "rare-ids",
         "model.vocab_dot": False,
+        "model.field_dot": False,
+        "model.heads": 2,
         "drop.ts": False,  # every field kept
     }
     assert "model.vocab_dot" not in default_params("hit", rare_id_fields(ds))  # nothing to match: not searched
+    assert default_params("dcn")["model.cross"] == "vector" and "model.cross" not in anchor
     assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params("dssm", ("user_id",))
     summary = run_study(ds, "hit", tmp_path / "study", trials=2, epochs=1)
     first, second = summary["trials"]
