@@ -249,6 +249,7 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
     }
     assert "model.vocab_dot" not in default_params("hit", rare_id_fields(ds))  # nothing to match: not searched
     assert default_params("dcn")["model.cross"] == "vector" and "model.cross" not in anchor
+    assert default_params("dssm")["model.temperature"] == 1.0 and "model.temperature" not in anchor
     assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params("dssm", ("user_id",))
     summary = run_study(ds, "hit", tmp_path / "study", trials=2, epochs=1)
     first, second = summary["trials"]
