@@ -16,20 +16,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from tools.plotting import pyplot
-from tools.procs import free_port, wait_until_ready
+from tools.procs import ServerExited, free_port, wait_until_ready
 
 HERE = Path(__file__).resolve().parent
+
+logger = logging.getLogger(__name__)
 
 
 def _pin(cpus: str) -> list[str]:
@@ -102,26 +106,48 @@ PEERS = {
 
 
 @contextmanager
-def peer_server(kind: str, store: str) -> Iterator[str]:
+def peer_server(kind: str, store: str, attempts: int = 2) -> Iterator[str]:
     """A peer model server (PEERS) over `store`'s live version, pinned to CPU 0 with one torch
-    thread as `server` is; every process it starts (Ray's raylet, LitServe's workers) is stopped."""
+    thread as `server` is; every process it starts (Ray's raylet, LitServe's workers) is stopped.
+
+    A peer that exits before it is ready is started again, up to `attempts` times in all (Ray's
+    cluster start can time out on a busy 2-core machine); each failure's output is logged, and the
+    last one's is in the error.
+    """
     module, path, expect = PEERS[kind]
-    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [*_pin("0"), sys.executable, "-m", module, "--store", store, "--port", str(port), "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, proc, timeout=180, path=path, expect=expect)
-        yield url
-    finally:
-        proc.terminate()
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        cmd = [*_pin("0"), sys.executable, "-m", module, "--store", store, "--port", str(port), "--threads", "1"]
+        fd, name = tempfile.mkstemp(prefix=f"peer-{kind}-", suffix=".log")  # its output, for the error
+        os.close(fd)
+        log = Path(name)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the peer left behind in its session
+            try:
+                wait_until_ready(url, proc, timeout=180, path=path, expect=expect, log=log)
+            except ServerExited as exc:
+                if attempt == attempts:
+                    raise
+                logger.warning("%s peer, attempt %d of %d: %s", kind, attempt, attempts, exc)
+                continue
+            yield url
+            return
+        finally:
+            log.unlink(missing_ok=True)
+            _stop_session(proc)
+
+
+def _stop_session(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever the peer left behind in its session
 
 
 def locust_command(url: str, users: int, seconds: int, csv_prefix: Path, cpus: str, *extra: str) -> list[str]:

@@ -219,10 +219,14 @@ def worlds_report(runs: Path, out: Path) -> Path:
     codes = sorted({c for r in rows for c in r["code_versions"]})
     lines += ["", "Worlds (generator config and data sha256):", ""]
     lines += [f"* {s}: `{json.dumps(r['world'])}`, sha256 `{r['data_sha256'][:16]}…`" for s, r in worlds.items()]
+    lines += ["", "Configs: what each run changed from the CLI's training defaults and the model's defaults:", ""]
+    lines += [
+        f"* {r['structure']} / {r['model']}: train `{json.dumps(_train_overrides(r))}`, "
+        f"model `{json.dumps(_model_overrides(r))}`"
+        for r in rows
+    ]
     lines += [
         "",
-        f"Train config (CLI defaults unless tuned): `{json.dumps(rows[0]['train_config'])}`.",
-        f"Model configs (beyond each model's defaults): `{json.dumps(_model_overrides(rows))}`.",
         f"Code {codes}. Machines: {sorted({m for r in rows for m in r['machines']})}; one thread per run.",
     ]
     splice(out / "worlds.md", "worlds-table", "\n".join(lines) + "\n", title="Generated worlds")
@@ -234,14 +238,18 @@ def worlds_report(runs: Path, out: Path) -> Path:
     return out / "worlds.md"
 
 
-def _model_overrides(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per model, the model config keys that differ from the model's defaults (the first world's)."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        defaults = json.loads(json.dumps(dataclasses.asdict(config_from_dict(r["model"], {}))))
-        changed = {k: v for k, v in r["model_config"].items() if defaults.get(k) != v}
-        out.setdefault(r["model"], changed)
-    return out
+def _train_overrides(row: dict[str, Any]) -> dict[str, Any]:
+    """The train config keys of `row` that differ from what `prerank train` gives by default."""
+    from offline.train import TrainConfig
+
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig(calibration="auto")), default=str))
+    return {k: v for k, v in row["train_config"].items() if k in defaults and defaults[k] != v}
+
+
+def _model_overrides(row: dict[str, Any]) -> dict[str, Any]:
+    """The model config keys of `row` that differ from the model's defaults."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(config_from_dict(row["model"], {}))))
+    return {k: v for k, v in row["model_config"].items() if defaults.get(k) != v}
 
 
 def _fmt(value: float | None) -> str:

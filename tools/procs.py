@@ -7,6 +7,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 __all__ = ["ServerExited", "free_port", "memory_bytes", "port_in_use", "wait_until_ready"]
 
@@ -45,17 +46,19 @@ def wait_until_ready(
     timeout: float = 60.0,
     path: str = "/readyz",
     expect: bytes = b"",
+    log: Path | None = None,
 ) -> None:
     """Polls `url + path` until it answers 200 (with `expect` in the body, when given).
 
     Raises:
-        ServerExited: `proc` ended first (its exit status in the message).
-        TimeoutError: not ready within `timeout` seconds.
+        ServerExited: `proc` ended first (its exit status in the message, and the last lines of
+            `log`, the file its output goes to, when given).
+        TimeoutError: not ready within `timeout` seconds (with `log`'s last lines likewise).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise ServerExited(f"server exited with status {proc.returncode} before it was ready")
+            raise ServerExited(f"server exited with status {proc.returncode} before it was ready{_tail(log)}")
         try:
             with urllib.request.urlopen(url + path, timeout=1) as resp:
                 if resp.status == 200 and expect in resp.read():
@@ -63,4 +66,11 @@ def wait_until_ready(
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{url} was not ready within {timeout:.0f}s")
+    raise TimeoutError(f"{url} was not ready within {timeout:.0f}s{_tail(log)}")
+
+
+def _tail(log: Path | None, lines: int = 30) -> str:
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return "; its output ended with:\n" + "\n".join(text)

@@ -30,7 +30,8 @@ def test_the_worlds_table_from_one_command(tmp_path: Path, capsys: pytest.Captur
     assert rows["dcn"]["consistency"] == pytest.approx(1.0)  # the reference keeps its own top 10
     rare = list(rare_id_fields(load_dataset(str(runs / "cross" / "data" / "cross.toml"))))
     assert rare and rows["dcn"]["model_config"]["wide"] == rare and rows["dssm"]["model_config"].get("wide") is None
-    assert f'"dcn": {{"wide": {json.dumps(rare)}}}' in table
+    assert f'* cross / dcn: train `{{}}`, model `{{"wide": {json.dumps(rare)}}}`' in table
+    assert "* cross / dssm: train `{}`, model `{}`" in table  # the defaults change nothing
     assert "| cross |" in table and "revenue@10" in table and (out / "worlds.png").stat().st_size > 10_000
     assert (out / "reliability.png").stat().st_size > 10_000
     assert len(list((out / "runs" / "cross").glob("*.json"))) == 1 + 4 + 2  # reference, runs, evaluations
@@ -55,4 +56,7 @@ def test_tuned_configs_apply_over_the_base_model_config(tmp_path: Path, capsys: 
     assert (metrics["train_config"]["lr"], metrics["train_config"]["batch_size"]) == (0.004, 512)
     assert metrics["train_config"]["epochs"] == 30  # the table's own cap, not the study's
     assert metrics["model_config"]["dropout"] == 0.05 and list(metrics["model_config"]["wide"]) == []
+    # the report names the tuned run's own config, not the defaults (wide [] is the default)
+    line = '* cross / dcn: train `{"batch_size": 512, "lr": 0.004}`, model `{"dropout": 0.05}`'
+    assert line in (out / "worlds.md").read_text()
     capsys.readouterr()
