@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The worlds tables (results/worlds/): every model on the three generated worlds with the CLI
-# defaults, then prerank tune for HIT and DCN (MODELS) on each world and the tuned table, with DSSM
-# (defaults) beside them. TUNE_TIMEOUT (seconds) stops a study from starting more trials.
-# Every step reuses finished runs and studies, so an interrupted run resumes. ~2.5 h on 2 cores.
+# defaults, then prerank tune for each of MODELS (default: HIT, DCN and DSSM) on each world and the
+# tuned table of those models. TRIALS (default 16) is each study's trial budget, TUNE_TIMEOUT
+# (seconds) stops a study from starting more trials. Every step reuses finished runs and studies,
+# so an interrupted run resumes. ~3.5 h on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 prerank worlds --out results/worlds --runs runs/worlds                       # defaults, 6 models x 3 seeds
 for structure in maxsim cross sequence; do
-  for model in ${MODELS:-hit dcn}; do
+  for model in ${MODELS:-hit dcn dssm}; do
     prerank tune --dataset "runs/worlds/$structure/data/$structure.toml" --model "$model" \
                  --trials "${TRIALS:-16}" --epochs 12 --seed 0 ${TUNE_TIMEOUT:+--timeout "$TUNE_TIMEOUT"} \
                  --out "runs/tune/$structure-$model" &
@@ -21,4 +22,4 @@ for study in runs/tune/*/; do
   name=$(basename "$study"); mkdir -p "results/worlds/tuned/$name"
   cp "$study"/tune.md "$study"/tune.json "$study"/model_config.json "$study"/train_config.json "results/worlds/tuned/$name/"
 done
-prerank worlds --out results/worlds/tuned --runs runs/worlds-tuned --models ${MODELS:-hit dcn} dssm --tuned runs/tune
+prerank worlds --out results/worlds/tuned --runs runs/worlds-tuned --models ${MODELS:-hit dcn dssm} --tuned runs/tune
