@@ -37,7 +37,7 @@ __all__ = ["STAGES", "main", "parser", "summarise"]
 STAGES = {
     "HTTP server (uvicorn, starlette, FastAPI)": "run_asgi (",
     "read body": "_body (service/routes.py",
-    "parse JSON (pydantic)": "model_validate_json (",
+    "parse JSON (parse_prerank)": "parse_prerank (",
     "threadpool hop": "run_in_threadpool (",
     "Scorer.prerank": "prerank (service/scorer.py",
     "user features": "user_features (service/scorer.py",

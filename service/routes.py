@@ -18,7 +18,7 @@ from service.experiments import observe_arm
 from service.follower import Follower
 from service.metrics import metrics_payload, observe_result
 from service.observability import record_stages
-from service.schemas import ErrorResponse, PrerankRequest, PrerankResponse, RetrieveRequest
+from service.schemas import ErrorResponse, PrerankResponse, RetrieveRequest, parse_prerank
 from service.scorer import Scorer, ScoreResult
 
 __all__ = ["router"]
@@ -72,7 +72,7 @@ async def prerank(request: Request) -> Response:
     async with _admitted(request, settings):  # sheds (503) or expires (504) before any work
         body = await _body(request, settings)
         t0, started_ns = time.perf_counter(), time.time_ns()
-        parsed = PrerankRequest.model_validate_json(body)
+        parsed = parse_prerank(body)
         parse_ms = (time.perf_counter() - t0) * 1e3
         n = len(parsed.candidates.ids)
         if n > settings.max_candidates:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, WithJsonSchema, field_validator, model_validator
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "Candidates",
@@ -17,6 +27,7 @@ __all__ = [
     "PrerankResponse",
     "RetrieveRequest",
     "UserInput",
+    "parse_prerank",
 ]
 
 FeatureValue = str | int | float | list[str | int]
@@ -125,13 +136,19 @@ class Candidates(BaseModel):
     _bids: np.ndarray | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _check(self) -> Candidates:
-        if isinstance(self.ad_ids, str):
-            ids = _decode(self.ad_ids, "<i8", "candidates.ad_ids").astype(np.int64)
+    def _check(self, info: ValidationInfo) -> Candidates:
+        columns = info.context.get(_COLUMNS) if isinstance(info.context, dict) else None
+        if columns is not None and self.ad_ids == _PLACEHOLDER:  # parse_prerank decoded the columns
+            columns["used"] = True
+            ids, bids = columns["ids"], columns["bids"]
         else:
-            ids = _id_array(self.ad_ids)
-        bids = None
-        if self.bids is not None:
+            ids = (
+                _decode(self.ad_ids, "<i8", "candidates.ad_ids").astype(np.int64)
+                if isinstance(self.ad_ids, str)
+                else _id_array(self.ad_ids)
+            )
+            bids = None
+        if bids is None and self.bids is not None:
             if isinstance(self.bids, str):
                 bids = _decode(self.bids, "<f4", "candidates.bids").astype(np.float32)
             else:
@@ -233,3 +250,99 @@ class ErrorResponse(BaseModel):
     """Every 4xx/5xx body: all the problems found, not only the first."""
 
     detail: list[ErrorItem] = Field(..., description="every problem, each naming its field")
+
+
+#: parse_prerank's context key and the string standing in for the column it decoded.
+_COLUMNS = "prerank.columns"
+_PLACEHOLDER = "\x00decoded"
+#: Below this many ids, pydantic's own path costs about as much as the column decoder.
+FAST_MIN_IDS = 256
+
+
+def _plain(value: Any) -> Any:
+    """A simdjson value as Python objects (a small one: the body without its id column)."""
+    import simdjson
+
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def _decoded_columns(body: bytes) -> tuple[bytes, dict[str, Any]] | None:
+    """The body with `candidates.ad_ids` (and a JSON `bids` array) cut out, and those columns as
+    arrays, decoded by simdjson straight from the JSON text with no Python object per candidate;
+    None where anything is not the plain form (then pydantic parses the body as it is).
+
+    Plain form: an object whose `candidates` object holds `ad_ids`, an array of at least
+    FAST_MIN_IDS non-negative JSON integers that fit int64, with `bids` absent, null, a string or an
+    array of JSON numbers, and no key twice in either object. The
+    rest of the body is re-serialised (orjson) and validated by the same pydantic model, so every
+    other field gets the same checks and the same errors.
+    """
+    try:
+        import simdjson
+    except ImportError:  # the column decoder is optional: pydantic parses everything
+        return None
+    try:
+        doc = simdjson.Parser().parse(body)  # a parser per call: cheap, and safe across threads
+        if not isinstance(doc, simdjson.Object):
+            return None
+        keys = list(doc.keys())
+        cand = doc.get("candidates")
+        if len(set(keys)) != len(keys) or not isinstance(cand, simdjson.Object):
+            return None
+        cand_keys = list(cand.keys())
+        ids_json = cand.get("ad_ids")
+        if len(set(cand_keys)) != len(cand_keys) or not isinstance(ids_json, simdjson.Array):
+            return None
+        if len(ids_json) < FAST_MIN_IDS:
+            return None
+        ids = np.frombuffer(ids_json.as_buffer(of_type="i"), dtype=np.int64).copy()
+        bids_json = cand.get("bids")
+        bids, n_bids = None, 0
+        if isinstance(bids_json, simdjson.Array):
+            bids = np.frombuffer(bids_json.as_buffer(of_type="d"), dtype=np.float64).copy()
+            n_bids = len(bids_json)
+        rest = {k: _plain(doc[k]) for k in keys if k != "candidates"}
+        rest_cand = {k: _plain(cand[k]) for k in cand_keys if k not in ("ad_ids", "bids")}
+        rest_cand["ad_ids"] = _PLACEHOLDER
+        if "bids" in cand_keys:
+            rest_cand["bids"] = None if bids is not None else _plain(bids_json)
+        rest["candidates"] = rest_cand
+        text = orjson.dumps(rest)
+    except (ValueError, TypeError, RuntimeError, OverflowError, orjson.JSONEncodeError):
+        return None  # not valid JSON, or not the plain form: pydantic says what is wrong
+    # simdjson's as_buffer flattens nested arrays: the columns are plain only if the body holds no
+    # '[' beyond the rest's own and one per decoded column (a '[' in a string, or escaped as
+    # \u005b, differs between the two and also falls back).
+    if body.count(b"[") != text.count(b"[") + 1 + (bids is not None):
+        return None
+    if len(ids) != len(ids_json) or (bids is not None and len(bids) != n_bids):
+        return None
+    if ids.min() < 0:  # pydantic's path names each negative id
+        return None
+    return text, {"ids": ids, "bids": bids, "used": False}
+
+
+def parse_prerank(body: bytes) -> PrerankRequest:
+    """A /prerank body as a checked `PrerankRequest`, exactly as `PrerankRequest.model_validate_json`
+    would give it (same values, same errors), faster for large JSON id columns.
+
+    pydantic turns a JSON array of 10,000 ids into 10,000 Python ints before numpy sees them (0.7 ms
+    per request on a 2-core Xeon VM, results/perf/vs-preissue/intel-run/); simdjson decodes the
+    column into an int64 array directly (0.14 ms). Any body that is not in the plain form goes
+    through pydantic unchanged.
+
+    Raises:
+        pydantic.ValidationError: the body is not valid JSON or a field is invalid.
+    """
+    decoded = _decoded_columns(body) if len(body) > 4 * FAST_MIN_IDS else None
+    if decoded is None:
+        return PrerankRequest.model_validate_json(body)
+    text, columns = decoded
+    parsed = PrerankRequest.model_validate_json(text, context={_COLUMNS: columns})
+    if not columns["used"]:  # the placeholder did not land in candidates.ad_ids: cannot happen for
+        return PrerankRequest.model_validate_json(body)  # the plain form, but never trust it
+    return parsed

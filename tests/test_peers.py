@@ -87,7 +87,8 @@ def test_the_profile_summary_counts_a_sample_for_every_stage_on_its_stack() -> N
 
     collapsed = "\n".join(
         [
-            "run_asgi (uvicorn/x.py:1);prerank (service/routes.py:70);model_validate_json (pydantic/m.py:9) 30",
+            "run_asgi (uvicorn/x.py:1);prerank (service/routes.py:70);parse_prerank (service/schemas.py:9);"
+            "model_validate_json (pydantic/m.py:9) 30",
             "run_asgi (uvicorn/x.py:1);run_in_threadpool (starlette/c.py:3);prerank (service/scorer.py:285);"
             "encode_user (service/scorer.py:268);forward (torch/nn/linear.py:1) 50",
             "run_asgi (uvicorn/x.py:1);_scored (service/routes.py:137);dumps (orjson:0) 20",
@@ -97,7 +98,7 @@ def test_the_profile_summary_counts_a_sample_for_every_stage_on_its_stack() -> N
     s = summarise(collapsed, top=2)
     assert s["samples"] == 100
     share = s["stage_share"]
-    assert share["HTTP server (uvicorn, starlette, FastAPI)"] == 1.0 and share["parse JSON (pydantic)"] == 0.3
+    assert share["HTTP server (uvicorn, starlette, FastAPI)"] == 1.0 and share["parse JSON (parse_prerank)"] == 0.3
     assert share["user tower"] == share["Scorer.prerank"] == share["threadpool hop"] == 0.5
     assert share["response (payload + orjson)"] == 0.2 and share["rank (gather + score + calibrate + top-k)"] == 0.0
     assert s["top_self"] == [

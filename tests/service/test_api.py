@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -231,6 +232,26 @@ def test_base64_columns_rank_exactly_like_json_arrays(client: TestClient, tiny) 
     a, b = lists.json(), binary.json()
     assert a["ad_ids"] == b["ad_ids"] and a["unknown_ad_ids"] == b["unknown_ad_ids"] == [10**12]
     np.testing.assert_allclose(a["ecpm"], b["ecpm"], rtol=1e-6)
+
+
+def test_large_json_columns_take_the_column_decoder_and_rank_like_base64(client: TestClient, tiny) -> None:  # type: ignore[no-untyped-def]
+    from service.schemas import FAST_MIN_IDS, _decoded_columns
+
+    known = [int(a) for a in tiny.ad_ids[:200]]
+    ads = known + [10**12 + i for i in range(FAST_MIN_IDS)]  # enough ids for the decoder; the rest unknown
+    bids = [float(b) for b in np.linspace(0.25, 4.0, len(ads), dtype=np.float32)]
+    body = {"user": {"id": "3"}, "candidates": {"ad_ids": ads, "bids": bids}, "top_k": 20}
+    assert _decoded_columns(orjson.dumps(body)) is not None
+    lists = client.post("/prerank", content=orjson.dumps(body), headers={"content-type": "application/json"})
+    packed = {"ad_ids": _b64(ads, "<i8"), "bids": _b64(bids, "<f4")}
+    binary = client.post("/prerank", json={**body, "candidates": packed})
+    assert lists.status_code == binary.status_code == 200, lists.text
+    a, b = lists.json(), binary.json()
+    assert a["ad_ids"] == b["ad_ids"] and len(a["ad_ids"]) == 20 and a["unknown_ad_ids"] == b["unknown_ad_ids"]
+    np.testing.assert_allclose(a["ecpm"], b["ecpm"], rtol=1e-6)
+    dup = {**body, "candidates": {"ad_ids": [*ads[:-1], ads[0]]}}
+    bad = client.post("/prerank", content=orjson.dumps(dup), headers={"content-type": "application/json"})
+    assert bad.status_code == 422 and "duplicate" in bad.text and "candidates" in bad.text
 
 
 @pytest.mark.parametrize(
