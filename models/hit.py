@@ -18,7 +18,16 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema, FeatureSpec, Kind
-from models.layers import MLP, FieldEmbedding, FieldLinear, check_wide, embedding_l2, without_wide
+from models.layers import (
+    MLP,
+    FieldEmbedding,
+    FieldLinear,
+    IdDrift,
+    check_wide,
+    drift_fields,
+    embedding_l2,
+    without_wide,
+)
 from models.scoring import maxsim
 
 __all__ = ["HIT", "HITConfig", "HITTower"]
@@ -48,6 +57,9 @@ class HITConfig(ModelConfig):
             cross-tower pair of a factorization machine, <e_u, e_a> for each user field u and ad
             field a, beside the towers. Folded into the heads as `vocab_dot` is; it covers the
             match term too (a shared vocabulary's two fields are one of its pairs).
+        drift: dense user or context fields (an impression's time) on which every ad-side id gets
+            its own slope (`models.layers.IdDrift`): per-ad weights that move with the value, as an
+            ad's quality drifts over a log's time span; folded into the heads as the linear part is.
     """
 
     heads: int = 2
@@ -60,6 +72,7 @@ class HITConfig(ModelConfig):
     wide: tuple[str, ...] = ()
     vocab_dot: bool = False
     field_dot: bool = False
+    drift: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.gen_loss not in GEN_LOSS_MODES:
@@ -163,11 +176,13 @@ class HIT(PrerankModel):
         self.user_tower, self.ad_tower = towers["user"], towers["ad"]
         self.user_linear = FieldLinear(user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(ad_fields, schema) if config.linear else None
+        self.drift = IdDrift(ad_fields, schema, drift_fields(schema, config.drift)) if config.drift else None
         self.bias = nn.Parameter(torch.zeros(()))
 
     # Folding: sum_i max_j <U_i, A_j> gains c_user + c_ad + <u, a> exactly when every user head
     # carries [u / H_u, 1 / H_u, c_user / H_u] and every ad head [a, c_ad, 1]: each added term is the
-    # same for every ad head j, so it passes through the max and sums over the H_u user heads.
+    # same for every ad head j, so it passes through the max and sums over the H_u user heads. The
+    # dot terms and the drift term are such <u, a> parts.
 
     def _user_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Folded user heads (B, H_u, p [+ V*D] [+ D] [+ 2]), the mimic vectors and the unfolded heads."""
@@ -179,6 +194,8 @@ class HIT(PrerankModel):
         if self.user_linear is not None:
             bias = self.user_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1) * share
             folded += [torch.full_like(bias, share), bias]
+        if self.drift is not None:
+            folded.append(self.drift.user(features).unsqueeze(1).expand(-1, heads.shape[1], -1) * share)
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def _ad_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -190,14 +207,18 @@ class HIT(PrerankModel):
         if self.ad_linear is not None:
             bias = self.ad_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1)
             folded += [bias, torch.ones_like(bias)]
+        if self.drift is not None:
+            folded.append(self.drift.ad(features).unsqueeze(1).expand(-1, heads.shape[1], -1))
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, H_u, p), widened by the dot terms' V*D [+ D] and the linear part's 2 where they are on."""
+        """(B, H_u, p), widened by the dot terms' V*D [+ D], the linear part's 2 and the drift's k
+        where they are on."""
         return self._user_heads(features)[0]
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, H_a, p), widened by the dot terms' V*D [+ D] and the linear part's 2 where they are on."""
+        """(N, H_a, p), widened by the dot terms' V*D [+ D], the linear part's 2 and the drift's k
+        where they are on."""
         return self._ad_heads(features)[0]
 
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
@@ -220,4 +241,6 @@ class HIT(PrerankModel):
         for linear in (self.user_linear, self.ad_linear):
             if linear is not None:
                 total = total + linear.l2()
+        if self.drift is not None:
+            total = total + self.drift.l2()
         return total

@@ -14,8 +14,10 @@ __all__ = [
     "RARE_IDS",
     "FieldEmbedding",
     "FieldLinear",
+    "IdDrift",
     "LightSE",
     "check_wide",
+    "drift_fields",
     "embedding_l2",
     "fold_for_inference",
     "jagged_to_padded",
@@ -320,6 +322,62 @@ class FieldLinear(nn.Module):
 
     def l2(self) -> torch.Tensor:
         return self.weights.l2()
+
+
+def drift_fields(schema: FeatureSchema, names: Sequence[str]) -> tuple[FeatureSpec, ...]:
+    """The request-side dense fields a model's `drift` names; ValueError naming any that is not one."""
+    if isinstance(names, str):
+        raise ValueError(f"drift must be a list of field names, got {names!r}")
+    request = {f.name: f for f in schema.user_fields if f.kind is Kind.DENSE}
+    wrong = [name for name in names if name not in request]
+    if wrong:
+        raise ValueError(
+            f"drift names fields that are not dense user or context fields of the schema: {wrong}"
+            f" (dense request-side fields: {sorted(request)})"
+        )
+    return tuple(request[name] for name in names)
+
+
+class IdDrift(nn.Module):
+    """Per-id slopes of the ad side's ids on request-side dense values: an ad's weight (and its
+    category's, its advertiser's) that moves with the impression's time, or with any dense user or
+    context value.
+
+    logit += sum_f x_f * sum_a s_{a,f}[id_a], over the named request-side dense fields f
+    (standardised as their specs say) and the ad side's id fields a. Each side's half is a vector:
+    the user side's the k values (`user`), the ad side's its k summed slopes (`ad`), so the term is
+    a dot product that a two-tower model folds into its heads and an index stores with the rest of
+    an ad's row. The slopes are embedding tables (initialised near 0) under the model's embedding
+    regulariser: an ad with few rows keeps a slope near 0.
+
+    Example::
+
+        drift = IdDrift(schema.ad_fields, schema, drift_fields(schema, ["ts"]))
+        term = (drift.user(features) * drift.ad(features)).sum(-1)  # (B,)
+    """
+
+    def __init__(self, ad_fields: Sequence[FeatureSpec], schema: FeatureSchema, request: Sequence[FeatureSpec]) -> None:
+        super().__init__()
+        ids = [f for f in ad_fields if f.kind is not Kind.DENSE]
+        if not ids or not request:
+            raise ValueError("drift needs at least one ad-side id field and one request-side dense field")
+        self.values = FieldEmbedding(request, schema, 1)
+        self.slopes = FieldEmbedding(ids, schema, len(request))
+
+    @property
+    def width(self) -> int:
+        return len(self.values.dense)
+
+    def user(self, features: Features) -> torch.Tensor:
+        """The request-side values, (B, k)."""
+        return torch.cat(self.values.dense_values(features), -1)
+
+    def ad(self, features: Features) -> torch.Tensor:
+        """The ad's slopes summed over its id fields, (N, k)."""
+        return torch.stack(self.slopes.embed(features), 0).sum(0)
+
+    def l2(self) -> torch.Tensor:
+        return self.slopes.l2()
 
 
 class LightSE(nn.Module):

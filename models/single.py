@@ -19,7 +19,16 @@ from torch import nn
 
 from models.base import AdBatch, ModelConfig, PrerankModel
 from models.features import Features, FeatureSchema
-from models.layers import MLP, FieldEmbedding, FieldLinear, check_wide, embedding_l2, without_wide
+from models.layers import (
+    MLP,
+    FieldEmbedding,
+    FieldLinear,
+    IdDrift,
+    check_wide,
+    drift_fields,
+    embedding_l2,
+    without_wide,
+)
 
 __all__ = ["COLD", "DCN", "LR", "COLDConfig", "DCNConfig", "DeepFM", "DeepFMConfig", "LRConfig", "SingleTower"]
 
@@ -32,11 +41,14 @@ class SingleTowerConfig(ModelConfig):
         linear: add the LR part (one weight per id) to the logit.
         wide: fields read only by the LR part, not embedded into the network (needs `linear`):
             raw ids with few rows each become L2-shrunk per-id weights the network cannot memorise.
+        drift: dense user or context fields (an impression's time) on which every ad-side id gets
+            its own slope (`models.layers.IdDrift`), added to the logit beside the linear part.
     """
 
     hidden: tuple[int, ...] = (300, 300, 128)
     linear: bool = True
     wide: tuple[str, ...] = ()
+    drift: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_wide(self.wide, self.linear)
@@ -57,30 +69,44 @@ class SingleTower(PrerankModel):
         self.ad_embedding = FieldEmbedding(without_wide(schema.ad_fields, schema, config.wide), schema, dim, shared)
         self.user_linear = FieldLinear(schema.user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(schema.ad_fields, schema) if config.linear else None
+        self.drift = IdDrift(schema.ad_fields, schema, drift_fields(schema, config.drift)) if config.drift else None
         self.n_fields = len(self.user_embedding.embedded) + len(self.ad_embedding.embedded)
         self.n_dense = len(self.user_embedding.dense) + len(self.ad_embedding.dense)
 
-    def _side(self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features) -> torch.Tensor:
+    def _side(
+        self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features, drift: torch.Tensor | None
+    ) -> torch.Tensor:
         parts = embedding.embed(features) + embedding.dense_values(features)
         if linear is not None:
             parts.append(linear(features))
+        if drift is not None:
+            parts.append(drift)
         return torch.cat(parts, -1).unsqueeze(1)
 
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, 1, m_u * D + n_dense_u [+ 1]): the user's embedded fields, dense values, linear part."""
-        return self._side(self.user_embedding, self.user_linear, features)
+        """(B, 1, m_u * D + n_dense_u [+ 1] [+ k]): the user's embedded fields, dense values, linear
+        part and drift values."""
+        drift = self.drift.user(features) if self.drift is not None else None
+        return self._side(self.user_embedding, self.user_linear, features, drift)
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, 1, m_a * D + n_dense_a [+ 1]): the ad's embedded fields, dense values, linear part."""
-        return self._side(self.ad_embedding, self.ad_linear, features)
+        """(N, 1, m_a * D + n_dense_a [+ 1] [+ k]): the ad's embedded fields, dense values, linear
+        part and drift slopes."""
+        drift = self.drift.ad(features) if self.drift is not None else None
+        return self._side(self.ad_embedding, self.ad_linear, features, drift)
 
-    def _split(self, rows: torch.Tensor, embedding: FieldEmbedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _split(
+        self, rows: torch.Tensor, embedding: FieldEmbedding
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fields (N, m, D), dense (N, n_dense), linear logit (N,), drift half (N, k)) of encoded rows."""
         d = self.config.embedding_dim
         m, nd = len(embedding.embedded), len(embedding.dense)
+        k = self.drift.width if self.drift is not None else 0
+        end = rows.shape[1] - k
         fields = rows[:, : m * d].view(len(rows), m, d)
         dense = rows[:, m * d : m * d + nd]
-        linear = rows[:, m * d + nd :].sum(-1)
-        return fields, dense, linear
+        linear = rows[:, m * d + nd : end].sum(-1)
+        return fields, dense, linear, rows[:, end:]
 
     @property
     def deep_width(self) -> int:
@@ -93,9 +119,9 @@ class SingleTower(PrerankModel):
         n = ads.shape[0]
         a = ads.reshape(n, -1).float()
         u = user.reshape(user.shape[0], -1).float().expand(n, -1)
-        uf, ud, ul = self._split(u, self.user_embedding)
-        af, ad, al = self._split(a, self.ad_embedding)
-        return self.head(torch.cat([uf, af], 1), torch.cat([ud, ad], 1)) + ul + al
+        uf, ud, ul, ux = self._split(u, self.user_embedding)
+        af, ad, al, ax = self._split(a, self.ad_embedding)
+        return self.head(torch.cat([uf, af], 1), torch.cat([ud, ad], 1)) + ul + al + (ux * ax).sum(-1)
 
     @abstractmethod
     def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -106,6 +132,8 @@ class SingleTower(PrerankModel):
         for linear in (self.user_linear, self.ad_linear):
             if linear is not None:
                 total = total + linear.l2()
+        if self.drift is not None:
+            total = total + self.drift.l2()
         return total
 
 
@@ -127,20 +155,26 @@ class LR(SingleTower):
         super().__init__(schema, config)
         self.bias = nn.Parameter(torch.zeros(()))
 
-    def _side(self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features) -> torch.Tensor:
+    def _side(
+        self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features, drift: torch.Tensor | None
+    ) -> torch.Tensor:
         assert linear is not None
-        return linear(features).unsqueeze(1)
+        parts = [linear(features)] if drift is None else [linear(features), drift]
+        return torch.cat(parts, -1).unsqueeze(1)
 
-    def _split(self, rows: torch.Tensor, embedding: FieldEmbedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _split(
+        self, rows: torch.Tensor, embedding: FieldEmbedding
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         empty = rows[:, :0]
-        return empty.view(len(rows), 0, 0), empty, rows.sum(-1)
+        return empty.view(len(rows), 0, 0), empty, rows[:, 0], rows[:, 1:]
 
     def head(self, fields: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         return self.bias.expand(len(fields))
 
     def regularizer(self) -> torch.Tensor:
         assert self.user_linear is not None and self.ad_linear is not None
-        return self.user_linear.l2() + self.ad_linear.l2()
+        total = self.user_linear.l2() + self.ad_linear.l2()
+        return total if self.drift is None else total + self.drift.l2()
 
 
 @dataclass(frozen=True)
@@ -195,8 +229,8 @@ class COLD(SingleTower):
         n = ads.shape[0]
         if user.shape[0] != 1 or n == 1:
             return super().score(user, ads)
-        uf, ud, ul = self._split(user.reshape(1, -1).float(), self.user_embedding)
-        af, ad, al = self._split(ads.reshape(n, -1).float(), self.ad_embedding)
+        uf, ud, ul, ux = self._split(user.reshape(1, -1).float(), self.user_embedding)
+        af, ad, al, ax = self._split(ads.reshape(n, -1).float(), self.ad_embedding)
         mu, d = uf.shape[1], self.config.embedding_dim
         m, ndu = self.n_fields, ud.shape[1]
         first = self.dnn[0]
@@ -207,7 +241,7 @@ class COLD(SingleTower):
         hidden = ad_part + user_part
         for layer in list(self.dnn)[1:]:
             hidden = layer(hidden)
-        return self.out(hidden).squeeze(-1) + ul + al
+        return self.out(hidden).squeeze(-1) + ul + al + (ux * ax).sum(-1)
 
 
 @dataclass(frozen=True)

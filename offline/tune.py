@@ -31,7 +31,15 @@ from models.registry import config_from_dict
 from offline.data import Dataset
 from offline.train import TrainConfig, rare_id_fields, train
 
-__all__ = ["SEARCH_SPACE", "TRAIN_KEYS", "default_params", "droppable_fields", "run_study", "suggest"]
+__all__ = [
+    "SEARCH_SPACE",
+    "TRAIN_KEYS",
+    "default_params",
+    "droppable_fields",
+    "run_study",
+    "suggest",
+    "warm_start_params",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "model.heads": ("categorical", (1, 2, 4)),
     "model.cross": ("categorical", ("vector", "matrix")),
     "model.temperature": ("float", 1.0, 30.0, True),
+    "model.drift": ("categorical", (False, True)),  # per-ad slopes on the kept dense context fields
 }
 
 
@@ -93,7 +102,8 @@ def suggest(
 
     `rare_ids` are the fields `model.wide` = "rare-ids" sends to the linear part; `cross_vocab`:
     whether the data has a vocabulary both towers embed (`model.vocab_dot` is searched only then);
-    `droppable`: fields each trial keeps or drops (`droppable_fields`; one `base` drops stay dropped).
+    `droppable`: fields each trial keeps or drops (`droppable_fields`; one `base` drops stay dropped);
+    `model.drift` (for a model with a `drift` setting) gives every ad-side id a slope on the kept ones.
     """
     model_fields = set(asdict(config_from_dict(model, {})))
     train_cfg = dict(base.get("train", {}))
@@ -104,6 +114,8 @@ def suggest(
         if name.startswith("model.") and key not in model_fields:
             continue
         if name == "model.vocab_dot" and not cross_vocab:
+            continue
+        if name == "model.drift":  # after the drops: it names the kept fields
             continue
         if name == "model.wide":
             if rare_ids and trial.suggest_categorical(name, list(spec[1])) == "rare-ids":
@@ -121,6 +133,10 @@ def suggest(
             dropped.append(field)
     if dropped:
         train_cfg["drop_features"] = sorted(dropped)
+    if droppable and "drift" in model_fields and trial.suggest_categorical("model.drift", [False, True]):
+        kept = [field for field in droppable if field not in dropped]
+        if kept:
+            model_cfg["drift"] = kept
     return train_cfg, model_cfg
 
 
@@ -142,6 +158,8 @@ def default_params(
             continue
         if name == "model.vocab_dot" and not cross_vocab:
             continue
+        if name == "model.drift":
+            continue
         if name == "model.wide":
             if rare_ids:
                 params[name] = "rare-ids"
@@ -151,7 +169,24 @@ def default_params(
             params[name] = min(max(float(value), spec[1]), spec[2])
         elif value in spec[1]:
             params[name] = value
-    return params | {f"drop.{field}": False for field in droppable}
+    drift = {"model.drift": False} if droppable and "drift" in model_defaults else {}
+    return params | {f"drop.{field}": False for field in droppable} | drift
+
+
+def warm_start_params(previous: dict[str, Any], anchor: dict[str, Any]) -> list[dict[str, Any]]:
+    """Trials that carry a previous study's best (its `tune.json`) into a new one whose defaults'
+    trial is `anchor`: the best params this study still searches, a parameter the previous study
+    did not search at the defaults' value; then, for each such parameter that takes a few values
+    (a setting added since, such as `model.drift`), the same trial once per other value."""
+    best = {k: v for k, v in previous["best"]["params"].items() if k in anchor}
+    added = [k for k in anchor if k not in best]
+    first = best | {k: anchor[k] for k in added}
+    trials = [first]
+    for name in added:
+        spec = SEARCH_SPACE.get(name, ("categorical", (False, True)))  # drop.<field>: keep or drop
+        if spec[0] == "categorical":
+            trials += [first | {name: value} for value in spec[1] if value != anchor[name]]
+    return trials
 
 
 def _objective(
@@ -193,8 +228,13 @@ def run_study(
     epochs: int = 30,
     base: dict[str, Any] | None = None,
     timeout: float | None = None,
+    warm_start: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Runs (or resumes) the study in OUT/study.db until it holds `trials` finished trials."""
+    """Runs (or resumes) the study in OUT/study.db until it holds `trials` finished trials.
+
+    A new study's first trial is the training defaults; with `warm_start` (a previous study's
+    `tune.json`, same model), the trials of `warm_start_params` follow it.
+    """
     import optuna
 
     out.mkdir(parents=True, exist_ok=True)
@@ -215,8 +255,11 @@ def run_study(
     # what the dataset offers the search: read once, for the defaults' trial and every other
     rare_ids, droppable = rare_id_fields(dataset), droppable_fields(dataset)
     cross_vocab = bool(cross_vocabularies(dataset))
-    if not study.trials:  # a new study: the defaults first (default_params)
-        study.enqueue_trial(default_params(model, rare_ids, cross_vocab, droppable))
+    if not study.trials:  # a new study: the defaults first (default_params), then a previous best
+        anchor = default_params(model, rare_ids, cross_vocab, droppable)
+        study.enqueue_trial(anchor)
+        for params in warm_start_params(warm_start, anchor) if warm_start else ():
+            study.enqueue_trial(params, skip_if_exists=True)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = sum(t.state in finished for t in study.trials)
     started = time.perf_counter()
@@ -241,6 +284,7 @@ def run_study(
         "epochs_cap": epochs,
         "trials_budget": trials,
         "best": {"number": best.number, "valid_auc": best.value, "params": best.params},
+        "warm_start": None if warm_start is None else {"study": warm_start.get("study"), **warm_start["best"]},
         "model_config": model_config,
         "train_config": train_config,
         "trials": [

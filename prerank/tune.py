@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from models.registry import MODELS
 from prerank.job import UsageError, add_data_args, add_threads_arg, job_parser, json_arg, json_object, run_job
@@ -32,8 +34,30 @@ def parser() -> argparse.ArgumentParser:
         default={},
         help='fixed settings the search starts from: {"train": {...}, "model_config": {...}} (JSON or .json file)',
     )
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        help="a previous study of this model (its folder or tune.json): a new study tries its best trial "
+        "right after the defaults, once per value of each setting that study did not search",
+    )
     add_threads_arg(p, default=1)
     return p
+
+
+def _previous_study(path: Path, model: str) -> dict[str, Any]:
+    """The tune.json at PATH (or in the folder PATH), checked to be a study of `model`."""
+    file = path / "tune.json" if path.is_dir() else path
+    try:
+        summary = json.loads(file.read_text())
+        best = summary["best"]["params"]
+        previous = summary["model"]
+    except FileNotFoundError:
+        raise UsageError(f"--warm-start: {file} does not exist") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"--warm-start: {file} is not a tune.json written by prerank tune") from None
+    if previous != model or not isinstance(best, dict):
+        raise UsageError(f"--warm-start: {file} is a study of {previous!r}, not of {model!r}")
+    return cast(dict[str, Any], summary)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -48,13 +72,16 @@ def _run(args: argparse.Namespace) -> None:
     from offline.train import TrainConfig
     from offline.tune import run_study
 
+    warm_start = _previous_study(args.warm_start, args.model) if args.warm_start else None
     config_from_dict(args.model, dict(args.base.get("model_config", {})))
     try:
         TrainConfig(**args.base.get("train", {}))
     except TypeError as exc:
         raise UsageError(f"--base train: {exc}") from None
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
-    summary = run_study(dataset, args.model, args.out, args.trials, args.seed, args.epochs, args.base, args.timeout)
+    summary = run_study(
+        dataset, args.model, args.out, args.trials, args.seed, args.epochs, args.base, args.timeout, warm_start
+    )
     best = summary["best"]
     states = [t["state"] for t in summary["trials"]]
     print(

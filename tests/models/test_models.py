@@ -397,3 +397,39 @@ def test_dcn_matrix_cross_is_dcn_v2s_layer_and_serves_like_training(tiny, batch)
     assert isinstance(vector, DCN) and vector.cross_w.shape == (3, vector.deep_width)
     with pytest.raises(ValueError, match="cross must be"):
         DCNConfig(cross="full")
+
+
+@pytest.mark.parametrize("name", ["hit", "dcn", "cold", "deepfm", "lr"])
+def test_drift_gives_every_ad_id_a_slope_on_a_request_value(tiny, batch, name: str) -> None:  # type: ignore[no-untyped-def]
+    """drift=("ts",) adds ts * (s_ad_id[ad] + s_category[category]) to the logit and nothing else:
+    the same weights without drift score exactly that much less, in training and through the
+    served path (encoded user against encoded ads)."""
+    torch.manual_seed(0)
+    ts = FeatureSpec(name="ts", side=Side.CONTEXT, kind=Kind.DENSE)
+    schema = FeatureSchema((*tiny.schema.features, ts), tiny.schema.vocab_sizes)
+    base = {"linear": True} if name == "hit" else {}
+    model = build_model(name, schema, base | {"drift": ["ts"]}).eval()
+    plain = build_model(name, schema, base).eval()
+    feats, _ = batch
+    feats = {**feats, "ts": torch.randn(64)}
+    with torch.no_grad():
+        assert model.drift is not None
+        for p in model.drift.parameters():  # slopes of order 1: the term must be exact, not merely small
+            p.normal_()
+        missing = plain.load_state_dict(model.state_dict(), strict=False)
+        assert not missing.missing_keys and all(k.startswith("drift.") for k in missing.unexpected_keys)
+        drift = model.drift
+        assert set(drift.slopes.tables) == {"ad_id", "category", "advertiser"}
+        slopes = sum(drift.slopes.tables[k](feats[k]) for k in ("ad_id", "category", "advertiser")).squeeze(-1)
+        torch.testing.assert_close(model(feats) - plain(feats), feats["ts"] * slopes, rtol=1e-4, atol=1e-3)
+        served = model.score(model.encode_user(feats)[:1], model.encode_ad(feats))  # one user, 64 ads
+        before = plain.score(plain.encode_user(feats)[:1], plain.encode_ad(feats))
+        torch.testing.assert_close(served - before, feats["ts"][0] * slopes, rtol=1e-4, atol=1e-3)
+        assert model.regularizer() > plain.regularizer()  # the slopes are under the embedding prior
+
+
+def test_drift_names_a_dense_request_field_or_fails_in_one_line(tiny) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"not dense user or context fields of the schema: \['category'\]"):
+        build_model("hit", tiny.schema, {"drift": ["category"]})
+    with pytest.raises(ValueError, match="drift must be a list of field names"):
+        build_model("dcn", tiny.schema, {"drift": "ts"})

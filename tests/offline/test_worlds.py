@@ -126,8 +126,18 @@ def test_tune_improves_a_deliberately_bad_config_and_resumes(
     assert trained["train_config"]["lr"] == tuned["lr"] and trained["train_config"]["epochs"] == 3
     # resuming: the same study, one more trial
     assert main([*args, "--trials", "5"]) == 0
-    assert len(json.loads((study / "tune.json").read_text())["trials"]) == 5
+    resumed = json.loads((study / "tune.json").read_text())
+    assert len(resumed["trials"]) == 5
+    # a new study warm-started from this one tries its best right after the defaults
+    warm = [*args[:-6], "--out", str(tmp_path / "warm"), "--epochs", "1", "--trials", "2", "--warm-start", str(study)]
+    assert main(warm) == 0
+    trials = json.loads((tmp_path / "warm" / "tune.json").read_text())["trials"]
+    assert trials[1]["params"] == resumed["best"]["params"] != trials[0]["params"]
     capsys.readouterr()
+    assert main([*warm[:-2], "--warm-start", str(tmp_path / "nowhere")]) == 2
+    assert main([*warm[:-2], "--warm-start", str(study), "--model", "hit"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "does not exist" in err and "is a study of 'dcn', not of 'hit'" in err
 
 
 def test_a_loaded_world_carries_its_true_click_probability(worlds: dict[str, tuple[Path, dict]]) -> None:
@@ -220,13 +230,19 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     assert dot["vocab_dot"] is True and dot["field_dot"] is True and dot["heads"] == 4
     _, dcn = suggest(optuna.trial.FixedTrial(params), "dcn", {}, ("user_id",), cross_vocab=True)
     assert not {"vocab_dot", "field_dot", "heads"} & set(dcn) and dcn["cross"] == "matrix"  # HIT's, DCN's
+    drift = params | {"drop.ts": False, "model.drift": True}
+    _, drifting = suggest(optuna.trial.FixedTrial(drift), "hit", {}, ("user_id",), droppable=("ts",))
+    assert drifting["drift"] == ["ts"]  # every ad id gets a slope on the kept time
+    train_cfg, dropped = suggest(optuna.trial.FixedTrial(drift | {"drop.ts": True}), "dcn", {}, droppable=("ts",))
+    assert train_cfg["drop_features"] == ["ts"] and "drift" not in dropped  # nothing left to drift on
+    assert "drift" not in suggest(optuna.trial.FixedTrial(drift), "dssm", {}, droppable=("ts",))[1]
     trained = train(ds, "hit", {}, TrainConfig(epochs=1, progress=False))
     assert trained.metrics["model_config"]["wide"] == ("user_id",) and trained.metrics["model_config"]["linear"]
 
 
 def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: dict[str, tuple[Path, dict]]) -> None:
     from offline.train import rare_id_fields
-    from offline.tune import cross_vocabularies, default_params, droppable_fields, run_study
+    from offline.tune import cross_vocabularies, default_params, droppable_fields, run_study, warm_start_params
 
     ds = load_dataset(str(worlds["cross"][0] / "cross.toml"))
     assert cross_vocabularies(ds) == ("category",)  # the history and the ad's category
@@ -246,6 +262,7 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         "model.field_dot": False,
         "model.heads": 2,
         "drop.ts": False,  # every field kept
+        "model.drift": False,  # no per-id slopes on the time
     }
     assert "model.vocab_dot" not in default_params("hit", rare_id_fields(ds))  # nothing to match: not searched
     assert default_params("dcn")["model.cross"] == "vector" and "model.cross" not in anchor
@@ -256,6 +273,16 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
     assert first["params"] == anchor and second["params"] != anchor
     resumed = run_study(ds, "hit", tmp_path / "study", trials=3, epochs=1)  # no second anchor on resume
     assert [t["params"] == anchor for t in resumed["trials"]] == [True, False, False]
+    # warm start: a previous study's best (one from before `model.drift` was searched) right after
+    # the defaults, once per value of the setting it did not search
+    best = dict(resumed["trials"][1]["params"])
+    del best["model.drift"]
+    previous = {"study": "old", "best": {"number": 1, "valid_auc": 0.6, "params": best}}
+    carried = [best | {"model.drift": False}, best | {"model.drift": True}]
+    assert warm_start_params(previous, anchor) == carried
+    warm = run_study(ds, "hit", tmp_path / "warm", trials=3, epochs=1, warm_start=previous)
+    assert [t["params"] for t in warm["trials"]] == [anchor, *carried]
+    assert warm["warm_start"]["study"] == "old"
 
 
 def test_a_worlds_schema_declares_the_time_and_pools_the_history_by_recency(
