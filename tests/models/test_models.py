@@ -6,7 +6,7 @@ import torch
 
 from models.features import FeatureSchema, FeatureSpec, Jagged, Kind, Side, Vocabulary
 from models.hit import HIT, HITConfig
-from models.layers import FieldLinear
+from models.layers import FieldLinear, IdDrift
 from models.losses import auxiliary_loss, hit_generation_loss
 from models.registry import MODELS, build_model, config_from_dict
 from models.scoring import maxsim
@@ -412,15 +412,16 @@ def test_drift_gives_every_ad_id_a_slope_on_a_request_value(tiny, batch, name: s
     plain = build_model(name, schema, base).eval()
     feats, _ = batch
     feats = {**feats, "ts": torch.randn(64)}
+    drift = model.drift
+    assert isinstance(drift, IdDrift)
     with torch.no_grad():
-        assert model.drift is not None
-        for p in model.drift.parameters():  # slopes of order 1: the term must be exact, not merely small
+        for p in drift.parameters():  # slopes of order 1: the term must be exact, not merely small
             p.normal_()
         missing = plain.load_state_dict(model.state_dict(), strict=False)
         assert not missing.missing_keys and all(k.startswith("drift.") for k in missing.unexpected_keys)
-        drift = model.drift
-        assert set(drift.slopes.tables) == {"ad_id", "category", "advertiser"}
-        slopes = sum(drift.slopes.tables[k](feats[k]) for k in ("ad_id", "category", "advertiser")).squeeze(-1)
+        tables = drift.slopes.tables
+        assert set(tables) == {"ad_id", "category", "advertiser"}
+        slopes = torch.stack([tables[k](feats[k]) for k in ("ad_id", "category", "advertiser")]).sum(0).squeeze(-1)
         torch.testing.assert_close(model(feats) - plain(feats), feats["ts"] * slopes, rtol=1e-4, atol=1e-3)
         served = model.score(model.encode_user(feats)[:1], model.encode_ad(feats))  # one user, 64 ads
         before = plain.score(plain.encode_user(feats)[:1], plain.encode_ad(feats))
