@@ -30,8 +30,10 @@ A huge integer id space is hashed instead: `hash_buckets = 4194304, hash = "spli
 
 Rows are split 80/20 into train+valid and test (randomly with `split_seed`, or by time when
 `timestamp` is given: the latest 20% are the test rows), and 1/8 of train+valid is the
-validation set. A log already split into files names them instead of `files` (globs allowed;
-this is what `prerank train --stream` reads shard by shard)::
+validation set: a seeded random 1/8, or with `valid = "latest"` (time-ordered logs) the latest
+1/8, which validates the way the test rows test, after every training row. A log already split
+into files names them instead of `files` (globs allowed; this is what `prerank train --stream`
+reads shard by shard)::
 
     [splits]
     train = ["train/*.parquet"]
@@ -171,6 +173,9 @@ class TableSpec(_Strict):
     features: tuple[ColumnSpec, ...]
     timestamp: str | None = None
     bid: str | None = None
+    #: which train+valid rows validate: "random" (a seeded 1/8) or "latest" (the latest 1/8 in time,
+    #: out-of-time validation: needs `timestamp`)
+    valid: Literal["random", "latest"] = "random"
 
     @field_validator("files", mode="before")
     @classmethod
@@ -188,6 +193,8 @@ class TableSpec(_Strict):
     def _consistent(self) -> TableSpec:
         if bool(self.files) == (self.splits is not None):
             raise ValueError("give either files (split here) or [splits] (train/valid/test files), not both or neither")
+        if self.valid == "latest" and (self.timestamp is None or self.splits is not None):
+            raise ValueError('valid = "latest" needs a timestamp column and files split here (not [splits])')
         names = [f.name for f in self.features]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -276,17 +283,25 @@ def _glob(base: Path, patterns: tuple[str, ...], where: str) -> tuple[Path, ...]
     return tuple(out)
 
 
-def split_rows(n: int, timestamped: bool, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_rows(
+    n: int, timestamped: bool, seed: int, latest_valid: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, valid, test) row positions of an n-row table (rows in time order if `timestamped`).
 
-    Test: the latest 20% (time order) or a random 20%; valid: a random 1/8 of the rest.
+    Test: the latest 20% (time order) or a random 20%; valid: a random 1/8 of the rest, or with
+    `latest_valid` (time order only) the latest 1/8 of the rest, so that validation, like the
+    test rows, comes after every training row.
     """
     n_test = round(n * TEST_FRACTION)
     rng = np.random.default_rng(seed)
     order = np.arange(n) if timestamped else rng.permutation(n)
     train_valid, test = order[: n - n_test], order[n - n_test :]
-    shuffled = rng.permutation(train_valid)
     n_valid = round(len(train_valid) * VALID_FRACTION)
+    if latest_valid:
+        if not timestamped:
+            raise ValueError("the latest rows validate only in a time-ordered table")
+        return train_valid[: len(train_valid) - n_valid], train_valid[len(train_valid) - n_valid :], test
+    shuffled = rng.permutation(train_valid)
     return np.sort(shuffled[n_valid:]), np.sort(shuffled[:n_valid]), test
 
 
@@ -476,7 +491,7 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
         frame = _in_time_order(_read(spec), spec)
         if len(frame) < 10:
             raise ValueError(f"{spec.name}: {len(frame)} rows is too few to split")
-        train, valid, test = split_rows(len(frame), bool(spec.timestamp), seed)
+        train, valid, test = split_rows(len(frame), bool(spec.timestamp), seed, spec.valid == "latest")
     labels = _labels(frame, spec)
 
     fit = frame.iloc[train]
@@ -533,6 +548,7 @@ def load_tabular(schema_file: Path, data_dir: Path | None = None, seed: int = 10
             "schema_sha256": spec_digest,
             "split_seed": seed if not spec.split_files else None,
             "split": "files" if spec.split_files else ("time" if spec.timestamp else "random"),
+            "valid": "files" if spec.split_files else spec.valid,
             "ad_ids_from": ad_id_source,
         },
     )

@@ -2,17 +2,21 @@
 # The worlds tables (results/worlds/): every model on the three generated worlds with the CLI
 # defaults, then prerank tune for each of MODELS (default: HIT, DCN and DSSM) on each world and the
 # tuned table of those models. TRIALS (default 16) is each study's trial budget, TUNE_TIMEOUT
-# (seconds) stops a study from starting more trials. Every step reuses finished runs and studies,
-# so an interrupted run resumes. ~3.5 h on 2 cores.
+# (seconds) stops a study from starting more trials. WARM=1 starts each new study from the best
+# trial of the committed one in results/worlds/tuned/<world>-<model>/ (prerank tune --warm-start).
+# Every step reuses finished runs and studies, so an interrupted run resumes. ~3.5 h on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 prerank worlds --out results/worlds --runs runs/worlds                       # defaults, 6 models x 3 seeds
 for structure in maxsim cross sequence; do
   for model in ${MODELS:-hit dcn dssm}; do
+    warm=()
+    previous="results/worlds/tuned/$structure-$model/tune.json"
+    [ -n "${WARM:-}" ] && [ -f "$previous" ] && warm=(--warm-start "$previous")
     prerank tune --dataset "runs/worlds/$structure/data/$structure.toml" --model "$model" \
                  --trials "${TRIALS:-16}" --epochs 12 --seed 0 ${TUNE_TIMEOUT:+--timeout "$TUNE_TIMEOUT"} \
-                 --out "runs/tune/$structure-$model" &
+                 "${warm[@]}" --out "runs/tune/$structure-$model" &
     [ "$(jobs -r | wc -l)" -ge 2 ] && wait -n
   done
 done

@@ -348,3 +348,29 @@ def test_weights_with_separate_tables_do_not_load_into_a_shared_table(tmp_path: 
     (tmp_path / "a" / "config.json").write_text(_json.dumps(config))
     with pytest.raises(ArtifactError, match="separate tables"):
         load_artifact(tmp_path / "a")
+
+
+def test_latest_validation_rows_come_after_every_training_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """valid = "latest": the validation rows are the latest 1/8 of the non-test rows in time (out-of-time
+    validation), not a random 1/8; it needs a timestamp."""
+    frame = _frame().assign(ts=np.random.default_rng(1).permutation(600))  # the file is not in time order
+    features = SHARED.replace("[[features]]", 'timestamp = "ts"\n[[features]]', 1)
+    split = {}
+    for how in ("random", "latest"):
+        schema = _schema(tmp_path, features.replace('timestamp = "ts"', f'timestamp = "ts"\nvalid = "{how}"'), frame)
+        ds = load_dataset(schema)
+        assert (len(ds.valid), len(ds.test)) == (60, 120) and ds.info["valid"] == how
+        split[how] = ds
+    from offline.data.tabular import split_rows
+
+    train, valid, test = split_rows(600, True, 1023, latest_valid=True)
+    assert train.max() < valid.min() and valid.max() < test.min() and len(valid) == 60  # in time order
+    train_r, valid_r, _ = split_rows(600, True, 1023)
+    assert valid_r.min() < train_r.max()  # the random 1/8 lies inside the training period
+    assert not np.array_equal(split["random"].valid.labels, split["latest"].valid.labels)
+    no_time = _schema(tmp_path, SHARED.replace("[[features]]", 'valid = "latest"\n[[features]]', 1))
+    assert main(["train", "--dataset", no_time, "--out", str(tmp_path / "o"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert 'valid = "latest" needs a timestamp column' in err and len(err.splitlines()) == 1, err
