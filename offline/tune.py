@@ -315,6 +315,16 @@ def _markdown(summary: dict[str, Any], out: Path) -> str:
         f"{summary['trials_budget']} trials, epoch cap {summary['epochs_cap']}; objective: validation AUC "
         "(the test split is not read).",
         "",
+        *(
+            [
+                f"Warm-started from study `{warm['study']}`: its best trial ({warm['number']}, validation AUC "
+                f"{warm['valid_auc']:.4f}) ran right after the defaults, once per value of each setting it did "
+                "not search.",
+                "",
+            ]
+            if (warm := summary.get("warm_start"))
+            else []
+        ),
         f"Best: trial {summary['best']['number']}, validation AUC {summary['best']['valid_auc']:.4f}. Train with:",
         "",
         "```bash",

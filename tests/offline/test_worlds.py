@@ -283,6 +283,10 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
     warm = run_study(ds, "hit", tmp_path / "warm", trials=3, epochs=1, warm_start=previous)
     assert [t["params"] for t in warm["trials"]] == [anchor, *carried]
     assert warm["warm_start"]["study"] == "old"
+    assert (
+        "Warm-started from study `old`: its best trial (1, validation AUC 0.6000)"
+        in (tmp_path / "warm" / "tune.md").read_text()
+    )
 
 
 def test_a_worlds_schema_declares_the_time_and_pools_the_history_by_recency(
