@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from models.artifact import load_artifact
 from models.features import HashedVocabulary, Vocabulary
+from models.layers import IdDrift
 from models.registry import MODELS, build_model
 from offline.data import load_dataset
 from offline.export import export
@@ -374,3 +375,48 @@ def test_latest_validation_rows_come_after_every_training_row(
     assert main(["train", "--dataset", no_time, "--out", str(tmp_path / "o"), "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert 'valid = "latest" needs a timestamp column' in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("model", ["hit", "dcn"])
+def test_served_drift_reads_the_request_time_like_training(tmp_path: Path, model: str) -> None:
+    """A model with per-ad slopes on a context time field serves them: the server standardises the
+    request's raw `ts` as training did, and the pCTR of two requests that differ only in `ts` moves
+    as the offline model's does (tested to 1e-6, so a dropped term would show)."""
+    frame = _frame().assign(ts=np.arange(600) * 10.0)
+    time_field = '[[features]]\ncolumn = "ts"\nside = "context"\nkind = "dense"\nnormalize = true\n'
+    ds = load_dataset(_schema(tmp_path, SHARED + time_field, frame))
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, progress=False, calibration="none")
+    result = train(ds, model, {"drift": ["ts"]}, cfg, tmp_path / "art")
+    drift = result.model.drift
+    assert result.artifact is not None and isinstance(drift, IdDrift)
+    slopes = drift.slopes.tables["a"].weight
+    assert slopes.abs().max() > 0.01  # trained away from their near-zero start
+    export(result.artifact, ds, f"local:{tmp_path / 'store'}")
+    ad_ids = ds.ad_ids[:20].tolist()
+    served = {}
+    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
+        for ts in (1000.0, 9000.0):
+            body = {
+                "user": {"features": {"u": "3", "tags": ["1"], "age": 30, "ts": ts}},
+                "candidates": {"ad_ids": ad_ids},
+            }
+            r = client.post("/prerank", json=body | {"top_k": 20})
+            assert r.status_code == 200, r.text
+            served[ts] = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
+    spec = {f.name: f for f in ds.schema.features}
+    net = result.model.eval()
+    ad_feats = ds.ads.take(np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids]))
+    for ts in (1000.0, 9000.0):
+        feats = {
+            "u": torch.tensor([ds.vocabs["u"].encode_one("3")]),
+            "tags": __import__("models.features", fromlist=["Jagged"]).Jagged(
+                torch.from_numpy(spec["tags"].truncate(ds.vocabs["category"].encode(["1"]))),
+                torch.zeros(1, dtype=torch.int64),
+            ),
+            "age": torch.from_numpy(spec["age"].bucketize([30])),
+            "ts": torch.tensor([ts]),
+        }
+        with torch.inference_mode():
+            offline = torch.sigmoid(net.score(net.encode_user(feats), net.encode_ad(ad_feats)).reshape(-1)).numpy()
+        np.testing.assert_allclose([served[ts][a] for a in ad_ids], offline, rtol=1e-5, atol=1e-6)
+    assert max(abs(served[1000.0][a] - served[9000.0][a]) for a in ad_ids) > 1e-3
