@@ -23,6 +23,7 @@ from models.layers import (
     FieldEmbedding,
     FieldLinear,
     IdDrift,
+    IdMatch,
     check_wide,
     drift_fields,
     embedding_l2,
@@ -60,6 +61,10 @@ class HITConfig(ModelConfig):
         drift: dense user or context fields (an impression's time) on which every ad-side id gets
             its own slope (`models.layers.IdDrift`): per-ad weights that move with the value, as an
             ad's quality drifts over a log's time span; folded into the heads as the linear part is.
+        match: add the exact, position-weighted matches of the ad's ids in the user's behaviour
+            sequences of their vocabulary (`models.layers.IdMatch`: one learned weight per position
+            back from the newest); folded into the heads as the linear part is, one column per id
+            of the vocabulary (at most `MATCH_WIDTH`, hashed beyond).
     """
 
     heads: int = 2
@@ -73,6 +78,7 @@ class HITConfig(ModelConfig):
     vocab_dot: bool = False
     field_dot: bool = False
     drift: tuple[str, ...] = ()
+    match: bool = False
 
     def __post_init__(self) -> None:
         if self.gen_loss not in GEN_LOSS_MODES:
@@ -177,6 +183,7 @@ class HIT(PrerankModel):
         self.user_linear = FieldLinear(user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(ad_fields, schema) if config.linear else None
         self.drift = IdDrift(ad_fields, schema, drift_fields(schema, config.drift)) if config.drift else None
+        self.match = IdMatch(schema) if config.match else None
         self.bias = nn.Parameter(torch.zeros(()))
 
     # Folding: sum_i max_j <U_i, A_j> gains c_user + c_ad + <u, a> exactly when every user head
@@ -185,7 +192,7 @@ class HIT(PrerankModel):
     # dot terms and the drift term are such <u, a> parts.
 
     def _user_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded user heads (B, H_u, p [+ V*D] [+ D] [+ 2]), the mimic vectors and the unfolded heads."""
+        """Folded user heads (B, H_u, p [+ V*D] [+ D] [+ 2] [+ k] [+ M]), the mimic vectors and the unfolded heads."""
         heads, mimic, dots = self.user_tower(features)
         folded = [heads]
         share = 1.0 / heads.shape[1]
@@ -196,10 +203,12 @@ class HIT(PrerankModel):
             folded += [torch.full_like(bias, share), bias]
         if self.drift is not None:
             folded.append(self.drift.user(features).unsqueeze(1).expand(-1, heads.shape[1], -1) * share)
+        if self.match is not None:
+            folded.append(self.match.user(features).unsqueeze(1).expand(-1, heads.shape[1], -1) * share)
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def _ad_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded ad heads (N, H_a, p [+ V*D] [+ D] [+ 2]), the mimic vectors and the unfolded heads."""
+        """Folded ad heads (N, H_a, p [+ V*D] [+ D] [+ 2] [+ k] [+ M]), the mimic vectors and the unfolded heads."""
         heads, mimic, dots = self.ad_tower(features)
         folded = [heads]
         if dots is not None:
@@ -209,16 +218,18 @@ class HIT(PrerankModel):
             folded += [bias, torch.ones_like(bias)]
         if self.drift is not None:
             folded.append(self.drift.ad(features).unsqueeze(1).expand(-1, heads.shape[1], -1))
+        if self.match is not None:
+            folded.append(self.match.ad(features).unsqueeze(1).expand(-1, heads.shape[1], -1))
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, H_u, p), widened by the dot terms' V*D [+ D], the linear part's 2 and the drift's k
-        where they are on."""
+        """(B, H_u, p), widened by the dot terms' V*D [+ D], the linear part's 2, the drift's k and
+        the match's M where they are on."""
         return self._user_heads(features)[0]
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, H_a, p), widened by the dot terms' V*D [+ D], the linear part's 2 and the drift's k
-        where they are on."""
+        """(N, H_a, p), widened by the dot terms' V*D [+ D], the linear part's 2, the drift's k and
+        the match's M where they are on."""
         return self._ad_heads(features)[0]
 
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:

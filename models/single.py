@@ -24,6 +24,7 @@ from models.layers import (
     FieldEmbedding,
     FieldLinear,
     IdDrift,
+    IdMatch,
     check_wide,
     drift_fields,
     embedding_l2,
@@ -43,12 +44,15 @@ class SingleTowerConfig(ModelConfig):
             raw ids with few rows each become L2-shrunk per-id weights the network cannot memorise.
         drift: dense user or context fields (an impression's time) on which every ad-side id gets
             its own slope (`models.layers.IdDrift`), added to the logit beside the linear part.
+        match: add the exact, position-weighted matches of the ad's ids in the user's behaviour
+            sequences of their vocabulary (`models.layers.IdMatch`) to the logit beside the linear part.
     """
 
     hidden: tuple[int, ...] = (300, 300, 128)
     linear: bool = True
     wide: tuple[str, ...] = ()
     drift: tuple[str, ...] = ()
+    match: bool = False
 
     def __post_init__(self) -> None:
         check_wide(self.wide, self.linear)
@@ -70,39 +74,47 @@ class SingleTower(PrerankModel):
         self.user_linear = FieldLinear(schema.user_fields, schema) if config.linear else None
         self.ad_linear = FieldLinear(schema.ad_fields, schema) if config.linear else None
         self.drift = IdDrift(schema.ad_fields, schema, drift_fields(schema, config.drift)) if config.drift else None
+        self.match = IdMatch(schema) if config.match else None
         self.n_fields = len(self.user_embedding.embedded) + len(self.ad_embedding.embedded)
         self.n_dense = len(self.user_embedding.dense) + len(self.ad_embedding.dense)
 
     def _side(
-        self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features, drift: torch.Tensor | None
+        self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features, dot: torch.Tensor | None
     ) -> torch.Tensor:
         parts = embedding.embed(features) + embedding.dense_values(features)
         if linear is not None:
             parts.append(linear(features))
-        if drift is not None:
-            parts.append(drift)
+        if dot is not None:
+            parts.append(dot)
         return torch.cat(parts, -1).unsqueeze(1)
 
+    @property
+    def dot_width(self) -> int:
+        """Width of each side's dot-product half: the drift's k values and the match's M columns."""
+        return (self.drift.width if self.drift is not None else 0) + (self.match.width if self.match is not None else 0)
+
+    def _dot_half(self, features: Features, side: str) -> torch.Tensor | None:
+        """This side's half of the drift and match terms (their dot product is the terms' sum)."""
+        parts = [getattr(term, side)(features) for term in (self.drift, self.match) if term is not None]
+        return torch.cat(parts, -1) if parts else None
+
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, 1, m_u * D + n_dense_u [+ 1] [+ k]): the user's embedded fields, dense values, linear
-        part and drift values."""
-        drift = self.drift.user(features) if self.drift is not None else None
-        return self._side(self.user_embedding, self.user_linear, features, drift)
+        """(B, 1, m_u * D + n_dense_u [+ 1] [+ k] [+ M]): the user's embedded fields, dense values,
+        linear part, drift values and match multi-hot."""
+        return self._side(self.user_embedding, self.user_linear, features, self._dot_half(features, "user"))
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, 1, m_a * D + n_dense_a [+ 1] [+ k]): the ad's embedded fields, dense values, linear
-        part and drift slopes."""
-        drift = self.drift.ad(features) if self.drift is not None else None
-        return self._side(self.ad_embedding, self.ad_linear, features, drift)
+        """(N, 1, m_a * D + n_dense_a [+ 1] [+ k] [+ M]): the ad's embedded fields, dense values,
+        linear part, drift slopes and match one-hot."""
+        return self._side(self.ad_embedding, self.ad_linear, features, self._dot_half(features, "ad"))
 
     def _split(
         self, rows: torch.Tensor, embedding: FieldEmbedding
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(fields (N, m, D), dense (N, n_dense), linear logit (N,), drift half (N, k)) of encoded rows."""
+        """(fields (N, m, D), dense (N, n_dense), linear logit (N,), dot half (N, k + M)) of encoded rows."""
         d = self.config.embedding_dim
         m, nd = len(embedding.embedded), len(embedding.dense)
-        k = self.drift.width if self.drift is not None else 0
-        end = rows.shape[1] - k
+        end = rows.shape[1] - self.dot_width
         fields = rows[:, : m * d].view(len(rows), m, d)
         dense = rows[:, m * d : m * d + nd]
         linear = rows[:, m * d + nd : end].sum(-1)
@@ -156,10 +168,10 @@ class LR(SingleTower):
         self.bias = nn.Parameter(torch.zeros(()))
 
     def _side(
-        self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features, drift: torch.Tensor | None
+        self, embedding: FieldEmbedding, linear: FieldLinear | None, features: Features, dot: torch.Tensor | None
     ) -> torch.Tensor:
         assert linear is not None
-        parts = [linear(features)] if drift is None else [linear(features), drift]
+        parts = [linear(features)] if dot is None else [linear(features), dot]
         return torch.cat(parts, -1).unsqueeze(1)
 
     def _split(

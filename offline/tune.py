@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from models.features import Kind, Side
+from models.layers import match_pairs
 from models.provenance import code_version, machine
 from models.registry import config_from_dict
 from offline.data import Dataset
@@ -36,6 +37,7 @@ __all__ = [
     "TRAIN_KEYS",
     "default_params",
     "droppable_fields",
+    "matchable",
     "run_study",
     "suggest",
     "warm_start_params",
@@ -71,6 +73,7 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "model.cross": ("categorical", ("vector", "matrix")),
     "model.temperature": ("float", 1.0, 30.0, True),
     "model.drift": ("categorical", (False, True)),  # per-ad slopes on the kept dense context fields
+    "model.match": ("categorical", (False, True)),  # exact ad-id matches in the user's histories
 }
 
 
@@ -80,6 +83,16 @@ def cross_vocabularies(dataset: Dataset) -> tuple[str, ...]:
     schema = dataset.schema
     sides = [{f.vocab for f in fields if f.vocab} for fields in (schema.user_fields, schema.ad_fields)]
     return tuple(sorted(sides[0] & sides[1]))
+
+
+def matchable(dataset: Dataset) -> bool:
+    """Whether an ad-side id field shares its vocabulary with a user-side sequence: where none
+    does, `model.match` is not searched."""
+    try:
+        match_pairs(dataset.schema)
+    except ValueError:
+        return False
+    return True
 
 
 def droppable_fields(dataset: Dataset) -> tuple[str, ...]:
@@ -97,13 +110,15 @@ def suggest(
     rare_ids: tuple[str, ...] = (),
     cross_vocab: bool = False,
     droppable: tuple[str, ...] = (),
+    matchable: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train overrides, model config) sampled for one trial, over `base` (the fixed settings).
 
     `rare_ids` are the fields `model.wide` = "rare-ids" sends to the linear part; `cross_vocab`:
     whether the data has a vocabulary both towers embed (`model.vocab_dot` is searched only then);
     `droppable`: fields each trial keeps or drops (`droppable_fields`; one `base` drops stay dropped);
-    `model.drift` (for a model with a `drift` setting) gives every ad-side id a slope on the kept ones.
+    `model.drift` (for a model with a `drift` setting) gives every ad-side id a slope on the kept ones;
+    `matchable`: whether the data has a history to match ad ids in (`model.match` is searched only then).
     """
     model_fields = set(asdict(config_from_dict(model, {})))
     train_cfg = dict(base.get("train", {}))
@@ -114,6 +129,8 @@ def suggest(
         if name.startswith("model.") and key not in model_fields:
             continue
         if name == "model.vocab_dot" and not cross_vocab:
+            continue
+        if name == "model.match" and not matchable:
             continue
         if name == "model.drift":  # after the drops: it names the kept fields
             continue
@@ -141,7 +158,11 @@ def suggest(
 
 
 def default_params(
-    model: str, rare_ids: tuple[str, ...] = (), cross_vocab: bool = False, droppable: tuple[str, ...] = ()
+    model: str,
+    rare_ids: tuple[str, ...] = (),
+    cross_vocab: bool = False,
+    droppable: tuple[str, ...] = (),
+    matchable: bool = False,
 ) -> dict[str, Any]:
     """The search space's values of the training defaults (`TrainConfig()` and the model's own
     config, the rare ids in the linear part, every field kept): a new study's first trial, so the config tune writes
@@ -157,6 +178,8 @@ def default_params(
         if name.startswith("model.") and key not in model_defaults:
             continue
         if name == "model.vocab_dot" and not cross_vocab:
+            continue
+        if name == "model.match" and not matchable:
             continue
         if name == "model.drift":
             continue
@@ -198,11 +221,12 @@ def _objective(
     rare_ids: tuple[str, ...],
     cross_vocab: bool,
     droppable: tuple[str, ...],
+    matchable: bool,
 ) -> Callable[[Any], float]:
     import optuna
 
     def objective(trial: Any) -> float:
-        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab, droppable)
+        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab, droppable, matchable)
         cfg = TrainConfig(**{**train_cfg, "epochs": epochs, "seed": seed, "progress": False, "calibration": "none"})
 
         def report(epoch: int, valid_auc: float) -> None:
@@ -254,9 +278,9 @@ def run_study(
     )
     # what the dataset offers the search: read once, for the defaults' trial and every other
     rare_ids, droppable = rare_id_fields(dataset), droppable_fields(dataset)
-    cross_vocab = bool(cross_vocabularies(dataset))
+    cross_vocab, can_match = bool(cross_vocabularies(dataset)), matchable(dataset)
     if not study.trials:  # a new study: the defaults first (default_params), then a previous best
-        anchor = default_params(model, rare_ids, cross_vocab, droppable)
+        anchor = default_params(model, rare_ids, cross_vocab, droppable, can_match)
         study.enqueue_trial(anchor)
         for params in warm_start_params(warm_start, anchor) if warm_start else ():
             study.enqueue_trial(params, skip_if_exists=True)
@@ -266,7 +290,7 @@ def run_study(
     if done < trials:
         log.info("study %s: %d of %d trials done, running %d", study.study_name, done, trials, trials - done)
         study.optimize(
-            _objective(dataset, model, base or {}, epochs, seed, rare_ids, cross_vocab, droppable),
+            _objective(dataset, model, base or {}, epochs, seed, rare_ids, cross_vocab, droppable, can_match),
             n_trials=trials - done,
             timeout=timeout,
             catch=(),

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from models.features import FeatureSchema, FeatureSpec, Jagged, Kind, Side, Vocabulary
 from models.hit import HIT, HITConfig
-from models.layers import FieldLinear, IdDrift
+from models.layers import FieldLinear, IdDrift, IdMatch
 from models.losses import auxiliary_loss, hit_generation_loss
 from models.registry import MODELS, build_model, config_from_dict
 from models.scoring import maxsim
@@ -427,6 +429,89 @@ def test_drift_gives_every_ad_id_a_slope_on_a_request_value(tiny, batch, name: s
         before = plain.score(plain.encode_user(feats)[:1], plain.encode_ad(feats))
         torch.testing.assert_close(served - before, feats["ts"][0] * slopes, rtol=1e-4, atol=1e-3)
         assert model.regularizer() > plain.regularizer()  # the slopes are under the embedding prior
+
+
+def _hand_match(history: Jagged, category: torch.Tensor, weights: torch.Tensor, newest_first: bool) -> torch.Tensor:
+    """sum_p w_p [h_p == c] per row, by a plain loop (position p counted back from the newest id)."""
+    out = []
+    ends = [*history.offsets.tolist()[1:], history.values.shape[0]]
+    for row, (start, end) in enumerate(zip(history.offsets.tolist(), ends, strict=True)):
+        ids = history.values[start:end].tolist()
+        newest = ids if newest_first else ids[::-1]
+        c = int(category[row])
+        hits = [float(weights[min(p, len(weights) - 1)]) for p, h in enumerate(newest) if h == c and c > 0]
+        out.append(sum(hits, 0.0))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", ["hit", "dcn", "cold", "deepfm", "lr"])
+@pytest.mark.parametrize("max_len", [None, 4])
+def test_match_adds_the_position_weighted_exact_matches_of_the_ads_category(  # type: ignore[no-untyped-def]
+    tiny, batch, name: str, max_len: int | None
+) -> None:
+    """match=True adds sum_p w_p [history_p == category] (one weight per position back from the
+    newest up to max_len, one in all without it) to the logit and nothing else, in training and
+    through the served path; id 0 never matches; the term sits beside drift."""
+    torch.manual_seed(0)
+    features = tuple(
+        FeatureSpec(f.name, f.side, f.kind, f.vocab, static=f.static, max_len=max_len) if f.kind is Kind.SEQUENCE else f
+        for f in tiny.schema.features
+    )
+    ts = FeatureSpec(name="ts", side=Side.CONTEXT, kind=Kind.DENSE)
+    schema = FeatureSchema((*features, ts), tiny.schema.vocab_sizes)
+    base = ({"linear": True} if name == "hit" else {}) | {"drift": ["ts"]}
+    model = build_model(name, schema, base | {"match": True}).eval()
+    plain = build_model(name, schema, base).eval()
+    feats, _ = batch
+    history = feats["preferred_categories"]
+    assert isinstance(history, Jagged)
+    if max_len is not None:  # the schema's cut: the newest max_len ids
+        bounds = [*history.offsets.tolist(), len(history.values)]
+        rows = [history.values[a:b][-max_len:] for a, b in itertools.pairwise(bounds)]
+        history = Jagged(torch.cat(rows), torch.tensor([0, *np.cumsum([len(r) for r in rows])[:-1]]))
+    category = feats["category"].clone()
+    starts, lengths = history.offsets, torch.diff(history.offsets, append=torch.tensor([len(history.values)]))
+    for i in range(4, 48):  # plant matches: the row's oldest id, or its newest
+        if lengths[i]:
+            category[i] = history.values[starts[i] if i < 26 else starts[i] + lengths[i] - 1]
+    category[:4] = 0  # OOV: never a match, even against an OOV id in the history
+    history.values[:3] = 0
+    feats = {**feats, "ts": torch.randn(64), "category": category, "preferred_categories": history}
+    match = model.match
+    assert isinstance(match, IdMatch) and match.width == tiny.schema.vocab_sizes["category"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+        match.weights["preferred_categories"].normal_()
+        missing = plain.load_state_dict(model.state_dict(), strict=False)
+        assert not missing.missing_keys and all(k.startswith("match.") for k in missing.unexpected_keys)
+        expected = _hand_match(history, category, match.weights["preferred_categories"], newest_first=False)
+        assert (expected != 0).sum() > 10  # the batch has matches, or the check proves nothing
+        torch.testing.assert_close(model(feats) - plain(feats), expected, rtol=1e-4, atol=1e-4)
+        user = {k: v for k, v in feats.items()}
+        one = {
+            k: (Jagged(v.values[: int(v.offsets[1])], v.offsets[:1]) if isinstance(v, Jagged) else v[:1])
+            for k, v in user.items()
+        }
+        served = model.score(model.encode_user(one), model.encode_ad(feats))  # one user, 64 ads
+        before = plain.score(plain.encode_user(one), plain.encode_ad(feats))
+        one_history = one["preferred_categories"]
+        assert isinstance(one_history, Jagged)
+        hist = Jagged(one_history.values, torch.zeros(1, dtype=torch.long))
+        weights = match.weights["preferred_categories"]
+        expected_served = torch.stack(
+            [_hand_match(hist, category[i : i + 1], weights, newest_first=False)[0] for i in range(64)]
+        )
+        torch.testing.assert_close(served - before, expected_served, rtol=1e-4, atol=1e-4)
+
+
+def test_match_needs_a_shared_vocabulary_or_fails_in_one_line(tiny) -> None:  # type: ignore[no-untyped-def]
+    lone = tuple(
+        FeatureSpec(f.name, f.side, f.kind, "interests") if f.kind is Kind.SEQUENCE else f for f in tiny.schema.features
+    )
+    schema = FeatureSchema(lone, {**tiny.schema.vocab_sizes, "interests": 5})
+    with pytest.raises(ValueError, match="match: no ad-side id field shares a vocabulary with a user-side sequence"):
+        build_model("hit", schema, {"match": True})
 
 
 def test_drift_names_a_dense_request_field_or_fails_in_one_line(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -230,6 +230,9 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     assert dot["vocab_dot"] is True and dot["field_dot"] is True and dot["heads"] == 4
     _, dcn = suggest(optuna.trial.FixedTrial(params), "dcn", {}, ("user_id",), cross_vocab=True)
     assert not {"vocab_dot", "field_dot", "heads"} & set(dcn) and dcn["cross"] == "matrix"  # HIT's, DCN's
+    assert "match" not in dcn  # searched only where a history shares an ad field's vocabulary
+    for model in ("hit", "dcn"):
+        assert suggest(optuna.trial.FixedTrial(params), model, {}, ("user_id",), matchable=True)[1]["match"] is True
     drift = params | {"drop.ts": False, "model.drift": True}
     _, drifting = suggest(optuna.trial.FixedTrial(drift), "hit", {}, ("user_id",), droppable=("ts",))
     assert drifting["drift"] == ["ts"]  # every ad id gets a slope on the kept time
@@ -242,12 +245,20 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
 
 def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: dict[str, tuple[Path, dict]]) -> None:
     from offline.train import rare_id_fields
-    from offline.tune import cross_vocabularies, default_params, droppable_fields, run_study, warm_start_params
+    from offline.tune import (
+        cross_vocabularies,
+        default_params,
+        droppable_fields,
+        matchable,
+        run_study,
+        warm_start_params,
+    )
 
     ds = load_dataset(str(worlds["cross"][0] / "cross.toml"))
     assert cross_vocabularies(ds) == ("category",)  # the history and the ad's category
     assert droppable_fields(ds) == ("ts",)  # the dense context field; not the position (sparse)
-    anchor = default_params("hit", rare_id_fields(ds), cross_vocab=True, droppable=("ts",))
+    assert matchable(ds)  # the history is a sequence of the ad's category's vocabulary
+    anchor = default_params("hit", rare_id_fields(ds), cross_vocab=True, droppable=("ts",), matchable=True)
     assert anchor == {
         "lr": 1e-3,
         "batch_size": 2048,
@@ -261,10 +272,14 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         "model.vocab_dot": False,
         "model.field_dot": False,
         "model.heads": 2,
+        "model.match": False,
         "drop.ts": False,  # every field kept
         "model.drift": False,  # no per-id slopes on the time
     }
     assert "model.vocab_dot" not in default_params("hit", rare_id_fields(ds))  # nothing to match: not searched
+    assert "model.match" not in default_params("dcn", rare_id_fields(ds))
+    assert default_params("dcn", matchable=True)["model.match"] is False
+    assert "model.match" not in default_params("dssm", matchable=True)  # DSSM has no match term
     assert default_params("dcn")["model.cross"] == "vector" and "model.cross" not in anchor
     assert default_params("dssm")["model.temperature"] == 1.0 and "model.temperature" not in anchor
     assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params("dssm", ("user_id",))
