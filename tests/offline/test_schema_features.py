@@ -12,8 +12,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from models.artifact import load_artifact
-from models.features import HashedVocabulary, Vocabulary
-from models.layers import IdDrift
+from models.features import HashedVocabulary, Jagged, Vocabulary
+from models.layers import IdDrift, IdMatch
 from models.registry import MODELS, build_model
 from offline.data import load_dataset
 from offline.export import export
@@ -420,3 +420,55 @@ def test_served_drift_reads_the_request_time_like_training(tmp_path: Path, model
             offline = torch.sigmoid(net.score(net.encode_user(feats), net.encode_ad(ad_feats)).reshape(-1)).numpy()
         np.testing.assert_allclose([served[ts][a] for a in ad_ids], offline, rtol=1e-5, atol=1e-6)
     assert max(abs(served[1000.0][a] - served[9000.0][a]) for a in ad_ids) > 1e-3
+
+
+@pytest.mark.parametrize("model", ["hit", "dcn"])
+def test_served_match_counts_the_requests_history_like_training(tmp_path: Path, model: str) -> None:
+    """A model with the exact history match serves it: the request's raw tags go through the
+    vocabulary and the max_len cut as training's did, and the served pCTR equals the offline
+    model's to 1e-6 for histories with and without the ads' categories; the term moves the pCTR
+    (zeroing its weights changes the offline scores), so a dropped term would show."""
+    frame = _frame(2000).assign(cat=lambda f: f["a"] % 8)  # one category per ad, one history per user
+    rng = np.random.default_rng(2)
+    per_user = ["|".join(map(str, rng.integers(0, 8, rng.integers(0, 7)))) for _ in range(60)]
+    frame["tags"] = [per_user[u] for u in frame["u"]]
+    clicked = [str(c) in t.split("|")[-3:] for c, t in zip(frame["cat"], frame["tags"], strict=True)]
+    frame["y"] = (np.array(clicked) | (np.random.default_rng(1).random(len(frame)) < 0.1)).astype(int)
+    ds = load_dataset(_schema(tmp_path, SHARED, frame))
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, progress=False, calibration="none")
+    result = train(ds, model, {"match": True}, cfg, tmp_path / "art")
+    match = result.model.match
+    assert result.artifact is not None and isinstance(match, IdMatch)
+    assert match.weights["tags"].shape == (3,) and match.weights["tags"].min() > 0.1  # a match is a click
+    export(result.artifact, ds, f"local:{tmp_path / 'store'}")
+    ad_ids = ds.ad_ids[:20].tolist()
+    histories: tuple[list[str], ...] = (["1", "2", "3", "4", "5"], ["6"], [])
+    served = {}
+    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
+        for tags in histories:
+            body = {"user": {"features": {"u": "3", "tags": tags, "age": 30}}, "candidates": {"ad_ids": ad_ids}}
+            r = client.post("/prerank", json=body | {"top_k": 20})
+            assert r.status_code == 200, r.text
+            served[len(tags)] = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
+    spec = {f.name: f for f in ds.schema.features}
+    net = result.model.eval()
+    ad_feats = ds.ads.take(np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids]))
+    moved = 0.0
+    for tags in histories:
+        feats: dict[str, torch.Tensor | Jagged] = {
+            "u": torch.tensor([ds.vocabs["u"].encode_one("3")]),
+            "tags": Jagged(
+                torch.from_numpy(spec["tags"].truncate(ds.vocabs["category"].encode(tags))),
+                torch.zeros(1, dtype=torch.int64),
+            ),
+            "age": torch.from_numpy(spec["age"].bucketize([30])),
+        }
+        with torch.inference_mode():
+            offline = torch.sigmoid(net.score(net.encode_user(feats), net.encode_ad(ad_feats)).reshape(-1)).numpy()
+            saved = match.weights["tags"].clone()
+            match.weights["tags"].zero_()
+            unmatched = torch.sigmoid(net.score(net.encode_user(feats), net.encode_ad(ad_feats)).reshape(-1)).numpy()
+            match.weights["tags"].copy_(saved)
+        np.testing.assert_allclose([served[len(tags)][a] for a in ad_ids], offline, rtol=1e-5, atol=1e-6)
+        moved = max(moved, float(np.abs(offline - unmatched).max()))
+    assert moved > 0.05
