@@ -104,9 +104,3 @@ class PrerankModel(nn.Module, ABC):
     def regularizer(self) -> torch.Tensor:
         """Sum of squared embedding entries (weighted by the training config)."""
         return torch.zeros(())
-
-    def start_at_base_rate(self, log_odds: float) -> None:
-        """Called once before training with the log-odds of the click rate the training batches
-        carry. A model whose score is bounded (a temperature times a cosine) starts its output
-        bias there: from 0 it would spend its first epochs moving the bias to a low click rate, and
-        its cosine could not make up the rest. Other models keep their initialisation."""

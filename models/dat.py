@@ -102,10 +102,6 @@ class DAT(PrerankModel):
         """(N, 1, d) unit vectors."""
         return self._ad(features)[0].unsqueeze(1)
 
-    def start_at_base_rate(self, log_odds: float) -> None:
-        with torch.no_grad():
-            self.bias.fill_(log_odds)
-
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
         """temperature * cos(p_u, p_v) + b, (N,)."""
         assert isinstance(ads, torch.Tensor)

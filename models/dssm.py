@@ -61,10 +61,6 @@ class DSSM(PrerankModel):
         h = self.ad_tower(self.ad_embedding(features))
         return F.normalize(h, dim=-1).unsqueeze(1)
 
-    def start_at_base_rate(self, log_odds: float) -> None:
-        with torch.no_grad():
-            self.bias.fill_(log_odds)
-
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
         """temperature * cos(u, a) + b, (N,)."""
         assert isinstance(ads, torch.Tensor)

@@ -362,10 +362,6 @@ def train(
     model_cfg = config_from_dict(model_name, resolve_model_config(dataset, model_name, model_config or {}))
     model = build_model(model_name, dataset.schema, model_cfg).to(ddp.device)
     model = cast(PrerankModel, sync_batch_norm(model, ddp.device, ddp.world))
-    if isinstance(dataset, Dataset) and len(dataset.train):  # a streamed log's rate is not known up front
-        rate = float(np.clip(dataset.train.labels.mean(), 1e-4, 1 - 1e-4))
-        rate = rate / (rate + (1 - rate) * cfg.negative_rate)  # the rate after negative sampling
-        model.start_at_base_rate(float(np.log(rate / (1 - rate))))
     sparse = SparseEmbeddings(model) if cfg.sparse_embeddings else None
     l2 = cfg.l2 + cfg.embedding_decay * cfg.batch_size / max(len(dataset.train), 1)
     step: nn.Module = _TrainStep(model, l2, ddp.world, sparse.l2 if sparse else None)

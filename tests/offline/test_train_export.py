@@ -84,21 +84,3 @@ def test_dropping_a_feature_removes_it_from_the_model(tiny, tmp_path) -> None:  
     assert result.metrics["dropped_features"] == ["preferred_categories"]
     assert "user_tower.embedding.tables.preferred_categories.weight" not in result.model.state_dict()
     assert main(["train", "--drop-features", "nope", "--out", str(tmp_path / "b")]) == 2
-
-
-@pytest.mark.parametrize("name", ["dssm", "dat"])
-def test_a_bounded_score_starts_at_the_training_click_rate(tiny, name: str) -> None:  # type: ignore[no-untyped-def]
-    """temperature * cos + b cannot reach a low click rate's logits from b = 0 (the score is
-    bounded): the trainer starts b at the log-odds of the click rate the batches carry, negative
-    sampling included; a model with an unbounded score keeps its initialisation."""
-    rate = float(tiny.train.labels.mean())
-    frozen = TrainConfig(epochs=1, lr=1e-12, progress=False)  # the bias stays where training put it
-
-    def bias(name: str, cfg: TrainConfig) -> float:
-        return float(train(tiny, name, {}, cfg).model.state_dict()["bias"])
-
-    assert bias(name, frozen) == pytest.approx(np.log(rate / (1 - rate)), abs=1e-6)
-    sampled = rate / (rate + (1 - rate) * 0.5)
-    sampling = TrainConfig(epochs=1, lr=1e-12, negative_rate=0.5, progress=False)
-    assert bias(name, sampling) == pytest.approx(np.log(sampled / (1 - sampled)), abs=1e-6)
-    assert bias("hit", frozen) == pytest.approx(0.0, abs=1e-6)
