@@ -24,6 +24,7 @@ from models.layers import (
     FieldLinear,
     IdDrift,
     IdMatch,
+    IdPairs,
     check_wide,
     drift_fields,
     embedding_l2,
@@ -65,6 +66,8 @@ class HITConfig(ModelConfig):
             sequences of their vocabulary (`models.layers.IdMatch`: one learned weight per position
             back from the newest); folded into the heads as the linear part is, one column per id
             of the vocabulary (at most `MATCH_WIDTH`, hashed beyond).
+        pairs: add a free weight per (narrow user or context id, ad-side id) pair, segment x
+            category (`models.layers.IdPairs`); folded into the heads as the linear part is.
     """
 
     heads: int = 2
@@ -79,6 +82,7 @@ class HITConfig(ModelConfig):
     field_dot: bool = False
     drift: tuple[str, ...] = ()
     match: bool = False
+    pairs: bool = False
 
     def __post_init__(self) -> None:
         if self.gen_loss not in GEN_LOSS_MODES:
@@ -184,15 +188,22 @@ class HIT(PrerankModel):
         self.ad_linear = FieldLinear(ad_fields, schema) if config.linear else None
         self.drift = IdDrift(ad_fields, schema, drift_fields(schema, config.drift)) if config.drift else None
         self.match = IdMatch(schema) if config.match else None
+        self.pairs = IdPairs(schema) if config.pairs else None
         self.bias = nn.Parameter(torch.zeros(()))
 
     # Folding: sum_i max_j <U_i, A_j> gains c_user + c_ad + <u, a> exactly when every user head
     # carries [u / H_u, 1 / H_u, c_user / H_u] and every ad head [a, c_ad, 1]: each added term is the
     # same for every ad head j, so it passes through the max and sums over the H_u user heads. The
-    # dot terms and the drift term are such <u, a> parts.
+    # dot terms and the drift, match and pairs terms are such <u, a> parts.
+
+    @property
+    def dot_terms(self) -> list[IdDrift | IdMatch | IdPairs]:
+        """The terms added as a dot product of a user-side and an ad-side vector: drift, match, pairs."""
+        return [term for term in (self.drift, self.match, self.pairs) if term is not None]
 
     def _user_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded user heads (B, H_u, p [+ V*D] [+ D] [+ 2] [+ k] [+ M]), the mimic vectors and the unfolded heads."""
+        """Folded user heads (B, H_u, p [+ V*D] [+ D] [+ 2] [+ k] [+ M] [+ P]), the mimic vectors and
+        the unfolded heads."""
         heads, mimic, dots = self.user_tower(features)
         folded = [heads]
         share = 1.0 / heads.shape[1]
@@ -201,14 +212,13 @@ class HIT(PrerankModel):
         if self.user_linear is not None:
             bias = self.user_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1) * share
             folded += [torch.full_like(bias, share), bias]
-        if self.drift is not None:
-            folded.append(self.drift.user(features).unsqueeze(1).expand(-1, heads.shape[1], -1) * share)
-        if self.match is not None:
-            folded.append(self.match.user(features).unsqueeze(1).expand(-1, heads.shape[1], -1) * share)
+        for term in self.dot_terms:
+            folded.append(term.user(features).unsqueeze(1).expand(-1, heads.shape[1], -1) * share)
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def _ad_heads(self, features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Folded ad heads (N, H_a, p [+ V*D] [+ D] [+ 2] [+ k] [+ M]), the mimic vectors and the unfolded heads."""
+        """Folded ad heads (N, H_a, p [+ V*D] [+ D] [+ 2] [+ k] [+ M] [+ P]), the mimic vectors and
+        the unfolded heads."""
         heads, mimic, dots = self.ad_tower(features)
         folded = [heads]
         if dots is not None:
@@ -216,20 +226,18 @@ class HIT(PrerankModel):
         if self.ad_linear is not None:
             bias = self.ad_linear(features).unsqueeze(1).expand(-1, heads.shape[1], 1)
             folded += [bias, torch.ones_like(bias)]
-        if self.drift is not None:
-            folded.append(self.drift.ad(features).unsqueeze(1).expand(-1, heads.shape[1], -1))
-        if self.match is not None:
-            folded.append(self.match.ad(features).unsqueeze(1).expand(-1, heads.shape[1], -1))
+        for term in self.dot_terms:
+            folded.append(term.ad(features).unsqueeze(1).expand(-1, heads.shape[1], -1))
         return (torch.cat(folded, -1) if len(folded) > 1 else heads), mimic, heads
 
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, H_u, p), widened by the dot terms' V*D [+ D], the linear part's 2, the drift's k and
-        the match's M where they are on."""
+        """(B, H_u, p), widened by the dot terms' V*D [+ D], the linear part's 2, the drift's k,
+        the match's M and the pairs' P where they are on."""
         return self._user_heads(features)[0]
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, H_a, p), widened by the dot terms' V*D [+ D], the linear part's 2, the drift's k and
-        the match's M where they are on."""
+        """(N, H_a, p), widened by the dot terms' V*D [+ D], the linear part's 2, the drift's k,
+        the match's M and the pairs' P where they are on."""
         return self._ad_heads(features)[0]
 
     def score(self, user: torch.Tensor, ads: AdBatch) -> torch.Tensor:
@@ -252,6 +260,7 @@ class HIT(PrerankModel):
         for linear in (self.user_linear, self.ad_linear):
             if linear is not None:
                 total = total + linear.l2()
-        if self.drift is not None:
-            total = total + self.drift.l2()
+        for term in (self.drift, self.pairs):
+            if term is not None:
+                total = total + term.l2()
         return total

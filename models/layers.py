@@ -16,10 +16,12 @@ __all__ = [
     "FieldLinear",
     "IdDrift",
     "IdMatch",
+    "IdPairs",
     "LightSE",
     "check_wide",
     "drift_fields",
     "match_pairs",
+    "pair_fields",
     "embedding_l2",
     "fold_for_inference",
     "jagged_to_padded",
@@ -476,6 +478,71 @@ class IdMatch(nn.Module):
             assert hot is not None  # match_pairs keeps sequences with at least one ad field
             parts.append(hot)
         return torch.cat(parts, -1)
+
+
+#: Widest request-side field (ids, padding included) an `IdPairs` crosses: wider ones (a user id)
+#: are left to the embeddings, whose dot products are the low-rank form of such a table.
+PAIR_WIDTH = 64
+
+
+def pair_fields(schema: FeatureSchema) -> tuple[FeatureSpec, ...]:
+    """The request-side (user and context) single-id fields narrow enough for `IdPairs`; ValueError
+    when there are none or the ad side has no id field."""
+    small = tuple(
+        f for f in schema.user_fields if f.kind is Kind.SPARSE and schema.vocab_sizes[f.vocab or ""] + 1 <= PAIR_WIDTH
+    )
+    if not small or not any(f.kind is not Kind.DENSE for f in schema.ad_fields):
+        raise ValueError(
+            f"pairs: needs an ad-side id field and a user or context id field of at most {PAIR_WIDTH} ids"
+            " (a segment, an age band, a position)"
+        )
+    return small
+
+
+class IdPairs(nn.Module):
+    """A free weight for every (request-side id, ad-side id) pair of a narrow request field and
+    an ad field: segment x category, age band x advertiser, position x ad. The cross-product
+    columns of Wide & Deep, in a form an index can precompute.
+
+    logit += sum_r sum_a T_{r,a}[id_a][id_r] over the narrow request-side fields r (`pair_fields`:
+    at most `PAIR_WIDTH` ids each) and the ad side's id fields a. Each side's half is a vector: the
+    request side's the one-hot of each narrow field, the ad side's each table's row for its ids
+    (summed over its id fields), so the term is a dot product that a two-tower model folds into its
+    heads and an index stores with the rest of an ad's row. The tables are embedding tables
+    (initialised near 0) under the model's embedding regulariser: a pair seen in few rows keeps a
+    weight near 0, and the embeddings' own dot products carry what it cannot.
+
+    Example::
+
+        pairs = IdPairs(schema)
+        term = (pairs.user(features) * pairs.ad(features)).sum(-1)  # (B,)
+    """
+
+    def __init__(self, schema: FeatureSchema) -> None:
+        super().__init__()
+        self.request = pair_fields(schema)
+        self.widths = [schema.vocab_sizes[f.vocab or ""] + 1 for f in self.request]
+        ids = [f for f in schema.ad_fields if f.kind is not Kind.DENSE]
+        self.tables = FieldEmbedding(ids, schema, sum(self.widths))
+
+    @property
+    def width(self) -> int:
+        return sum(self.widths)
+
+    def user(self, features: Features) -> torch.Tensor:
+        """The one-hot of each narrow request-side field, (B, width)."""
+        hots = [
+            torch.nn.functional.one_hot(torch.as_tensor(features[f.name]), width)
+            for f, width in zip(self.request, self.widths, strict=True)
+        ]
+        return torch.cat(hots, -1).float()
+
+    def ad(self, features: Features) -> torch.Tensor:
+        """The ad's rows of the pair tables summed over its id fields, (N, width)."""
+        return torch.stack(self.tables.embed(features), 0).sum(0)
+
+    def l2(self) -> torch.Tensor:
+        return self.tables.l2()
 
 
 class LightSE(nn.Module):

@@ -25,6 +25,7 @@ from models.layers import (
     FieldLinear,
     IdDrift,
     IdMatch,
+    IdPairs,
     check_wide,
     drift_fields,
     embedding_l2,
@@ -46,6 +47,8 @@ class SingleTowerConfig(ModelConfig):
             its own slope (`models.layers.IdDrift`), added to the logit beside the linear part.
         match: add the exact, position-weighted matches of the ad's ids in the user's behaviour
             sequences of their vocabulary (`models.layers.IdMatch`) to the logit beside the linear part.
+        pairs: add a free weight per (narrow user or context id, ad-side id) pair, segment x category
+            (`models.layers.IdPairs`), to the logit beside the linear part.
     """
 
     hidden: tuple[int, ...] = (300, 300, 128)
@@ -53,6 +56,7 @@ class SingleTowerConfig(ModelConfig):
     wide: tuple[str, ...] = ()
     drift: tuple[str, ...] = ()
     match: bool = False
+    pairs: bool = False
 
     def __post_init__(self) -> None:
         check_wide(self.wide, self.linear)
@@ -75,6 +79,7 @@ class SingleTower(PrerankModel):
         self.ad_linear = FieldLinear(schema.ad_fields, schema) if config.linear else None
         self.drift = IdDrift(schema.ad_fields, schema, drift_fields(schema, config.drift)) if config.drift else None
         self.match = IdMatch(schema) if config.match else None
+        self.pairs = IdPairs(schema) if config.pairs else None
         self.n_fields = len(self.user_embedding.embedded) + len(self.ad_embedding.embedded)
         self.n_dense = len(self.user_embedding.dense) + len(self.ad_embedding.dense)
 
@@ -89,29 +94,35 @@ class SingleTower(PrerankModel):
         return torch.cat(parts, -1).unsqueeze(1)
 
     @property
+    def dot_terms(self) -> list[IdDrift | IdMatch | IdPairs]:
+        """The terms added as a dot product of a user-side and an ad-side vector: drift, match, pairs."""
+        return [term for term in (self.drift, self.match, self.pairs) if term is not None]
+
+    @property
     def dot_width(self) -> int:
-        """Width of each side's dot-product half: the drift's k values and the match's M columns."""
-        return (self.drift.width if self.drift is not None else 0) + (self.match.width if self.match is not None else 0)
+        """Width of each side's dot-product half: the drift's k values, the match's M columns and
+        the pairs' P columns."""
+        return sum(term.width for term in self.dot_terms)
 
     def _dot_half(self, features: Features, side: str) -> torch.Tensor | None:
-        """This side's half of the drift and match terms (their dot product is the terms' sum)."""
-        parts = [getattr(term, side)(features) for term in (self.drift, self.match) if term is not None]
+        """This side's half of the dot terms (their dot product is the terms' sum)."""
+        parts = [getattr(term, side)(features) for term in self.dot_terms]
         return torch.cat(parts, -1) if parts else None
 
     def encode_user(self, features: Features) -> torch.Tensor:
-        """(B, 1, m_u * D + n_dense_u [+ 1] [+ k] [+ M]): the user's embedded fields, dense values,
-        linear part, drift values and match multi-hot."""
+        """(B, 1, m_u * D + n_dense_u [+ 1] [+ k] [+ M] [+ P]): the user's embedded fields, dense
+        values, linear part, drift values, match multi-hot and pair one-hots."""
         return self._side(self.user_embedding, self.user_linear, features, self._dot_half(features, "user"))
 
     def encode_ad(self, features: Features) -> torch.Tensor:
-        """(N, 1, m_a * D + n_dense_a [+ 1] [+ k] [+ M]): the ad's embedded fields, dense values,
-        linear part, drift slopes and match one-hot."""
+        """(N, 1, m_a * D + n_dense_a [+ 1] [+ k] [+ M] [+ P]): the ad's embedded fields, dense
+        values, linear part, drift slopes, match one-hot and pair-table rows."""
         return self._side(self.ad_embedding, self.ad_linear, features, self._dot_half(features, "ad"))
 
     def _split(
         self, rows: torch.Tensor, embedding: FieldEmbedding
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(fields (N, m, D), dense (N, n_dense), linear logit (N,), dot half (N, k + M)) of encoded rows."""
+        """(fields (N, m, D), dense (N, n_dense), linear logit (N,), dot half (N, k + M + P)) of encoded rows."""
         d = self.config.embedding_dim
         m, nd = len(embedding.embedded), len(embedding.dense)
         end = rows.shape[1] - self.dot_width
@@ -144,8 +155,9 @@ class SingleTower(PrerankModel):
         for linear in (self.user_linear, self.ad_linear):
             if linear is not None:
                 total = total + linear.l2()
-        if self.drift is not None:
-            total = total + self.drift.l2()
+        for term in (self.drift, self.pairs):
+            if term is not None:
+                total = total + term.l2()
         return total
 
 
@@ -186,7 +198,10 @@ class LR(SingleTower):
     def regularizer(self) -> torch.Tensor:
         assert self.user_linear is not None and self.ad_linear is not None
         total = self.user_linear.l2() + self.ad_linear.l2()
-        return total if self.drift is None else total + self.drift.l2()
+        for term in (self.drift, self.pairs):
+            if term is not None:
+                total = total + term.l2()
+        return total
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from models.features import Kind, Side
-from models.layers import match_pairs
+from models.layers import match_pairs, pair_fields
 from models.provenance import code_version, machine
 from models.registry import config_from_dict
 from offline.data import Dataset
@@ -38,6 +38,7 @@ __all__ = [
     "default_params",
     "droppable_fields",
     "matchable",
+    "pairable",
     "run_study",
     "suggest",
     "warm_start_params",
@@ -74,6 +75,7 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
     "model.temperature": ("float", 1.0, 30.0, True),
     "model.drift": ("categorical", (False, True)),  # per-ad slopes on the kept dense context fields
     "model.match": ("categorical", (False, True)),  # exact ad-id matches in the user's histories
+    "model.pairs": ("categorical", (False, True)),  # a weight per (segment-like id, ad-side id) pair
 }
 
 
@@ -95,6 +97,16 @@ def matchable(dataset: Dataset) -> bool:
     return True
 
 
+def pairable(dataset: Dataset) -> bool:
+    """Whether a user or context id field is narrow enough to cross with the ad's ids
+    (`models.layers.pair_fields`): where none is, `model.pairs` is not searched."""
+    try:
+        pair_fields(dataset.schema)
+    except ValueError:
+        return False
+    return True
+
+
 def droppable_fields(dataset: Dataset) -> tuple[str, ...]:
     """The dense context fields (an impression's time, say), each of which a trial keeps or drops
     (`drop.<field>`, the train config's `drop_features`): a continuous value that differs on every
@@ -111,6 +123,7 @@ def suggest(
     cross_vocab: bool = False,
     droppable: tuple[str, ...] = (),
     matchable: bool = False,
+    pairable: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train overrides, model config) sampled for one trial, over `base` (the fixed settings).
 
@@ -118,7 +131,8 @@ def suggest(
     whether the data has a vocabulary both towers embed (`model.vocab_dot` is searched only then);
     `droppable`: fields each trial keeps or drops (`droppable_fields`; one `base` drops stay dropped);
     `model.drift` (for a model with a `drift` setting) gives every ad-side id a slope on the kept ones;
-    `matchable`: whether the data has a history to match ad ids in (`model.match` is searched only then).
+    `matchable`: whether the data has a history to match ad ids in (`model.match` is searched only then);
+    `pairable`: whether it has a narrow user or context id field (`model.pairs` is searched only then).
     """
     model_fields = set(asdict(config_from_dict(model, {})))
     train_cfg = dict(base.get("train", {}))
@@ -131,6 +145,8 @@ def suggest(
         if name == "model.vocab_dot" and not cross_vocab:
             continue
         if name == "model.match" and not matchable:
+            continue
+        if name == "model.pairs" and not pairable:
             continue
         if name == "model.drift":  # after the drops: it names the kept fields
             continue
@@ -163,6 +179,7 @@ def default_params(
     cross_vocab: bool = False,
     droppable: tuple[str, ...] = (),
     matchable: bool = False,
+    pairable: bool = False,
 ) -> dict[str, Any]:
     """The search space's values of the training defaults (`TrainConfig()` and the model's own
     config, the rare ids in the linear part, every field kept): a new study's first trial, so the config tune writes
@@ -180,6 +197,8 @@ def default_params(
         if name == "model.vocab_dot" and not cross_vocab:
             continue
         if name == "model.match" and not matchable:
+            continue
+        if name == "model.pairs" and not pairable:
             continue
         if name == "model.drift":
             continue
@@ -222,11 +241,12 @@ def _objective(
     cross_vocab: bool,
     droppable: tuple[str, ...],
     matchable: bool,
+    pairable: bool,
 ) -> Callable[[Any], float]:
     import optuna
 
     def objective(trial: Any) -> float:
-        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab, droppable, matchable)
+        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab, droppable, matchable, pairable)
         cfg = TrainConfig(**{**train_cfg, "epochs": epochs, "seed": seed, "progress": False, "calibration": "none"})
 
         def report(epoch: int, valid_auc: float) -> None:
@@ -278,9 +298,9 @@ def run_study(
     )
     # what the dataset offers the search: read once, for the defaults' trial and every other
     rare_ids, droppable = rare_id_fields(dataset), droppable_fields(dataset)
-    cross_vocab, can_match = bool(cross_vocabularies(dataset)), matchable(dataset)
+    cross_vocab, can_match, can_pair = bool(cross_vocabularies(dataset)), matchable(dataset), pairable(dataset)
     if not study.trials:  # a new study: the defaults first (default_params), then a previous best
-        anchor = default_params(model, rare_ids, cross_vocab, droppable, can_match)
+        anchor = default_params(model, rare_ids, cross_vocab, droppable, can_match, can_pair)
         study.enqueue_trial(anchor)
         for params in warm_start_params(warm_start, anchor) if warm_start else ():
             study.enqueue_trial(params, skip_if_exists=True)
@@ -290,7 +310,7 @@ def run_study(
     if done < trials:
         log.info("study %s: %d of %d trials done, running %d", study.study_name, done, trials, trials - done)
         study.optimize(
-            _objective(dataset, model, base or {}, epochs, seed, rare_ids, cross_vocab, droppable, can_match),
+            _objective(dataset, model, base or {}, epochs, seed, rare_ids, cross_vocab, droppable, can_match, can_pair),
             n_trials=trials - done,
             timeout=timeout,
             catch=(),

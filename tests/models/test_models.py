@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import cast
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from models.features import FeatureSchema, FeatureSpec, Jagged, Kind, Side, Vocabulary
 from models.hit import HIT, HITConfig
-from models.layers import FieldLinear, IdDrift, IdMatch
+from models.layers import PAIR_WIDTH, FieldLinear, IdDrift, IdMatch, IdPairs
 from models.losses import auxiliary_loss, hit_generation_loss
 from models.registry import MODELS, build_model, config_from_dict
 from models.scoring import maxsim
@@ -512,6 +513,72 @@ def test_match_needs_a_shared_vocabulary_or_fails_in_one_line(tiny) -> None:  # 
     schema = FeatureSchema(lone, {**tiny.schema.vocab_sizes, "interests": 5})
     with pytest.raises(ValueError, match="match: no ad-side id field shares a vocabulary with a user-side sequence"):
         build_model("hit", schema, {"match": True})
+
+
+@pytest.mark.parametrize("name", ["hit", "dcn", "lr"])
+def test_pairs_add_a_free_weight_per_narrow_request_id_and_ad_id(tiny, batch, name: str) -> None:  # type: ignore[no-untyped-def]
+    """pairs=True adds sum_r sum_a T_{r,a}[id_a][id_r] over the narrow request-side id fields r and
+    the ad's id fields a to the logit and nothing else, in training and through the served path;
+    a user id (wider than PAIR_WIDTH) is not crossed."""
+    torch.manual_seed(0)
+    base = {"linear": True} if name == "hit" else {}
+    model = build_model(name, tiny.schema, base | {"pairs": True}).eval()
+    plain = build_model(name, tiny.schema, base).eval()
+    pairs = model.pairs
+    assert isinstance(pairs, IdPairs)
+    narrow = [f.name for f in pairs.request]
+    assert narrow == [
+        f.name
+        for f in tiny.schema.user_fields
+        if f.kind is Kind.SPARSE and tiny.schema.vocab_sizes[f.vocab or ""] + 1 <= PAIR_WIDTH
+    ]
+    assert "user_id" not in narrow and len(narrow) >= 2  # segment and age band, not the user id
+    feats, _ = batch
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+        tables = {f.name: cast(torch.Tensor, pairs.tables.tables[f.name].weight) for f in pairs.tables.embedded}
+        for table in tables.values():
+            table.normal_()
+        missing = plain.load_state_dict(model.state_dict(), strict=False)
+        assert not missing.missing_keys and all(k.startswith("pairs.") for k in missing.unexpected_keys)
+        expected = torch.zeros(64)
+        for row in range(64):  # a plain loop over every (request field, ad field) pair
+            offset = 0
+            for f, width in zip(pairs.request, pairs.widths, strict=True):
+                for a, table in tables.items():
+                    expected[row] += table[
+                        int(cast(torch.Tensor, feats[a])[row]), offset + int(cast(torch.Tensor, feats[f.name])[row])
+                    ]
+                offset += width
+        torch.testing.assert_close(model(feats) - plain(feats), expected, rtol=1e-4, atol=1e-4)
+        one = {
+            k: (Jagged(v.values[: int(v.offsets[1])], v.offsets[:1]) if isinstance(v, Jagged) else v[:1])
+            for k, v in feats.items()
+        }
+        served = model.score(model.encode_user(one), model.encode_ad(feats)) - plain.score(
+            plain.encode_user(one), plain.encode_ad(feats)
+        )
+        expected_served = torch.zeros(64)
+        for row in range(64):  # the first row's user against every ad
+            offset = 0
+            for f, width in zip(pairs.request, pairs.widths, strict=True):
+                for a, table in tables.items():
+                    expected_served[row] += table[
+                        int(cast(torch.Tensor, feats[a])[row]), offset + int(cast(torch.Tensor, feats[f.name])[0])
+                    ]
+                offset += width
+        torch.testing.assert_close(served, expected_served, rtol=1e-4, atol=1e-4)
+        assert model.regularizer() > plain.regularizer()  # the tables are under the embedding prior
+
+
+def test_pairs_need_a_narrow_request_field_or_fail_in_one_line(tiny) -> None:  # type: ignore[no-untyped-def]
+    wide = {**tiny.schema.vocab_sizes}
+    for f in tiny.schema.user_fields:
+        if f.kind is Kind.SPARSE:
+            wide[f.vocab or ""] = max(wide[f.vocab or ""], PAIR_WIDTH)
+    with pytest.raises(ValueError, match="pairs: needs an ad-side id field and a user or context id field of at most"):
+        build_model("dcn", FeatureSchema(tiny.schema.features, wide), {"pairs": True})
 
 
 def test_drift_names_a_dense_request_field_or_fails_in_one_line(tiny) -> None:  # type: ignore[no-untyped-def]

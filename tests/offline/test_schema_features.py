@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from models.artifact import load_artifact
 from models.features import HashedVocabulary, Jagged, Vocabulary
-from models.layers import IdDrift, IdMatch
+from models.layers import IdDrift, IdMatch, IdPairs
 from models.registry import MODELS, build_model
 from offline.data import load_dataset
 from offline.export import export
@@ -471,4 +471,54 @@ def test_served_match_counts_the_requests_history_like_training(tmp_path: Path, 
             match.weights["tags"].copy_(saved)
         np.testing.assert_allclose([served[len(tags)][a] for a in ad_ids], offline, rtol=1e-5, atol=1e-6)
         moved = max(moved, float(np.abs(offline - unmatched).max()))
+    assert moved > 0.05
+
+
+@pytest.mark.parametrize("model", ["hit", "dcn"])
+def test_served_pairs_cross_the_requests_age_band_with_the_ad_like_training(tmp_path: Path, model: str) -> None:
+    """A model with pair tables serves them: the request's raw age goes through the quantile
+    buckets as training's did, and the served pCTR equals the offline model's to 1e-6 for a young
+    and an old user; the term moves the pCTR (zeroing the tables changes the offline scores)."""
+    frame = _frame(2000)
+    young_likes_even = (frame["age"] < 44) == (frame["a"] % 2 == 0)  # an age band x ad cross
+    frame["y"] = (young_likes_even & (np.random.default_rng(1).random(len(frame)) < 0.8)).astype(int)
+    ds = load_dataset(_schema(tmp_path, SHARED, frame))
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.05, progress=False, calibration="none")
+    result = train(ds, model, {"pairs": True}, cfg, tmp_path / "art")
+    pairs = result.model.pairs
+    assert result.artifact is not None and isinstance(pairs, IdPairs)
+    assert "age" in [f.name for f in pairs.request]
+    export(result.artifact, ds, f"local:{tmp_path / 'store'}")
+    ad_ids = ds.ad_ids[:20].tolist()
+    served = {}
+    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
+        for age in (25, 65):
+            body = {"user": {"features": {"u": "3", "tags": ["1"], "age": age}}, "candidates": {"ad_ids": ad_ids}}
+            r = client.post("/prerank", json=body | {"top_k": 20})
+            assert r.status_code == 200, r.text
+            served[age] = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
+    spec = {f.name: f for f in ds.schema.features}
+    net = result.model.eval()
+    ad_feats = ds.ads.take(np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids]))
+    tables = [table.weight for table in pairs.tables.tables.values()]
+    moved = 0.0
+    for age in (25, 65):
+        feats: dict[str, torch.Tensor | Jagged] = {
+            "u": torch.tensor([ds.vocabs["u"].encode_one("3")]),
+            "tags": Jagged(
+                torch.from_numpy(spec["tags"].truncate(ds.vocabs["category"].encode(["1"]))),
+                torch.zeros(1, dtype=torch.int64),
+            ),
+            "age": torch.from_numpy(spec["age"].bucketize([age])),
+        }
+        with torch.inference_mode():
+            offline = torch.sigmoid(net.score(net.encode_user(feats), net.encode_ad(ad_feats)).reshape(-1)).numpy()
+            saved = [t.clone() for t in tables]
+            for t in tables:
+                t.zero_()
+            unpaired = torch.sigmoid(net.score(net.encode_user(feats), net.encode_ad(ad_feats)).reshape(-1)).numpy()
+            for t, s in zip(tables, saved, strict=True):
+                t.copy_(s)
+        np.testing.assert_allclose([served[age][a] for a in ad_ids], offline, rtol=1e-5, atol=1e-6)
+        moved = max(moved, float(np.abs(offline - unpaired).max()))
     assert moved > 0.05

@@ -233,6 +233,8 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     assert "match" not in dcn  # searched only where a history shares an ad field's vocabulary
     for model in ("hit", "dcn"):
         assert suggest(optuna.trial.FixedTrial(params), model, {}, ("user_id",), matchable=True)[1]["match"] is True
+        assert suggest(optuna.trial.FixedTrial(params), model, {}, ("user_id",), pairable=True)[1]["pairs"] is True
+    assert "pairs" not in dcn  # searched only where a user or context id field is narrow enough
     drift = params | {"drop.ts": False, "model.drift": True}
     _, drifting = suggest(optuna.trial.FixedTrial(drift), "hit", {}, ("user_id",), droppable=("ts",))
     assert drifting["drift"] == ["ts"]  # every ad id gets a slope on the kept time
@@ -250,6 +252,7 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         default_params,
         droppable_fields,
         matchable,
+        pairable,
         run_study,
         warm_start_params,
     )
@@ -258,7 +261,10 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
     assert cross_vocabularies(ds) == ("category",)  # the history and the ad's category
     assert droppable_fields(ds) == ("ts",)  # the dense context field; not the position (sparse)
     assert matchable(ds)  # the history is a sequence of the ad's category's vocabulary
-    anchor = default_params("hit", rare_id_fields(ds), cross_vocab=True, droppable=("ts",), matchable=True)
+    assert pairable(ds)  # the segment, the age band and the position are narrow
+    anchor = default_params(
+        "hit", rare_id_fields(ds), cross_vocab=True, droppable=("ts",), matchable=True, pairable=True
+    )
     assert anchor == {
         "lr": 1e-3,
         "batch_size": 2048,
@@ -273,6 +279,7 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         "model.field_dot": False,
         "model.heads": 2,
         "model.match": False,
+        "model.pairs": False,
         "drop.ts": False,  # every field kept
         "model.drift": False,  # no per-id slopes on the time
     }
