@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -272,12 +272,13 @@ def run_study(
     epochs: int = 30,
     base: dict[str, Any] | None = None,
     timeout: float | None = None,
-    warm_start: dict[str, Any] | None = None,
+    warm_starts: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Runs (or resumes) the study in OUT/study.db until it holds `trials` finished trials.
 
-    A new study's first trial is the training defaults; with `warm_start` (a previous study's
-    `tune.json`, same model), the trials of `warm_start_params` follow it.
+    A new study's first trial is the training defaults; with `warm_starts` (previous studies'
+    `tune.json`s, of this model or of another on the same data: the settings both search carry
+    over), the trials of `warm_start_params` for each follow it, in order.
     """
     import optuna
 
@@ -302,8 +303,9 @@ def run_study(
     if not study.trials:  # a new study: the defaults first (default_params), then a previous best
         anchor = default_params(model, rare_ids, cross_vocab, droppable, can_match, can_pair)
         study.enqueue_trial(anchor)
-        for params in warm_start_params(warm_start, anchor) if warm_start else ():
-            study.enqueue_trial(params, skip_if_exists=True)
+        for previous in warm_starts:
+            for params in warm_start_params(previous, anchor):
+                study.enqueue_trial(params, skip_if_exists=True)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = sum(t.state in finished for t in study.trials)
     started = time.perf_counter()
@@ -328,7 +330,10 @@ def run_study(
         "epochs_cap": epochs,
         "trials_budget": trials,
         "best": {"number": best.number, "valid_auc": best.value, "params": best.params},
-        "warm_start": None if warm_start is None else {"study": warm_start.get("study"), **warm_start["best"]},
+        "warm_starts": [
+            {"study": previous.get("study"), "model": previous.get("model"), **previous["best"]}
+            for previous in warm_starts
+        ],
         "model_config": model_config,
         "train_config": train_config,
         "trials": [
@@ -360,14 +365,14 @@ def _markdown(summary: dict[str, Any], out: Path) -> str:
         "(the test split is not read).",
         "",
         *(
-            [
-                f"Warm-started from study `{warm['study']}`: its best trial ({warm['number']}, validation AUC "
-                f"{warm['valid_auc']:.4f}) ran right after the defaults, once per value of each setting it did "
-                "not search.",
+            line
+            for warm in summary.get("warm_starts", [])
+            for line in (
+                f"Warm-started from study `{warm['study']}` ({warm['model']}): its best trial ({warm['number']}, "
+                f"validation AUC {warm['valid_auc']:.4f}) ran right after the defaults, with the settings this "
+                "study searches, once per value of each setting it did not search.",
                 "",
-            ]
-            if (warm := summary.get("warm_start"))
-            else []
+            )
         ),
         f"Best: trial {summary['best']['number']}, validation AUC {summary['best']['valid_auc']:.4f}. Train with:",
         "",

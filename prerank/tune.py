@@ -37,26 +37,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warm-start",
         type=Path,
-        help="a previous study of this model (its folder or tune.json): a new study tries its best trial "
-        "right after the defaults, once per value of each setting that study did not search",
+        action="append",
+        default=[],
+        help="a previous study (its folder or tune.json), of this model or of another on the same data; "
+        "repeatable: a new study tries each one's best trial right after the defaults (the settings this "
+        "study searches; another model's keep its training settings), once per value of each setting "
+        "that study did not search",
     )
     add_threads_arg(p, default=1)
     return p
 
 
-def _previous_study(path: Path, model: str) -> dict[str, Any]:
-    """The tune.json at PATH (or in the folder PATH), checked to be a study of `model`."""
+def _previous_study(path: Path) -> dict[str, Any]:
+    """The tune.json at PATH (or in the folder PATH), checked to be one prerank tune wrote."""
     file = path / "tune.json" if path.is_dir() else path
     try:
         summary = json.loads(file.read_text())
         best = summary["best"]["params"]
-        previous = summary["model"]
+        model = summary["model"]
     except FileNotFoundError:
         raise UsageError(f"--warm-start: {file} does not exist") from None
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"--warm-start: {file} is not a tune.json written by prerank tune") from None
-    if previous != model or not isinstance(best, dict):
-        raise UsageError(f"--warm-start: {file} is a study of {previous!r}, not of {model!r}")
+    if not isinstance(best, dict) or not isinstance(model, str):
+        raise UsageError(f"--warm-start: {file} is not a tune.json written by prerank tune")
     return cast(dict[str, Any], summary)
 
 
@@ -72,7 +76,7 @@ def _run(args: argparse.Namespace) -> None:
     from offline.train import TrainConfig
     from offline.tune import run_study
 
-    warm_start = _previous_study(args.warm_start, args.model) if args.warm_start else None
+    warm_starts = [_previous_study(path) for path in args.warm_start]
     config_from_dict(args.model, dict(args.base.get("model_config", {})))
     try:
         TrainConfig(**args.base.get("train", {}))
@@ -80,7 +84,7 @@ def _run(args: argparse.Namespace) -> None:
         raise UsageError(f"--base train: {exc}") from None
     dataset = load_dataset(args.dataset, args.protocol, args.data_dir, args.split_seed)
     summary = run_study(
-        dataset, args.model, args.out, args.trials, args.seed, args.epochs, args.base, args.timeout, warm_start
+        dataset, args.model, args.out, args.trials, args.seed, args.epochs, args.base, args.timeout, warm_starts
     )
     best = summary["best"]
     states = [t["state"] for t in summary["trials"]]

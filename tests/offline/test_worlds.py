@@ -135,9 +135,23 @@ def test_tune_improves_a_deliberately_bad_config_and_resumes(
     assert trials[1]["params"] == resumed["best"]["params"] != trials[0]["params"]
     capsys.readouterr()
     assert main([*warm[:-2], "--warm-start", str(tmp_path / "nowhere")]) == 2
-    assert main([*warm[:-2], "--warm-start", str(study), "--model", "hit"]) == 2
+    (tmp_path / "junk.json").write_text("{}")
+    assert main([*warm[:-2], "--warm-start", str(tmp_path / "junk.json")]) == 2
     err = capsys.readouterr().err
-    assert "nowhere" in err and "does not exist" in err and "is a study of 'dcn', not of 'hit'" in err
+    assert "nowhere" in err and "does not exist" in err and "junk.json is not a tune.json written by" in err
+    # another model's study on the same data: the settings both search carry over, after this
+    # model's own study's best (here the defaults, already the first trial: not run twice)
+    own = tmp_path / "hit-study"
+    assert main([*args[:3], "--model", "hit", "--out", str(own), "--epochs", "1", "--trials", "1"]) == 0
+    both = [*args[:3], "--model", "hit", "--out", str(tmp_path / "both"), "--epochs", "1", "--trials", "2"]
+    assert main([*both, "--warm-start", str(own), "--warm-start", str(study)]) == 0
+    summary = json.loads((tmp_path / "both" / "tune.json").read_text())
+    carried = summary["trials"][1]["params"]
+    assert {k: carried[k] for k in ("lr", "batch_size", "embedding_decay")} == {
+        k: resumed["best"]["params"][k] for k in ("lr", "batch_size", "embedding_decay")
+    }
+    assert "model.cross" not in carried and "model.heads" in carried  # HIT's search space
+    assert [w["model"] for w in summary["warm_starts"]] == ["hit", "dcn"]
 
 
 def test_a_loaded_world_carries_its_true_click_probability(worlds: dict[str, tuple[Path, dict]]) -> None:
@@ -302,11 +316,11 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
     previous = {"study": "old", "best": {"number": 1, "valid_auc": 0.6, "params": best}}
     carried = [best | {"model.drift": False}, best | {"model.drift": True}]
     assert warm_start_params(previous, anchor) == carried
-    warm = run_study(ds, "hit", tmp_path / "warm", trials=3, epochs=1, warm_start=previous)
+    warm = run_study(ds, "hit", tmp_path / "warm", trials=3, epochs=1, warm_starts=[previous | {"model": "hit"}])
     assert [t["params"] for t in warm["trials"]] == [anchor, *carried]
-    assert warm["warm_start"]["study"] == "old"
+    assert warm["warm_starts"][0]["study"] == "old"
     assert (
-        "Warm-started from study `old`: its best trial (1, validation AUC 0.6000)"
+        "Warm-started from study `old` (hit): its best trial (1, validation AUC 0.6000)"
         in (tmp_path / "warm" / "tune.md").read_text()
     )
 
