@@ -3,7 +3,8 @@
 # defaults, then prerank tune for each of MODELS (default: HIT, DCN and DSSM) on each world and the
 # tuned table of those models. TRIALS (default 16) is each study's trial budget, TUNE_TIMEOUT
 # (seconds) stops a study from starting more trials. WARM=1 starts each new study from the best
-# trial of the committed one in results/worlds/tuned/<world>-<model>/ (prerank tune --warm-start).
+# trial of the committed one in results/worlds/tuned/<world>-<model>/ (prerank tune --warm-start),
+# and DCN's from the committed HIT study of its world as well.
 # LATEST (default: sequence-hit) names the studies that validate out of time: their schema is the
 # world's with valid = "latest" (the sequence world's ads drift, and a random validation 1/8 of the
 # training period cannot see how a time slope extrapolates). The tuned table trains every config on
@@ -18,6 +19,8 @@ for structure in maxsim cross sequence; do
     warm=()
     previous="results/worlds/tuned/$structure-$model/tune.json"
     [ -n "${WARM:-}" ] && [ -f "$previous" ] && warm=(--warm-start "$previous")
+    hit_study="results/worlds/tuned/$structure-hit/tune.json"  # a ranking reference also tries HIT's settings
+    [ -n "${WARM:-}" ] && [ "$model" = dcn ] && [ -f "$hit_study" ] && warm+=(--warm-start "$hit_study")
     schema="runs/worlds/$structure/data/$structure.toml"
     if [[ " ${LATEST-sequence-hit} " == *" $structure-$model "* ]]; then
       latest="runs/worlds/$structure/data/$structure-latest.toml"
