@@ -21,7 +21,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from offline.train import TrainConfig, rare_id_fields, train
 __all__ = [
     "SEARCH_SPACE",
     "TRAIN_KEYS",
+    "SearchScope",
     "default_params",
     "droppable_fields",
     "matchable",
@@ -115,25 +116,51 @@ def droppable_fields(dataset: Dataset) -> tuple[str, ...]:
     return tuple(f.name for f in dataset.schema.features if f.side is Side.CONTEXT and f.kind is Kind.DENSE)
 
 
+@dataclass(frozen=True)
+class SearchScope:
+    """What a dataset offers the search, read once per study (`SearchScope.of`): the settings that
+    act on something the data may not have are searched only where it has it.
+
+    Args:
+        rare_ids: the fields `model.wide` = "rare-ids" sends to the linear part (none: not searched).
+        droppable: dense context fields each trial keeps or drops (`drop.<field>`, see
+            `droppable_fields`; a `base` drop stays dropped); `model.drift`, for a model with a
+            `drift` setting, gives every ad-side id a slope on the kept ones.
+        cross_vocab: a vocabulary both towers embed (`model.vocab_dot`).
+        matchable: a history shares an ad field's vocabulary (`model.match`).
+        pairable: a user or context id field is narrow enough to cross with the ad's ids (`model.pairs`).
+    """
+
+    rare_ids: tuple[str, ...] = ()
+    droppable: tuple[str, ...] = ()
+    cross_vocab: bool = False
+    matchable: bool = False
+    pairable: bool = False
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> SearchScope:
+        return cls(
+            rare_ids=rare_id_fields(dataset),
+            droppable=droppable_fields(dataset),
+            cross_vocab=bool(cross_vocabularies(dataset)),
+            matchable=matchable(dataset),
+            pairable=pairable(dataset),
+        )
+
+    def lacks(self, name: str) -> bool:
+        """Whether the search parameter `name` acts on something this data does not have."""
+        needs = {"model.vocab_dot": self.cross_vocab, "model.match": self.matchable, "model.pairs": self.pairable}
+        return not needs.get(name, True)
+
+
 def suggest(
     trial: Any,
     model: str,
     base: dict[str, Any],
-    rare_ids: tuple[str, ...] = (),
-    cross_vocab: bool = False,
-    droppable: tuple[str, ...] = (),
-    matchable: bool = False,
-    pairable: bool = False,
+    scope: SearchScope = SearchScope(),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(train overrides, model config) sampled for one trial, over `base` (the fixed settings).
-
-    `rare_ids` are the fields `model.wide` = "rare-ids" sends to the linear part; `cross_vocab`:
-    whether the data has a vocabulary both towers embed (`model.vocab_dot` is searched only then);
-    `droppable`: fields each trial keeps or drops (`droppable_fields`; one `base` drops stay dropped);
-    `model.drift` (for a model with a `drift` setting) gives every ad-side id a slope on the kept ones;
-    `matchable`: whether the data has a history to match ad ids in (`model.match` is searched only then);
-    `pairable`: whether it has a narrow user or context id field (`model.pairs` is searched only then).
-    """
+    """(train overrides, model config) sampled for one trial, over `base` (the fixed settings), in
+    the parameters of SEARCH_SPACE the model has and `scope` (what the data offers) allows."""
     model_fields = set(asdict(config_from_dict(model, {})))
     train_cfg = dict(base.get("train", {}))
     model_cfg = dict(base.get("model_config", {}))
@@ -142,18 +169,14 @@ def suggest(
         key = name.removeprefix("model.")
         if name.startswith("model.") and key not in model_fields:
             continue
-        if name == "model.vocab_dot" and not cross_vocab:
-            continue
-        if name == "model.match" and not matchable:
-            continue
-        if name == "model.pairs" and not pairable:
+        if scope.lacks(name):
             continue
         if name == "model.drift":  # after the drops: it names the kept fields
             continue
         if name == "model.wide":
-            if rare_ids and trial.suggest_categorical(name, list(spec[1])) == "rare-ids":
-                model_cfg |= {"linear": True, "wide": list(rare_ids)}
-            elif rare_ids:
+            if scope.rare_ids and trial.suggest_categorical(name, list(spec[1])) == "rare-ids":
+                model_cfg |= {"linear": True, "wide": list(scope.rare_ids)}
+            elif scope.rare_ids:
                 model_cfg["wide"] = []
             continue
         if spec[0] == "float":
@@ -161,26 +184,19 @@ def suggest(
         else:
             target[key] = trial.suggest_categorical(name, list(spec[1]))
     dropped = list(train_cfg.get("drop_features", ()))
-    for field in droppable:
+    for field in scope.droppable:
         if field not in dropped and trial.suggest_categorical(f"drop.{field}", [False, True]):
             dropped.append(field)
     if dropped:
         train_cfg["drop_features"] = sorted(dropped)
-    if droppable and "drift" in model_fields and trial.suggest_categorical("model.drift", [False, True]):
-        kept = [field for field in droppable if field not in dropped]
+    if scope.droppable and "drift" in model_fields and trial.suggest_categorical("model.drift", [False, True]):
+        kept = [field for field in scope.droppable if field not in dropped]
         if kept:
             model_cfg["drift"] = kept
     return train_cfg, model_cfg
 
 
-def default_params(
-    model: str,
-    rare_ids: tuple[str, ...] = (),
-    cross_vocab: bool = False,
-    droppable: tuple[str, ...] = (),
-    matchable: bool = False,
-    pairable: bool = False,
-) -> dict[str, Any]:
+def default_params(model: str, scope: SearchScope = SearchScope()) -> dict[str, Any]:
     """The search space's values of the training defaults (`TrainConfig()` and the model's own
     config, the rare ids in the linear part, every field kept): a new study's first trial, so the config tune writes
     is never one the defaults beat on the validation rows (within the study's epoch cap), and the
@@ -194,16 +210,12 @@ def default_params(
         key = name.removeprefix("model.")
         if name.startswith("model.") and key not in model_defaults:
             continue
-        if name == "model.vocab_dot" and not cross_vocab:
-            continue
-        if name == "model.match" and not matchable:
-            continue
-        if name == "model.pairs" and not pairable:
+        if scope.lacks(name):
             continue
         if name == "model.drift":
             continue
         if name == "model.wide":
-            if rare_ids:
+            if scope.rare_ids:
                 params[name] = "rare-ids"
             continue
         value = model_defaults[key] if name.startswith("model.") else train_defaults[key]
@@ -211,8 +223,8 @@ def default_params(
             params[name] = min(max(float(value), spec[1]), spec[2])
         elif value in spec[1]:
             params[name] = value
-    drift = {"model.drift": False} if droppable and "drift" in model_defaults else {}
-    return params | {f"drop.{field}": False for field in droppable} | drift
+    drift = {"model.drift": False} if scope.droppable and "drift" in model_defaults else {}
+    return params | {f"drop.{field}": False for field in scope.droppable} | drift
 
 
 def warm_start_params(previous: dict[str, Any], anchor: dict[str, Any]) -> list[dict[str, Any]]:
@@ -237,16 +249,12 @@ def _objective(
     base: dict[str, Any],
     epochs: int,
     seed: int,
-    rare_ids: tuple[str, ...],
-    cross_vocab: bool,
-    droppable: tuple[str, ...],
-    matchable: bool,
-    pairable: bool,
+    scope: SearchScope,
 ) -> Callable[[Any], float]:
     import optuna
 
     def objective(trial: Any) -> float:
-        train_cfg, model_cfg = suggest(trial, model, base, rare_ids, cross_vocab, droppable, matchable, pairable)
+        train_cfg, model_cfg = suggest(trial, model, base, scope)
         cfg = TrainConfig(**{**train_cfg, "epochs": epochs, "seed": seed, "progress": False, "calibration": "none"})
 
         def report(epoch: int, valid_auc: float) -> None:
@@ -297,11 +305,9 @@ def run_study(
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=4),  # prunes from epoch 4 on
     )
-    # what the dataset offers the search: read once, for the defaults' trial and every other
-    rare_ids, droppable = rare_id_fields(dataset), droppable_fields(dataset)
-    cross_vocab, can_match, can_pair = bool(cross_vocabularies(dataset)), matchable(dataset), pairable(dataset)
+    scope = SearchScope.of(dataset)  # read once, for the defaults' trial and every other
     if not study.trials:  # a new study: the defaults first (default_params), then a previous best
-        anchor = default_params(model, rare_ids, cross_vocab, droppable, can_match, can_pair)
+        anchor = default_params(model, scope)
         study.enqueue_trial(anchor)
         for previous in warm_starts:
             for params in warm_start_params(previous, anchor):
@@ -312,7 +318,7 @@ def run_study(
     if done < trials:
         log.info("study %s: %d of %d trials done, running %d", study.study_name, done, trials, trials - done)
         study.optimize(
-            _objective(dataset, model, base or {}, epochs, seed, rare_ids, cross_vocab, droppable, can_match, can_pair),
+            _objective(dataset, model, base or {}, epochs, seed, scope),
             n_trials=trials - done,
             timeout=timeout,
             catch=(),

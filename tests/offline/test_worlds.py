@@ -220,7 +220,7 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     import optuna
 
     from offline.train import rare_id_fields, resolve_model_config
-    from offline.tune import SEARCH_SPACE, suggest
+    from offline.tune import SEARCH_SPACE, SearchScope, suggest
 
     ds = load_dataset(str(worlds["cross"][0] / "cross.toml"))
     counts = np.bincount(ds.train.users.sparse["user_id"][ds.train.user_rows])
@@ -234,27 +234,34 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
     assert resolve_model_config(ds, "cold", {"wide": []}) == {"wide": []}
     assert resolve_model_config(ds, "dssm", {}) == {}  # no linear part: every field stays in the towers
     params = {n: (s[1][-1] if s[0] == "categorical" else s[1]) for n, s in SEARCH_SPACE.items()}
+    rare, ts = SearchScope(("user_id",)), SearchScope(droppable=("ts",))
     for model in ("hit", "dcn"):
-        _, cfg = suggest(optuna.trial.FixedTrial(params), model, {}, rare_id_fields(ds))
+        _, cfg = suggest(optuna.trial.FixedTrial(params), model, {}, SearchScope(rare_id_fields(ds)))
         assert cfg["linear"] is True and cfg["wide"] == ["user_id"], model
-    _, none = suggest(optuna.trial.FixedTrial(params | {"model.wide": "none"}), "hit", {}, ("user_id",))
+    _, none = suggest(optuna.trial.FixedTrial(params | {"model.wide": "none"}), "hit", {}, rare)
     assert none["wide"] == [] and "linear" not in none  # the rare ids stay in the network
     assert "vocab_dot" not in none  # searched only where both towers embed one vocabulary
-    _, dot = suggest(optuna.trial.FixedTrial(params), "hit", {}, ("user_id",), cross_vocab=True)
+    _, dot = suggest(optuna.trial.FixedTrial(params), "hit", {}, dataclasses.replace(rare, cross_vocab=True))
     assert dot["vocab_dot"] is True and dot["field_dot"] is True and dot["heads"] == 4
-    _, dcn = suggest(optuna.trial.FixedTrial(params), "dcn", {}, ("user_id",), cross_vocab=True)
+    _, dcn = suggest(optuna.trial.FixedTrial(params), "dcn", {}, dataclasses.replace(rare, cross_vocab=True))
     assert not {"vocab_dot", "field_dot", "heads"} & set(dcn) and dcn["cross"] == "matrix"  # HIT's, DCN's
     assert "match" not in dcn  # searched only where a history shares an ad field's vocabulary
     for model in ("hit", "dcn"):
-        assert suggest(optuna.trial.FixedTrial(params), model, {}, ("user_id",), matchable=True)[1]["match"] is True
-        assert suggest(optuna.trial.FixedTrial(params), model, {}, ("user_id",), pairable=True)[1]["pairs"] is True
+        assert (
+            suggest(optuna.trial.FixedTrial(params), model, {}, dataclasses.replace(rare, matchable=True))[1]["match"]
+            is True
+        )
+        assert (
+            suggest(optuna.trial.FixedTrial(params), model, {}, dataclasses.replace(rare, pairable=True))[1]["pairs"]
+            is True
+        )
     assert "pairs" not in dcn  # searched only where a user or context id field is narrow enough
     drift = params | {"drop.ts": False, "model.drift": True}
-    _, drifting = suggest(optuna.trial.FixedTrial(drift), "hit", {}, ("user_id",), droppable=("ts",))
+    _, drifting = suggest(optuna.trial.FixedTrial(drift), "hit", {}, dataclasses.replace(rare, droppable=("ts",)))
     assert drifting["drift"] == ["ts"]  # every ad id gets a slope on the kept time
-    train_cfg, dropped = suggest(optuna.trial.FixedTrial(drift | {"drop.ts": True}), "dcn", {}, droppable=("ts",))
+    train_cfg, dropped = suggest(optuna.trial.FixedTrial(drift | {"drop.ts": True}), "dcn", {}, ts)
     assert train_cfg["drop_features"] == ["ts"] and "drift" not in dropped  # nothing left to drift on
-    assert "drift" not in suggest(optuna.trial.FixedTrial(drift), "dssm", {}, droppable=("ts",))[1]
+    assert "drift" not in suggest(optuna.trial.FixedTrial(drift), "dssm", {}, ts)[1]
     trained = train(ds, "hit", {}, TrainConfig(epochs=1, progress=False))
     assert trained.metrics["model_config"]["wide"] == ("user_id",) and trained.metrics["model_config"]["linear"]
 
@@ -262,6 +269,7 @@ def test_rare_id_fields_and_the_tune_choice_that_sends_them_to_the_linear_part(
 def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: dict[str, tuple[Path, dict]]) -> None:
     from offline.train import rare_id_fields
     from offline.tune import (
+        SearchScope,
         cross_vocabularies,
         default_params,
         droppable_fields,
@@ -276,9 +284,9 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
     assert droppable_fields(ds) == ("ts",)  # the dense context field; not the position (sparse)
     assert matchable(ds)  # the history is a sequence of the ad's category's vocabulary
     assert pairable(ds)  # the segment, the age band and the position are narrow
-    anchor = default_params(
-        "hit", rare_id_fields(ds), cross_vocab=True, droppable=("ts",), matchable=True, pairable=True
-    )
+    scope = SearchScope.of(ds)
+    assert scope == SearchScope(rare_id_fields(ds), ("ts",), cross_vocab=True, matchable=True, pairable=True)
+    anchor = default_params("hit", scope)
     assert anchor == {
         "lr": 1e-3,
         "batch_size": 2048,
@@ -297,13 +305,17 @@ def test_a_new_study_tries_the_training_defaults_first(tmp_path: Path, worlds: d
         "drop.ts": False,  # every field kept
         "model.drift": False,  # no per-id slopes on the time
     }
-    assert "model.vocab_dot" not in default_params("hit", rare_id_fields(ds))  # nothing to match: not searched
-    assert "model.match" not in default_params("dcn", rare_id_fields(ds))
-    assert default_params("dcn", matchable=True)["model.match"] is False
-    assert "model.match" not in default_params("dssm", matchable=True)  # DSSM has no match term
+    assert "model.vocab_dot" not in default_params(
+        "hit", SearchScope(rare_id_fields(ds))
+    )  # nothing to match: not searched
+    assert "model.match" not in default_params("dcn", SearchScope(rare_id_fields(ds)))
+    assert default_params("dcn", SearchScope(matchable=True))["model.match"] is False
+    assert "model.match" not in default_params("dssm", SearchScope(matchable=True))  # DSSM has no match term
     assert default_params("dcn")["model.cross"] == "vector" and "model.cross" not in anchor
     assert default_params("dssm")["model.temperature"] == 1.0 and "model.temperature" not in anchor
-    assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params("dssm", ("user_id",))
+    assert "model.head_dim" not in default_params("dcn") and "model.wide" not in default_params(
+        "dssm", SearchScope(("user_id",))
+    )
     summary = run_study(ds, "hit", tmp_path / "study", trials=2, epochs=1)
     first, second = summary["trials"]
     assert first["params"] == anchor and second["params"] != anchor
@@ -361,15 +373,16 @@ def test_tune_keeps_or_drops_each_dense_context_field_and_train_honours_the_choi
     and --train-config file) applies: the artifact's schema and model no longer have the field."""
     import optuna
 
-    from offline.tune import SEARCH_SPACE, suggest
+    from offline.tune import SEARCH_SPACE, SearchScope, suggest
 
     schema = str(worlds["sequence"][0] / "sequence.toml")
     ds = load_dataset(schema)
     params = {n: (s[1][0] if s[0] == "categorical" else s[1]) for n, s in SEARCH_SPACE.items()}
-    kept, _ = suggest(optuna.trial.FixedTrial(params | {"drop.ts": False}), "dcn", {}, droppable=("ts",))
-    dropped, _ = suggest(optuna.trial.FixedTrial(params | {"drop.ts": True}), "dcn", {}, droppable=("ts",))
+    ts = SearchScope(droppable=("ts",))
+    kept, _ = suggest(optuna.trial.FixedTrial(params | {"drop.ts": False}), "dcn", {}, ts)
+    dropped, _ = suggest(optuna.trial.FixedTrial(params | {"drop.ts": True}), "dcn", {}, ts)
     assert "drop_features" not in kept and dropped["drop_features"] == ["ts"]
-    base, _ = suggest(optuna.trial.FixedTrial(params), "dcn", {"train": {"drop_features": ["ts"]}}, droppable=("ts",))
+    base, _ = suggest(optuna.trial.FixedTrial(params), "dcn", {"train": {"drop_features": ["ts"]}}, ts)
     assert base["drop_features"] == ["ts"]  # a base drop stays dropped and is not searched
     cfg = TrainConfig(epochs=1, progress=False, drop_features=["ts"])  # type: ignore[arg-type]  # as JSON gives it
     assert cfg.drop_features == ("ts",)
