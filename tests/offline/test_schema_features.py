@@ -4,6 +4,7 @@ bucketing, sequence pooling and truncation, and the schema's own validation."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -377,6 +378,23 @@ def test_latest_validation_rows_come_after_every_training_row(
     assert 'valid = "latest" needs a timestamp column' in err and len(err.splitlines()) == 1, err
 
 
+def _serve_each(
+    tmp_path: Path, artifact: Path, ds: Any, users: dict[Any, dict[str, Any]]
+) -> dict[Any, dict[str, float]]:
+    """Exports the artifact and POSTs /prerank once per user's raw features, over the dataset's
+    first 20 ads: key -> {ad id: served pCTR}."""
+    export(artifact, ds, f"local:{tmp_path / 'store'}")
+    ad_ids = ds.ad_ids[:20].tolist()
+    served = {}
+    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
+        for key, features in users.items():
+            body = {"user": {"features": features}, "candidates": {"ad_ids": ad_ids}, "top_k": 20}
+            r = client.post("/prerank", json=body)
+            assert r.status_code == 200, r.text
+            served[key] = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
+    return served
+
+
 @pytest.mark.parametrize("model", ["hit", "dcn"])
 def test_served_drift_reads_the_request_time_like_training(tmp_path: Path, model: str) -> None:
     """A model with per-ad slopes on a context time field serves them: the server standardises the
@@ -391,18 +409,10 @@ def test_served_drift_reads_the_request_time_like_training(tmp_path: Path, model
     assert result.artifact is not None and isinstance(drift, IdDrift)
     slopes = drift.slopes.tables["a"].weight
     assert slopes.abs().max() > 0.01  # trained away from their near-zero start
-    export(result.artifact, ds, f"local:{tmp_path / 'store'}")
+    served = _serve_each(
+        tmp_path, result.artifact, ds, {ts: {"u": "3", "tags": ["1"], "age": 30, "ts": ts} for ts in (1000.0, 9000.0)}
+    )
     ad_ids = ds.ad_ids[:20].tolist()
-    served = {}
-    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
-        for ts in (1000.0, 9000.0):
-            body = {
-                "user": {"features": {"u": "3", "tags": ["1"], "age": 30, "ts": ts}},
-                "candidates": {"ad_ids": ad_ids},
-            }
-            r = client.post("/prerank", json=body | {"top_k": 20})
-            assert r.status_code == 200, r.text
-            served[ts] = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
     spec = {f.name: f for f in ds.schema.features}
     net = result.model.eval()
     ad_feats = ds.ads.take(np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids]))
@@ -440,16 +450,11 @@ def test_served_match_counts_the_requests_history_like_training(tmp_path: Path, 
     match = result.model.match
     assert result.artifact is not None and isinstance(match, IdMatch)
     assert match.weights["tags"].shape == (3,) and match.weights["tags"].min() > 0.1  # a match is a click
-    export(result.artifact, ds, f"local:{tmp_path / 'store'}")
-    ad_ids = ds.ad_ids[:20].tolist()
     histories: tuple[list[str], ...] = (["1", "2", "3", "4", "5"], ["6"], [])
-    served = {}
-    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
-        for tags in histories:
-            body = {"user": {"features": {"u": "3", "tags": tags, "age": 30}}, "candidates": {"ad_ids": ad_ids}}
-            r = client.post("/prerank", json=body | {"top_k": 20})
-            assert r.status_code == 200, r.text
-            served[len(tags)] = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
+    served = _serve_each(
+        tmp_path, result.artifact, ds, {len(tags): {"u": "3", "tags": tags, "age": 30} for tags in histories}
+    )
+    ad_ids = ds.ad_ids[:20].tolist()
     spec = {f.name: f for f in ds.schema.features}
     net = result.model.eval()
     ad_feats = ds.ads.take(np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids]))
@@ -488,15 +493,10 @@ def test_served_pairs_cross_the_requests_age_band_with_the_ad_like_training(tmp_
     pairs = result.model.pairs
     assert result.artifact is not None and isinstance(pairs, IdPairs)
     assert "age" in [f.name for f in pairs.request]
-    export(result.artifact, ds, f"local:{tmp_path / 'store'}")
+    served = _serve_each(
+        tmp_path, result.artifact, ds, {age: {"u": "3", "tags": ["1"], "age": age} for age in (25, 65)}
+    )
     ad_ids = ds.ad_ids[:20].tolist()
-    served = {}
-    with TestClient(create_app(Settings(store=f"local:{tmp_path / 'store'}", poll_seconds=60))) as client:
-        for age in (25, 65):
-            body = {"user": {"features": {"u": "3", "tags": ["1"], "age": age}}, "candidates": {"ad_ids": ad_ids}}
-            r = client.post("/prerank", json=body | {"top_k": 20})
-            assert r.status_code == 200, r.text
-            served[age] = dict(zip(r.json()["ad_ids"], r.json()["pctr"], strict=True))
     spec = {f.name: f for f in ds.schema.features}
     net = result.model.eval()
     ad_feats = ds.ads.take(np.array([np.flatnonzero(ds.ad_ids == a)[0] for a in ad_ids]))
